@@ -1,0 +1,67 @@
+"""Choosing a backend, and the interface every backend package provides.
+
+``resnet_torch``, ``resnet_tf`` and ``resnet_mx`` are mirror images: the same modules
+(``model.py``, ``data.py``, ``train.py``) and, inside each, the same public names in the
+same order. Everything framework-free (architecture, hyperparameters, initial weights, data,
+the training loop, checkpoints, the command line) lives once in :mod:`common`; a backend only
+supplies the framework's side:
+
+``model.py``
+    ``DATA_FORMAT`` ("NCHW" or "NHWC": the layout the network takes), the chapter's blocks
+    (``Residual``, ``resnet_block``), ``resnet(arch, num_classes, in_channels)`` and
+    ``resnet18(num_classes=10, in_channels=1)``, ``export_weights(net)`` /
+    ``import_weights(net, weights)`` in canonical names and layouts (see
+    :mod:`common.spec`), ``forward(net, images, training=False)`` (NCHW NumPy in, NumPy
+    logits out; ``training=True`` uses batch statistics and updates the running ones) and
+    ``trace_shapes(net, images)`` (the chapter's layer-by-layer loop, shapes reported NCHW).
+``data.py``
+    ``to_tensor(array, device=None)`` and ``to_numpy(tensor)``, the one place where canonical
+    NCHW NumPy batches become the framework's tensors in ``DATA_FORMAT`` and back, and the
+    chapter's ``load_data_fashion_mnist(batch_size, resize=None)``.
+``train.py``
+    ``try_gpu(i=0)``; ``Trainer`` (below), the adapter that :func:`common.training.fit` drives;
+    ``loss_and_gradients(net, images, labels)``; ``train(...)`` and ``evaluate(...)``
+    (:func:`common.training.train` / :func:`common.training.evaluate` with this backend);
+    and the chapter's ``train_ch6(net, train_iter, test_iter, num_epochs, lr, device)``.
+
+``Trainer(net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None)``
+    ``backend`` (short name), ``framework`` ("PyTorch 2.13.0"), ``device_name``, ``net``;
+    ``to_batch(images, labels)`` -> framework tensors on the device (takes NCHW NumPy or
+    tensors the backend's own loaders made); ``train_step(x, y)`` and ``eval_step(x, y)``
+    -> ``(loss_sum, num_correct)`` as framework scalars, without waiting for the device;
+    ``to_host(values)`` -> Python floats (the only place that synchronises);
+    ``export_weights()`` / ``import_weights(weights)``.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["BACKENDS", "FRAMEWORKS", "BackendUnavailable", "load_backend"]
+
+#: Short name -> package.
+BACKENDS = {"torch": "resnet_torch", "tf": "resnet_tf", "mx": "resnet_mx"}
+#: Short name -> (framework, the module whose absence means "not installed", pip extra).
+FRAMEWORKS = {
+    "torch": ("PyTorch", "torch", "torch"),
+    "tf": ("TensorFlow", "tensorflow", "tf"),
+    "mx": ("MXNet", "mxnet", "mx"),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's framework is not installed (or does not import) here."""
+
+
+def load_backend(name: str):
+    """Import and return the backend package for ``name`` ("torch", "tf" or "mx")."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    framework, module, extra = FRAMEWORKS[name]
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"backend '{name}' needs {framework}, which does not import in this environment ({error}); "
+            f"install it with pip install 'resnet-fmnist[{extra}]' or run in its tox environment (tox -e {name})"
+        ) from None
+    return importlib.import_module(BACKENDS[name])

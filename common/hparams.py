@@ -1,0 +1,58 @@
+"""Hyperparameters: the chapter's recipe and the quick CPU default, written down once."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+__all__ = ["TrainConfig", "D2L", "QUICK", "PRESETS"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    SGD without momentum or weight decay and mean softmax cross-entropy, as in the chapter.
+    ``subset``/``test_subset`` take that many examples (a seeded, class-stratified sample);
+    ``None`` uses the whole split.
+    """
+
+    arch: str = "resnet18"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.05
+    resize: int | None = 96
+    seed: int = 0
+    subset: int | None = None
+    test_subset: int | None = None
+    drop_last: bool = False
+
+    def replace(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError with a one-line reason for any value that cannot train."""
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr < float("inf")):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 16):
+            # ResNet-18's stem and three stride-2 stages need some room.
+            raise ValueError(f"resize must be an integer >= 16 (or omitted for 28 x 28), got {self.resize!r}")
+        for key in ("subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key.replace('_', '-')} must be a positive integer, got {value!r}")
+        return self
+
+
+#: The chapter's exact recipe: lr 0.05, 10 epochs, batch 256, images resized to 96.
+D2L = TrainConfig()
+
+#: What the README's main job runs on a 2-core CPU in a few minutes per backend.
+QUICK = TrainConfig(epochs=1, batch_size=64, resize=None, subset=2000, test_subset=1000)
+
+PRESETS = {"d2l": D2L, "quick": QUICK}

@@ -1,0 +1,292 @@
+"""The ResNet architecture as data.
+
+Every backend builds its network from these tables, so the three frameworks cannot drift
+apart: the stem, the stages, the block type, the BatchNorm constants and the canonical
+parameter names (torchvision's ``state_dict`` names, conv weights OIHW, dense weights
+``(out, in)``) are written down once, here.
+
+Adding a depth or a block type means adding a row to :data:`RESNET_SPECS` (and, for a new
+block type, a builder in each backend keyed by :attr:`ResNetSpec.block`); the backends'
+loops over :func:`iter_blocks` do not change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Tuple
+
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "StageSpec",
+    "ResNetSpec",
+    "BlockConfig",
+    "RESNET_SPECS",
+    "get_spec",
+    "iter_blocks",
+    "parameter_shapes",
+    "trainable_parameter_names",
+    "is_buffer",
+    "count_parameters",
+    "stage_output_shapes",
+    "training_flops_per_example",
+    "forward_flops_per_example",
+    "check_input_shape",
+]
+
+#: BatchNorm epsilon in every backend (PyTorch's and Gluon's default; Keras' is 1e-3).
+BN_EPSILON = 1e-5
+#: BatchNorm momentum in PyTorch's convention: ``running = (1 - m) * running + m * batch``.
+#: Keras and Gluon count the other way round and get ``1 - BN_MOMENTUM`` (0.9).
+BN_MOMENTUM = 0.1
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage (torchvision's ``layerN``): ``blocks`` residual blocks of ``channels``."""
+
+    channels: int
+    blocks: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """A whole network. The defaults are the D2L chapter's ResNet-18."""
+
+    name: str
+    block: str  # "basic" (two 3x3 convolutions); later "bottleneck", "preact", ...
+    stages: Tuple[StageSpec, ...]
+    stem_channels: int = 64
+    stem_kernel: int = 7
+    stem_stride: int = 2
+    stem_padding: int = 3
+    pool_kernel: int = 3
+    pool_stride: int = 2
+    pool_padding: int = 1
+    #: The chapter's convolutions carry biases (torchvision's do not).
+    conv_bias: bool = True
+
+    @property
+    def expansion(self) -> int:
+        return BLOCK_EXPANSION[self.block]
+
+    @property
+    def feature_channels(self) -> int:
+        return self.stages[-1].channels * self.expansion
+
+
+#: Output channels of a block relative to its ``channels`` (torchvision's ``expansion``).
+BLOCK_EXPANSION: Dict[str, int] = {"basic": 1}
+
+RESNET_SPECS: Dict[str, ResNetSpec] = {
+    "resnet18": ResNetSpec(
+        name="resnet18",
+        block="basic",
+        stages=(
+            StageSpec(64, 2, 1),
+            StageSpec(128, 2, 2),
+            StageSpec(256, 2, 2),
+            StageSpec(512, 2, 2),
+        ),
+    ),
+}
+
+
+def get_spec(arch="resnet18") -> ResNetSpec:
+    """Return the spec for ``arch`` (a name in :data:`RESNET_SPECS` or a spec itself)."""
+    if isinstance(arch, ResNetSpec):
+        return arch
+    try:
+        return RESNET_SPECS[arch]
+    except KeyError:
+        known = ", ".join(sorted(RESNET_SPECS))
+        raise ValueError(f"unknown architecture {arch!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """One residual block, fully resolved: what a backend needs to build it."""
+
+    name: str  # canonical prefix, e.g. "layer2.0"
+    stage: int  # 1-based, as in torchvision's layerN
+    index: int  # position inside the stage
+    in_channels: int
+    channels: int  # the block's inner width (== out_channels for basic blocks)
+    out_channels: int
+    stride: int
+    #: 1x1 strided convolution (with bias, no BatchNorm) on the shortcut, as in the chapter.
+    use_1x1conv: bool
+
+
+def iter_blocks(arch="resnet18") -> Iterator[BlockConfig]:
+    """Yield every residual block in order, with its channels, stride and shortcut.
+
+    The first block of a stage takes the stage's stride; a block whose stride is not 1 or
+    whose channel count changes gets the 1x1 convolution on its shortcut (the chapter's
+    ``use_1x1conv=True``), so the first stage of ResNet-18 has none.
+    """
+    spec = get_spec(arch)
+    in_channels = spec.stem_channels
+    for stage_number, stage in enumerate(spec.stages, start=1):
+        out_channels = stage.channels * spec.expansion
+        for index in range(stage.blocks):
+            stride = stage.stride if index == 0 else 1
+            yield BlockConfig(
+                name=f"layer{stage_number}.{index}",
+                stage=stage_number,
+                index=index,
+                in_channels=in_channels,
+                channels=stage.channels,
+                out_channels=out_channels,
+                stride=stride,
+                use_1x1conv=stride != 1 or in_channels != out_channels,
+            )
+            in_channels = out_channels
+
+
+def _conv(prefix, out_channels, in_channels, kernel, bias):
+    shapes = {f"{prefix}.weight": (out_channels, in_channels, kernel, kernel)}
+    if bias:
+        shapes[f"{prefix}.bias"] = (out_channels,)
+    return shapes
+
+
+def _bn(prefix, channels):
+    return {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
+
+
+def parameter_shapes(arch="resnet18", in_channels=1, num_classes=10) -> Dict[str, Tuple[int, ...]]:
+    """Canonical name -> shape of every array in a network's weights, in build order.
+
+    Names and layouts are torchvision's (``conv1.weight`` OIHW, ``bn1.running_var``,
+    ``layer2.0.downsample.0.weight``, ``fc.weight`` as ``(out, in)``); BatchNorm running
+    statistics are included (see :func:`is_buffer`), ``num_batches_tracked`` is not.
+    """
+    spec = get_spec(arch)
+    _check_positive(in_channels=in_channels, num_classes=num_classes)
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    shapes.update(_conv("conv1", spec.stem_channels, in_channels, spec.stem_kernel, spec.conv_bias))
+    shapes.update(_bn("bn1", spec.stem_channels))
+    for block in iter_blocks(spec):
+        if spec.block != "basic":  # pragma: no cover - one row per block type, added with it
+            raise NotImplementedError(f"block type {spec.block!r}")
+        shapes.update(_conv(f"{block.name}.conv1", block.channels, block.in_channels, 3, spec.conv_bias))
+        shapes.update(_bn(f"{block.name}.bn1", block.channels))
+        shapes.update(_conv(f"{block.name}.conv2", block.out_channels, block.channels, 3, spec.conv_bias))
+        shapes.update(_bn(f"{block.name}.bn2", block.out_channels))
+        if block.use_1x1conv:
+            shapes.update(_conv(f"{block.name}.downsample.0", block.out_channels, block.in_channels, 1, True))
+    shapes["fc.weight"] = (num_classes, spec.feature_channels)
+    shapes["fc.bias"] = (num_classes,)
+    return shapes
+
+
+def is_buffer(name: str) -> bool:
+    """True for BatchNorm running statistics: state, not trainable parameters."""
+    return name.endswith(".running_mean") or name.endswith(".running_var")
+
+
+def trainable_parameter_names(arch="resnet18", in_channels=1, num_classes=10) -> List[str]:
+    return [n for n in parameter_shapes(arch, in_channels, num_classes) if not is_buffer(n)]
+
+
+def count_parameters(arch="resnet18", in_channels=1, num_classes=10, trainable_only=True) -> int:
+    """Number of scalars; 11,178,378 trainable for ResNet-18, 1 input channel, 10 classes."""
+    total = 0
+    for name, shape in parameter_shapes(arch, in_channels, num_classes).items():
+        if trainable_only and is_buffer(name):
+            continue
+        size = 1
+        for dim in shape:
+            size *= dim
+        total += size
+    return total
+
+
+def _out_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, num_classes=10):
+    """Per-example output shape (channels first) after each stage, as the chapter prints them.
+
+    Returns ``[("stem", (64, 56, 56)), ("layer1", ...), ..., ("pool", (512,)), ("fc", (10,))]``
+    for a 224 x 224 input.
+    """
+    spec = get_spec(arch)
+    h = _out_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    w = _out_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    h = _out_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    w = _out_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    if h < 1 or w < 1:
+        raise ValueError(f"input {height}x{width} is too small for {spec.name}")
+    shapes = [("stem", (spec.stem_channels, h, w))]
+    channels = spec.stem_channels
+    for stage_number, stage in enumerate(spec.stages, start=1):
+        h = _out_size(h, 3, stage.stride, 1)
+        w = _out_size(w, 3, stage.stride, 1)
+        channels = stage.channels * spec.expansion
+        shapes.append((f"layer{stage_number}", (channels, h, w)))
+    shapes.append(("pool", (channels,)))
+    shapes.append(("fc", (num_classes,)))
+    return shapes
+
+
+def forward_flops_per_example(arch="resnet18", in_channels=1, height=96, width=96, num_classes=10) -> int:
+    """Multiply-adds x 2 of the convolutions and the dense layer for one example.
+
+    BatchNorm, ReLU, pooling and additions are left out (a few percent); the count is the
+    same for every backend, which is what the benchmark's ratios need.
+    """
+    spec = get_spec(arch)
+    flops = 0
+
+    def conv(cin, cout, k, stride, pad, h, w):
+        ho, wo = _out_size(h, k, stride, pad), _out_size(w, k, stride, pad)
+        return 2 * cin * cout * k * k * ho * wo, ho, wo
+
+    f, h, w = conv(in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_padding, height, width)
+    flops += f
+    h = _out_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    w = _out_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    for block in iter_blocks(spec):
+        f1, h1, w1 = conv(block.in_channels, block.channels, 3, block.stride, 1, h, w)
+        f2, _, _ = conv(block.channels, block.out_channels, 3, 1, 1, h1, w1)
+        flops += f1 + f2
+        if block.use_1x1conv:
+            flops += conv(block.in_channels, block.out_channels, 1, block.stride, 0, h, w)[0]
+        h, w = h1, w1
+    flops += 2 * spec.feature_channels * num_classes
+    return flops
+
+
+def training_flops_per_example(arch="resnet18", in_channels=1, height=96, width=96, num_classes=10) -> int:
+    """Forward plus backward (input and weight gradients): three times the forward count."""
+    return 3 * forward_flops_per_example(arch, in_channels, height, width, num_classes)
+
+
+def _check_positive(**values):
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_input_shape(shape, in_channels: int, data_format: str = "NCHW") -> None:
+    """Raise ValueError (saying what was expected) unless ``shape`` is an image batch.
+
+    Backends call this on the static shape at the network's entrance, so a wrong rank,
+    channel count or layout fails with one clear line instead of deep inside a layer.
+    """
+    shape = tuple(None if d is None else int(d) for d in shape)
+    wanted = f"(N, {in_channels}, H, W)" if data_format == "NCHW" else f"(N, H, W, {in_channels})"
+    if len(shape) != 4:
+        raise ValueError(
+            f"expected a rank-4 image batch of shape {wanted} ({data_format}), got rank {len(shape)} shape {shape}"
+        )
+    channels = shape[1] if data_format == "NCHW" else shape[3]
+    if channels is not None and channels != in_channels:
+        other = "NHWC" if data_format == "NCHW" else "NCHW"
+        raise ValueError(
+            f"expected {in_channels} input channel(s), shape {wanted} ({data_format}), got shape {shape} "
+            f"with {channels} channel(s); is the batch in {other} layout, or built for another in_channels?"
+        )

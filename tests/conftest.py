@@ -1,0 +1,68 @@
+"""One test suite for every backend: RESNET_BACKEND (set by tox) picks the package.
+
+Tests of ``common`` run everywhere; tests that take the ``backend`` fixture are skipped when
+no backend is chosen. The few places where the chapter's code differs per framework sit in
+``tests/chapter_<backend>.py`` (same functions in each), reached through ``chapter``.
+"""
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+BACKEND = os.environ.get("RESNET_BACKEND", "")
+
+EXPECTED_DIR = os.path.join(os.path.dirname(__file__), "expected")
+
+
+def pytest_report_header(config):
+    return f"RESNET_BACKEND={BACKEND or '(none: backend tests skipped)'}"
+
+
+@pytest.fixture(scope="session")
+def backend_name():
+    if not BACKEND:
+        pytest.skip("no backend chosen: set RESNET_BACKEND=torch|tf|mx (tox -e torch|tf|mx does)")
+    return BACKEND
+
+
+@pytest.fixture(scope="session")
+def backend(backend_name):
+    from common.backend import load_backend
+
+    return load_backend(backend_name)
+
+
+@pytest.fixture(scope="session")
+def chapter(backend_name):
+    """The chapter's own code for this framework (tests/chapter_<backend>.py)."""
+    return importlib.import_module(f"chapter_{backend_name}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+REAL_DATA_DIR = os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist"
+
+
+def real_data_dir():
+    """The real Fashion-MNIST directory, or skip (fail under RESNET_REQUIRE_REAL_DATA=1, as in CI)."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    present = all(
+        os.path.exists(os.path.join(REAL_DATA_DIR, n)) or os.path.exists(os.path.join(REAL_DATA_DIR, n + ".gz"))
+        for n in names
+    )
+    if present:
+        return REAL_DATA_DIR
+    reason = (f"real Fashion-MNIST not found in {REAL_DATA_DIR}: apt-get install dataset-fashion-mnist "
+              f"or set FASHION_MNIST_DIR")
+    if os.environ.get("RESNET_REQUIRE_REAL_DATA") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    return real_data_dir()

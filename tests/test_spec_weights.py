@@ -1,0 +1,182 @@
+"""common.spec and common.weights: the tables every backend builds from, and the file format."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from common.spec import (check_input_shape, count_parameters, get_spec, iter_blocks, parameter_shapes,
+                         stage_output_shapes, trainable_parameter_names, training_flops_per_example)
+from common.weights import (FORMAT_TAG, WeightsError, check_weights, init_weights, load_weights, read_metadata,
+                            save_weights)
+
+
+def test_parameter_counts_from_the_spec():
+    assert count_parameters("resnet18", 1, 10) == 11_178_378
+    # Keras and Gluon would also count the BatchNorm running statistics:
+    assert count_parameters("resnet18", 1, 10, trainable_only=False) == 11_186_186
+
+
+def test_canonical_names_are_torchvision_names():
+    shapes = parameter_shapes("resnet18", 1, 10)
+    assert list(shapes)[:6] == ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
+                                "bn1.running_var"]
+    assert shapes["conv1.weight"] == (64, 1, 7, 7)
+    assert shapes["layer2.0.downsample.0.weight"] == (128, 64, 1, 1)
+    assert shapes["layer2.0.downsample.0.bias"] == (128,)
+    assert "layer1.0.downsample.0.weight" not in shapes  # the first stage keeps its shape
+    assert shapes["layer4.1.conv2.weight"] == (512, 512, 3, 3)
+    assert shapes["fc.weight"] == (10, 512)
+    assert len(trainable_parameter_names()) == 4 + 8 * 8 + 3 * 2 + 2  # stem, 8 blocks, 3 shortcuts, fc
+    assert len(trainable_parameter_names()) == len([n for n in shapes if "running" not in n])
+
+
+def test_blocks_follow_the_chapter():
+    blocks = list(iter_blocks("resnet18"))
+    assert [b.name for b in blocks] == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
+    assert [(b.stride, b.use_1x1conv) for b in blocks] == [(1, False), (1, False)] + [(2, True), (1, False)] * 3
+
+
+def test_stage_shapes_of_the_chapter():
+    assert stage_output_shapes("resnet18", 1, 224, 224) == [
+        ("stem", (64, 56, 56)), ("layer1", (64, 56, 56)), ("layer2", (128, 28, 28)), ("layer3", (256, 14, 14)),
+        ("layer4", (512, 7, 7)), ("pool", (512,)), ("fc", (10,))]
+
+
+def test_flops_match_the_issue_figures():
+    assert training_flops_per_example(height=96, width=96) / 1e9 == pytest.approx(1.90, abs=0.02)
+    assert training_flops_per_example(height=28, width=28) / 1e9 == pytest.approx(0.197, abs=0.002)
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="resnet18"):
+        get_spec("resnet19")
+
+
+@pytest.mark.parametrize("shape, fmt, words", [
+    ((28, 28), "NCHW", "rank-4"),
+    ((2, 28, 28, 1), "NCHW", "NHWC"),
+    ((2, 1, 28, 28), "NHWC", "NCHW"),
+])
+def test_check_input_shape_says_what_is_expected(shape, fmt, words):
+    with pytest.raises(ValueError, match=words) as info:
+        check_input_shape(shape, 1, fmt)
+    assert "expected" in str(info.value)
+
+
+def test_check_input_shape_accepts_good_batches():
+    check_input_shape((2, 1, 28, 28), 1, "NCHW")
+    check_input_shape((None, 96, 96, 1), 1, "NHWC")
+
+
+# --- initial weights ------------------------------------------------------------------
+
+def test_init_weights_are_reproducible_and_seed_dependent():
+    a, b, c = init_weights(seed=0), init_weights(seed=0), init_weights(seed=1)
+    assert list(a) == list(parameter_shapes())
+    for name in a:
+        assert a[name].dtype == np.float32
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_init_weights_follow_the_chapter():
+    w = init_weights(seed=3)
+    bound = np.sqrt(6.0 / (64 * 9 + 64 * 9))
+    assert np.abs(w["layer1.0.conv1.weight"]).max() <= bound
+    assert np.abs(w["layer1.0.conv1.weight"]).max() > 0.95 * bound
+    assert abs(float(w["layer1.0.conv1.weight"].std()) - bound / np.sqrt(3)) < 0.01 * bound
+    np.testing.assert_array_equal(w["bn1.weight"], 1)
+    np.testing.assert_array_equal(w["bn1.running_var"], 1)
+    for name in ("conv1.bias", "bn1.bias", "bn1.running_mean", "fc.bias"):
+        np.testing.assert_array_equal(w[name], 0)
+
+
+def test_init_weights_are_pinned():
+    # The same numbers on every NumPy (1.23 for MXNet, 2.x for TensorFlow): a checksum of
+    # the seed-0 weights, so a change of random stream cannot slip in unnoticed.
+    w = init_weights(seed=0)
+    digest = float(sum(float(np.abs(v.astype(np.float64)).sum()) for v in w.values()))
+    first = w["conv1.weight"].ravel()[:3].tolist()
+    expected = json.load(open(os.path.join(os.path.dirname(__file__), "expected", "init_weights.json")))
+    assert digest == pytest.approx(expected["abs_sum"], rel=1e-12)
+    assert first == expected["conv1_first3"]
+
+
+# --- the weights file -----------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    w = init_weights(seed=5)
+    path = tmp_path / "w.npz"
+    save_weights(path, w, metadata={"epoch": 3})
+    loaded = load_weights(path)
+    assert list(loaded) == list(w)
+    for name in w:
+        np.testing.assert_array_equal(loaded[name], w[name])
+    assert read_metadata(path) == {"epoch": 3}
+    with np.load(path, allow_pickle=False) as npz:
+        assert str(npz["__format__"]) == FORMAT_TAG and str(npz["__arch__"]) == "resnet18"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]  # no temporary left behind
+
+
+def _rewrite(path, change):
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda a: a.pop("layer3.1.bn2.running_var"), "missing array 'layer3.1.bn2.running_var'"),
+    (lambda a: a.update(extra=np.zeros(3, np.float32)), "unexpected array 'extra'"),
+    (lambda a: a.update({"fc.weight": np.zeros((10, 256), np.float32)}), "'fc.weight' has shape"),
+    (lambda a: a["layer1.0.conv1.bias"].__setitem__(0, np.nan), "'layer1.0.conv1.bias' contains NaN"),
+    (lambda a: a.update(__arch__=np.array("resnet34")), "holds weights for 'resnet34'"),
+    (lambda a: a.pop("__format__"), "not a resnet-fmnist weights file"),
+])
+def test_load_refuses_bad_files_naming_file_and_key(tmp_path, change, words):
+    path = tmp_path / "w.npz"
+    save_weights(path, init_weights(seed=0))
+    _rewrite(path, change)
+    with pytest.raises(WeightsError, match=words) as info:
+        load_weights(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_refuses_non_npz_and_pickles(tmp_path):
+    text = tmp_path / "w.npz"
+    text.write_text("not a zip")
+    with pytest.raises(WeightsError, match="not a readable .npz"):
+        load_weights(text)
+    with pytest.raises(WeightsError, match="no such file"):
+        load_weights(tmp_path / "absent.npz")
+    pickled = tmp_path / "p.npz"
+    np.savez(pickled, __format__=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(WeightsError, match=str(pickled)):
+        load_weights(pickled)
+    truncated = tmp_path / "t.npz"
+    save_weights(truncated, init_weights(seed=0))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=str(truncated)):
+        load_weights(truncated)
+
+
+def test_save_is_atomic_and_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "w.npz"
+    good = init_weights(seed=0)
+    save_weights(path, good)
+    before = path.read_bytes()
+    bad = dict(good)
+    bad["fc.bias"] = np.full(10, np.inf, np.float32)
+    with pytest.raises(WeightsError, match="fc.bias"):
+        save_weights(path, bad)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npz"]
+
+
+def test_check_weights_infers_channels_and_classes():
+    check_weights(init_weights(seed=0, in_channels=3, num_classes=7))
+    with pytest.raises(WeightsError, match="num_classes|fc"):
+        check_weights(init_weights(seed=0, in_channels=3, num_classes=7), num_classes=10)
