@@ -1,0 +1,225 @@
+"""``resnet-fmnist``: train, evaluate, compare and benchmark the three backends.
+
+Every failure a user can cause (a bad argument, a framework that is not installed, missing or
+corrupt data, an unreadable checkpoint) ends with one line on stderr and a non-zero exit,
+never a traceback, and never an overwritten checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .backend import BACKENDS, BackendUnavailable, load_backend
+from .hparams import D2L, PRESETS
+
+__all__ = ["main", "build_parser"]
+
+PROG = "resnet-fmnist"
+#: "--resize not given" (None means "given as none": keep 28 x 28).
+UNSET = object()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (with where to look) instead of the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _resize(text):
+    if text.lower() in ("none", "0", "28"):
+        return None  # the native 28 x 28
+    value = _positive_int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"resize must be 16 or more (or 'none' for 28 x 28), got {value}")
+    return value
+
+
+def _add_data_options(parser):
+    parser.add_argument("--data-dir", help="directory with the four Fashion-MNIST IDX files "
+                        "(default: $FASHION_MNIST_DIR, the cache, /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="use a small synthetic stand-in for Fashion-MNIST (offline demos and tests)")
+
+
+def _add_backend(parser):
+    parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
+                        help="framework to run: torch (PyTorch), tf (TensorFlow/Keras), mx (MXNet Gluon)")
+    parser.add_argument("--device", default=None,
+                        help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="ResNet-18 on Fashion-MNIST (the D2L chapter) with PyTorch, TensorFlow or MXNet.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one backend; writes a checkpoint and metrics.json")
+    _add_backend(train)
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="a whole recipe: d2l = the chapter's (the default values below), "
+                            "quick = 1 epoch on 2,000 images at 28 x 28 for a CPU")
+    train.add_argument("--epochs", type=_positive_int, help=f"default {D2L.epochs}")
+    train.add_argument("--batch-size", type=_positive_int, help=f"default {D2L.batch_size}")
+    train.add_argument("--lr", type=_positive_float, help=f"SGD learning rate, default {D2L.lr}")
+    train.add_argument("--resize", type=_resize, default=UNSET,
+                       help=f"resize images to R x R (bilinear); 'none' keeps 28 x 28; default {D2L.resize}")
+    train.add_argument("--subset", type=_positive_int, help="train on a seeded, class-stratified sample of N images")
+    train.add_argument("--test-subset", type=_positive_int, help="evaluate on a stratified sample of N test images")
+    train.add_argument("--seed", type=_non_negative_int, help="initial weights and data order (default 0)")
+    train.add_argument("--out", help="run directory for checkpoint.npz and metrics.json (default: runs/<backend>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
+    train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    _add_data_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy of a weights or checkpoint file")
+    _add_backend(evaluate)
+    evaluate.add_argument("--weights", required=True, help="a checkpoint.npz written by any backend")
+    evaluate.add_argument("--resize", type=_resize, default=UNSET, help=f"as in training, default {D2L.resize}")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--test-subset", type=_positive_int, help="a stratified sample of N test images")
+    _add_data_options(evaluate)
+
+    compare = commands.add_parser("compare", help="table and plot of several runs side by side")
+    compare.add_argument("runs", nargs="+", metavar="DIR", help="run directories (or metrics.json files)")
+    compare.add_argument("--out", default=None, help="where to write comparison.md and comparison.png "
+                         "(default: the parent of the first run)")
+
+    bench = commands.add_parser("bench", help="training and inference examples/sec as JSON")
+    _add_backend(bench)
+    bench.add_argument("--batch-size", type=_positive_int, default=64)
+    bench.add_argument("--resize", type=_resize, default=96, help="image size; 'none' for 28 x 28 (default 96)")
+    bench.add_argument("--steps", type=_positive_int, default=10, help="timed training steps (default 10)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed steps first (default 3)")
+    bench.add_argument("--reference", action="store_true",
+                       help="time the chapter's own code for this framework instead of this project's")
+    bench.add_argument("--out", default=None, help="also write the JSON to this file")
+    return parser
+
+
+def _checkpoint_resize(args, weights_path):
+    """The resize a checkpoint was trained with, unless the user said otherwise."""
+    if args.resize is not UNSET:
+        return args.resize
+    from .weights import read_metadata
+
+    state = read_metadata(weights_path).get("train_state") or {}
+    return state.get("config", {}).get("resize", D2L.resize)
+
+
+def _train(args):
+    backend = load_backend(args.backend)
+    overrides = {
+        key: value for key, value in {
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "subset": args.subset, "test_subset": args.test_subset,
+        }.items() if value is not None
+    }
+    if args.resize is not UNSET:
+        overrides["resize"] = args.resize
+    out_dir = args.out or os.path.join("runs", args.backend)
+    backend.train(preset=args.preset or "d2l", out_dir=out_dir, resume=args.resume, quiet=args.quiet,
+                  device=args.device, data_dir=args.data_dir, synthetic=args.synthetic, **overrides)
+    if not args.quiet:
+        print(f"[{args.backend}] wrote {os.path.join(out_dir, 'checkpoint.npz')} and {os.path.join(out_dir, 'metrics.json')}")
+    return 0
+
+
+def _evaluate(args):
+    from .weights import load_weights
+
+    backend = load_backend(args.backend)
+    weights = load_weights(args.weights)
+    result = backend.evaluate(weights=weights, resize=_checkpoint_resize(args, args.weights),
+                              batch_size=args.batch_size, test_subset=args.test_subset, data_dir=args.data_dir,
+                              synthetic=args.synthetic, device=args.device)
+    print(f"[{args.backend}] {args.weights}: test loss {result['loss']:.4f}, test acc {result['accuracy']:.4f} "
+          f"on {result['examples']} images")
+    return 0
+
+
+def _compare(args):
+    from .compare import compare
+
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.runs[0].rstrip("/")))
+    compare(args.runs, out_dir=out_dir)
+    return 0
+
+
+def _bench(args):
+    from .bench import run_bench
+    from .weights import atomic_write
+
+    result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
+                       warmup=args.warmup, device=args.device, reference=args.reference)
+    text = json.dumps(result, indent=2) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        atomic_write(args.out, lambda handle: handle.write(text.encode()))
+    return 0
+
+
+def _expected_errors():
+    from .compare import CompareError
+    from .data import DataError
+    from .training import CheckpointError, TrainingDiverged
+    from .weights import WeightsError
+
+    return (BackendUnavailable, CheckpointError, CompareError, DataError, TrainingDiverged, WeightsError,
+            ValueError, OSError)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"train": _train, "evaluate": _evaluate, "compare": _compare, "bench": _bench}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "train" else ""
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except _expected_errors() as error:
+        if os.environ.get("RESNET_FMNIST_DEBUG") == "1":
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

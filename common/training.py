@@ -1,0 +1,342 @@
+"""The training loop, checkpoints and metrics: written once, driven through a backend's Trainer.
+
+A backend supplies a ``Trainer`` (see :mod:`common.backend`): it converts a batch, runs one
+SGD step and one evaluation step, and reads scalars back from the device. Everything else —
+which batches in which order, when to synchronise, how examples/sec is measured, what a
+checkpoint holds, what happens when the loss becomes NaN — is decided here, so it is the same
+in every backend.
+
+How examples/sec is measured (the same for every backend): wall-clock time of one epoch's
+training loop — taking each batch from the input pipeline, moving it to the device, the
+forward and backward pass and the SGD update, and the final wait for the device — divided by
+the number of training examples. Evaluation is not counted; neither is the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .data import fashion_mnist_loaders
+from .hparams import D2L, PRESETS, TrainConfig
+from .weights import atomic_write, init_weights, load_weights, read_metadata, save_weights
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "TrainingDiverged",
+    "CheckpointError",
+    "run_epoch",
+    "evaluate_loader",
+    "fit",
+    "train",
+    "evaluate",
+    "train_ch6",
+    "first_step_losses",
+]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+METRICS_NAME = "metrics.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed, or one that would be overwritten."""
+
+
+def _sync_every(trainer) -> int:
+    # On the CPU reading a scalar costs nothing; on a GPU every read stalls the pipeline.
+    return int(getattr(trainer, "sync_every", 1 if str(trainer.device_name).startswith("cpu") else 50))
+
+
+def _progress(total, description, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, unit="batch")
+
+
+def _batch_size(labels) -> int:
+    shape = getattr(labels, "shape", None)
+    return int(shape[0]) if shape is not None else len(labels)
+
+
+def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: bool = False,
+              description: str = "") -> Dict[str, float]:
+    """One pass over ``loader``: SGD steps if ``train`` else evaluation steps.
+
+    Returns ``{"loss", "accuracy", "examples", "seconds"}`` (mean loss, fraction correct).
+    Scalars are read back every ``trainer.sync_every`` steps; a non-finite loss raises
+    :class:`TrainingDiverged` naming the (1-based) epoch and step where it first appeared.
+    """
+    step_fn = trainer.train_step if train else trainer.eval_step
+    sync_every = _sync_every(trainer) if train else 10**9
+    bar = _progress(len(loader) if hasattr(loader, "__len__") else None, description, progress)
+    loss_sum = correct = 0.0
+    examples = 0
+    pending: List[tuple] = []
+
+    def flush():
+        nonlocal loss_sum, correct
+        if not pending:
+            return
+        values = trainer.to_host([v for _, _, pair in pending for v in pair])
+        for index, (step, size, _) in enumerate(pending):
+            step_loss, step_correct = values[2 * index], values[2 * index + 1]
+            if train and not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"loss became {step_loss} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower the learning rate (--lr) or check the data"
+                )
+            loss_sum += step_loss
+            correct += step_correct
+        if bar is not None:
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{loss_sum / max(examples, 1):.3f}", acc=f"{correct / max(examples, 1):.3f}")
+        pending.clear()
+
+    start = time.perf_counter()
+    try:
+        for step, (images, labels) in enumerate(loader):
+            x, y = trainer.to_batch(images, labels)
+            size = _batch_size(labels)
+            pending.append((step, size, step_fn(x, y)))
+            examples += size
+            if len(pending) >= sync_every:
+                flush()
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    if examples == 0:
+        raise ValueError("the data loader yielded no batches; is the subset smaller than one batch with drop_last?")
+    return {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": examples, "seconds": seconds}
+
+
+def evaluate_loader(trainer, loader, progress: bool = False) -> Dict[str, float]:
+    """Mean loss and accuracy of ``trainer``'s network over ``loader`` (eval mode)."""
+    return run_epoch(trainer, loader, train=False, progress=progress, description="evaluate")
+
+
+def _environment(trainer) -> dict:
+    return {
+        "backend": trainer.backend,
+        "framework": trainer.framework,
+        "device": trainer.device_name,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path, payload) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None, start_epoch: int = 0,
+        history: Optional[List[dict]] = None, quiet: bool = False, progress: Optional[bool] = None,
+        print_fn=print) -> List[dict]:
+    """Train ``trainer`` for epochs ``start_epoch .. config.epochs - 1``.
+
+    After every epoch: one summary line (unless ``quiet``), and, with ``out_dir``, the
+    checkpoint (canonical weights plus the state needed to resume) and ``metrics.json``,
+    both replaced atomically. Returns the per-epoch history (a list of dicts with
+    ``epoch, train_loss, train_acc, test_acc, examples_per_sec, seconds, eval_seconds``).
+    """
+    if progress is None:
+        progress = not quiet and sys.stderr.isatty()
+    history = list(history or [])
+    wall_start = time.perf_counter() - sum(h["seconds"] + h["eval_seconds"] for h in history)
+    started = _now()
+    for epoch in range(start_epoch, config.epochs):
+        train_loader.set_epoch(epoch)
+        try:
+            stats = run_epoch(trainer, train_loader, epoch=epoch, train=True, progress=progress,
+                              description=f"epoch {epoch + 1}/{config.epochs}")
+        except TrainingDiverged as error:
+            kept = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
+            if kept and os.path.exists(kept):
+                raise TrainingDiverged(f"{error}; the last good checkpoint is kept in {kept}") from None
+            raise
+        evaluation = evaluate_loader(trainer, test_loader)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": stats["loss"],
+            "train_acc": stats["accuracy"],
+            "test_acc": evaluation["accuracy"],
+            "test_loss": evaluation["loss"],
+            "examples_per_sec": stats["examples"] / stats["seconds"],
+            "seconds": stats["seconds"],
+            "eval_seconds": evaluation["seconds"],
+        }
+        history.append(record)
+        if not quiet:
+            print_fn(
+                f"[{trainer.backend}] epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, "
+                f"train acc {record['train_acc']:.3f}, test acc {record['test_acc']:.3f}, "
+                f"{record['examples_per_sec']:.1f} examples/sec on {trainer.device_name}"
+            )
+        if out_dir is not None:
+            state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history}
+            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), trainer.export_weights(), config.arch,
+                         metadata={"train_state": state})
+            metrics = dict(_environment(trainer))
+            metrics.update({
+                "hyperparameters": config.to_dict(),
+                "seed": config.seed,
+                "epochs_completed": epoch + 1,
+                "finished": epoch + 1 == config.epochs,
+                "history": history,
+                "wall_seconds": time.perf_counter() - wall_start,
+                "started": started,
+                "updated": _now(),
+            })
+            _write_json(os.path.join(out_dir, METRICS_NAME), metrics)
+    return history
+
+
+def _resolve_config(preset, config, overrides) -> TrainConfig:
+    if preset is not None and config is not None:
+        raise ValueError("pass either preset or config, not both")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        config = PRESETS[preset]
+    config = config or D2L
+    unknown = [key for key in overrides if not hasattr(config, key)]
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
+    return config.replace(**{k: v for k, v in overrides.items()}).validate()
+
+
+def _resume_state(out_dir, config: TrainConfig):
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+    weights = load_weights(path, config.arch)
+    state = read_metadata(path).get("train_state")
+    if not state:
+        raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
+    saved = TrainConfig(**state["config"])
+    differs = [k for k in ("arch", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
+               if getattr(saved, k) != getattr(config, k)]
+    if differs:
+        pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
+        raise CheckpointError(f"{path}: was trained with {pairs}; resume with the same settings or use another --out")
+    if state["epoch"] > config.epochs:
+        raise CheckpointError(f"{path}: already has {state['epoch']} epochs, more than --epochs {config.epochs}")
+    return weights, state
+
+
+def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
+          out_dir=None, resume: bool = False, quiet: bool = False, progress: Optional[bool] = None,
+          device=None, data_dir=None, synthetic: bool = False, print_fn=print, **overrides) -> List[dict]:
+    """Train ResNet on Fashion-MNIST with one backend (``trainer_class`` is its ``Trainer``).
+
+    The recipe is ``config`` or ``preset`` ("d2l": the chapter's; the default) with
+    ``overrides`` (``epochs=1, resize=None, ...``, see :class:`common.hparams.TrainConfig`).
+    Initial weights come from :func:`common.weights.init_weights` for the seed, the data order
+    from :mod:`common.data` for the seed, so every backend computes the same run. With
+    ``out_dir``, a checkpoint and ``metrics.json`` are written after every epoch; an existing
+    checkpoint is never overwritten unless ``resume`` continues it.
+    """
+    config = _resolve_config(preset, config, overrides)
+    start_epoch, history, weights = 0, [], None
+    if out_dir is not None:
+        checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
+        if resume:
+            weights, state = _resume_state(out_dir, config)
+            start_epoch, history = state["epoch"], state.get("history", [])
+        elif os.path.exists(checkpoint):
+            raise CheckpointError(
+                f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
+            )
+    elif resume:
+        raise CheckpointError("--resume needs --out DIR (the run's directory)")
+    train_loader, test_loader = fashion_mnist_loaders(
+        config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
+        test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
+    )
+    trainer = trainer_class(net, arch=config.arch, lr=config.lr, device=device)
+    trainer.import_weights(weights if weights is not None else init_weights(config.arch, config.seed))
+    if start_epoch and not quiet:
+        print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
+    return fit(trainer, train_loader, test_loader, config, out_dir=out_dir, start_epoch=start_epoch,
+               history=history, quiet=quiet, progress=progress, print_fn=print_fn)
+
+
+def evaluate(trainer_class, *, weights, arch: str = "resnet18", resize: Optional[int] = 96, batch_size: int = 256,
+             test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False, device=None,
+             progress: bool = False) -> Dict[str, float]:
+    """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend."""
+    if not isinstance(weights, dict):
+        weights = load_weights(weights, arch)
+    _, test_loader = fashion_mnist_loaders(batch_size, resize=resize, seed=0, subset=1, test_subset=test_subset,
+                                           data_dir=data_dir, synthetic=synthetic)
+    trainer = trainer_class(None, arch=arch, device=device)
+    trainer.import_weights(weights)
+    return evaluate_loader(trainer, test_loader, progress=progress)
+
+
+class _Epochs:
+    """Lets the chapter's iterators (which may be plain iterables) be re-run per epoch."""
+
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def set_epoch(self, epoch):
+        if hasattr(self.iterable, "set_epoch"):
+            self.iterable.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __len__(self):
+        return len(self.iterable)
+
+
+def train_ch6(trainer, train_iter, test_iter, num_epochs: int, print_fn=print) -> List[dict]:
+    """The chapter's ``train_ch6``: train, then print its two closing lines.
+
+    ``loss ..., train acc ..., test acc ...`` and ``... examples/sec on <device>``, with
+    examples/sec measured as everywhere in this project (see the module docstring).
+    """
+    config = TrainConfig(epochs=num_epochs, lr=trainer.lr)
+    history = fit(trainer, _Epochs(train_iter), _Epochs(test_iter), config, quiet=True, progress=False)
+    last = history[-1]
+    print_fn(f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}")
+    total_examples = sum(h["examples_per_sec"] * h["seconds"] for h in history)
+    total_seconds = sum(h["seconds"] for h in history)
+    print_fn(f"{total_examples / total_seconds:.1f} examples/sec on {trainer.device_name}")
+    return history
+
+
+def first_step_losses(trainer, loader, steps: int) -> List[float]:
+    """Mean loss of each of the first ``steps`` SGD steps over ``loader`` (cross-backend checks)."""
+    losses = []
+    for images, labels in loader:
+        if len(losses) == steps:
+            break
+        x, y = trainer.to_batch(images, labels)
+        loss_sum, _ = trainer.train_step(x, y)
+        losses.append(trainer.to_host([loss_sum])[0] / _batch_size(labels))
+    return losses

@@ -1,0 +1,161 @@
+"""The command line: one clear line for every mistake, files for every run, compare and bench."""
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from common.backend import BACKENDS, FRAMEWORKS
+from common.cli import main
+from common.weights import init_weights, save_weights
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_exit(capsys, *argv):
+    """For argparse's own errors, which exit through SystemExit."""
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(err, *words):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert any(all(w in line for w in words) for line in lines), err
+    assert len(lines) <= 3, err  # argparse adds its usage line; nothing else
+
+
+# --- argument errors (no framework needed) ---------------------------------------------
+
+def test_unknown_backend(capsys):
+    code, _, err = run_exit(capsys, "train", "--backend", "jax")
+    assert code == 2
+    assert_one_line_error(err, "invalid choice", "jax")
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_non_positive_sizes(capsys, flag, value):
+    code, _, err = run_exit(capsys, "train", "--backend", "torch", flag, value)
+    assert code == 2
+    assert_one_line_error(err, flag, "positive integer")
+
+
+def test_missing_framework_is_one_line(capsys):
+    missing = []
+    for name in BACKENDS:
+        try:
+            importlib.import_module(FRAMEWORKS[name][1])
+        except ImportError:
+            missing.append(name)
+    if not missing:
+        pytest.skip("every framework imports here")
+    code, _, err = run(capsys, "train", "--backend", missing[0], "--synthetic")
+    assert code == 1
+    assert_one_line_error(err, "needs", FRAMEWORKS[missing[0]][0], "pip install")
+
+
+def test_compare_writes_table_and_plot(capsys, tmp_path):
+    runs = []
+    for backend, speed in (("torch", 150.0), ("tf", 120.0), ("mx", 110.0)):
+        directory = tmp_path / backend
+        directory.mkdir()
+        history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.45 + 0.1 * e,
+                    "examples_per_sec": speed, "seconds": 10.0, "eval_seconds": 1.0} for e in (1, 2)]
+        (directory / "metrics.json").write_text(json.dumps({
+            "backend": backend, "framework": f"{backend} 1.0", "device": "cpu", "history": history,
+            "wall_seconds": 22.0}))
+        runs.append(str(directory))
+    code, out, err = run(capsys, "compare", *runs, "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert table.splitlines()[0].startswith("| backend | framework | device |")
+    assert "| torch | torch 1.0 | cpu | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
+    assert "| mx |" in out
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_bad_input(capsys, tmp_path):
+    code, _, err = run(capsys, "compare", str(tmp_path / "nothing"))
+    assert code == 1
+    assert_one_line_error(err, "no such file")
+    (tmp_path / "metrics.json").write_text("{not json")
+    code, _, err = run(capsys, "compare", str(tmp_path))
+    assert code == 1
+    assert_one_line_error(err, "not a readable metrics.json")
+
+
+# --- with this environment's backend ---------------------------------------------------
+
+TINY = ["--synthetic", "--epochs", "1", "--batch-size", "16", "--resize", "none", "--subset", "32",
+        "--test-subset", "16", "--quiet"]
+
+
+def test_train_writes_checkpoint_and_metrics(capsys, tmp_path, backend_name):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), *TINY)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == backend_name and metrics["finished"] is True
+    assert metrics["hyperparameters"]["batch_size"] == 16 and metrics["hyperparameters"]["resize"] is None
+    assert len(metrics["history"]) == 1
+    # evaluate reads the resize from the checkpoint
+    code, out_text, err = run(capsys, "evaluate", "--backend", backend_name, "--weights",
+                              str(out / "checkpoint.npz"), "--synthetic", "--test-subset", "16")
+    assert code == 0, err
+    assert "test acc" in out_text and "on 16 images" in out_text
+
+
+def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name):
+    out = tmp_path / "run"
+    save_weights(out / "checkpoint.npz", init_weights(seed=9))
+    before = (out / "checkpoint.npz").read_bytes()
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), *TINY)
+    assert code == 1
+    assert_one_line_error(err, "already exists", "--resume")
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_missing_data_is_one_line(capsys, tmp_path, backend_name, monkeypatch):
+    monkeypatch.setattr("common.data.DOWNLOAD_URLS", [], raising=False)
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--data-dir", str(tmp_path / "absent"),
+                       "--epochs", "1", "--quiet")
+    assert code == 1
+    assert_one_line_error(err, str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"garbage", "not a readable .npz"),
+    (None, "holds weights for 'resnet34'"),
+])
+def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, content, words):
+    path = tmp_path / "checkpoint.npz"
+    if content is None:
+        save_weights(path, init_weights(seed=0))
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["__arch__"] = np.array("resnet34")
+        np.savez(path, **arrays)
+    else:
+        path.write_bytes(content)
+    code, _, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(path), "--synthetic")
+    assert code == 1
+    assert_one_line_error(err, str(path), words)
+
+
+def test_bench_reports_json(capsys, backend_name):
+    code, out, err = run(capsys, "bench", "--backend", backend_name, "--batch-size", "4", "--resize", "32",
+                         "--steps", "1", "--warmup", "1")
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("backend", "framework", "device", "batch_size", "resize", "train_examples_per_sec",
+                "inference_examples_per_sec", "train_gflops", "matmul_gflops", "fraction_of_matmul",
+                "peak_memory_mb"):
+        assert key in result, key
+    assert result["train_examples_per_sec"] > 0 and result["matmul_gflops"] > 0
