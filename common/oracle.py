@@ -1,0 +1,437 @@
+"""The NumPy reference ResNet: the oracle every backend's tests compare against.
+
+A forward pass (eval mode with running statistics, train mode with batch statistics) and a
+complete hand-written backward pass, built from :mod:`common.spec` like the backends are,
+in float64 so that its own rounding is negligible next to a backend's float32. It imports
+no framework, runs on NumPy 1.23 and 2.x, and is fast enough (vectorised im2col
+convolutions) for ResNet-18 on small batches in the tests.
+
+Semantics are PyTorch's, which every backend is aligned to: symmetric padding, max-pool
+padding with -inf, BatchNorm normalising with the biased batch variance while its running
+variance takes the *unbiased* one, ``running = (1 - momentum) * running + momentum * batch``.
+
+The file reads top to bottom in data-flow order: one small forward/backward pair per layer,
+then the stem, the residual block and the head, then the network and the public functions.
+Each layer's forward returns ``(output, cache)``; its backward takes the output's gradient
+and the cache and returns the input's gradient (and the parameters').
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .spec import BN_EPSILON, BN_MOMENTUM, check_input_shape, get_spec, is_buffer, iter_blocks, parameter_shapes
+from .weights import check_weights
+
+__all__ = [
+    "forward",
+    "loss_and_gradients",
+    "sgd_step",
+    "step_batch",
+    "batch_norm_fed_conv_biases",
+]
+
+Array = np.ndarray
+
+
+# --- layers: forward and backward ---------------------------------------------------------
+
+def _windows(x: Array, kernel: int, stride: int) -> Array:
+    """View of every ``kernel x kernel`` window of ``x`` (N, C, H, W) at ``stride``.
+
+    Shape (N, C, Ho, Wo, kernel, kernel); no copy.
+    """
+    view = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))
+    return view[:, :, ::stride, ::stride]
+
+
+def conv2d(x: Array, weight: Array, bias: Optional[Array], stride: int, padding: int):
+    """Cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C, k, k), zero padding.
+
+    Computed as one matrix product over the im2col matrix (rows: output pixels, columns:
+    C * k * k), which the backward pass reuses for the weight gradient.
+    """
+    n, _, height, width = x.shape
+    out_channels, _, kernel, _ = weight.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = _windows(padded, kernel, stride)
+    out_h, out_w = windows.shape[2], windows.shape[3]
+    columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, -1)
+    out = columns @ weight.reshape(out_channels, -1).T
+    if bias is not None:
+        out += bias
+    out = out.reshape(n, out_h, out_w, out_channels).transpose(0, 3, 1, 2)
+    cache = (columns, weight, bias is not None, x.shape, stride, padding)
+    return np.ascontiguousarray(out), cache
+
+
+def conv2d_backward(d_out: Array, cache):
+    """Gradients of :func:`conv2d` for input, weight and bias (None without a bias)."""
+    columns, weight, has_bias, x_shape, stride, padding = cache
+    n, channels, height, width = x_shape
+    out_channels, _, kernel, _ = weight.shape
+    out_h, out_w = d_out.shape[2], d_out.shape[3]
+    d_out_rows = d_out.transpose(0, 2, 3, 1).reshape(-1, out_channels)
+    d_weight = (d_out_rows.T @ columns).reshape(weight.shape)
+    d_bias = d_out_rows.sum(axis=0) if has_bias else None
+    d_columns = (d_out_rows @ weight.reshape(out_channels, -1)).reshape(n, out_h, out_w, channels, kernel, kernel)
+    # col2im: add each kernel offset's contribution back onto the padded input.
+    d_padded = np.zeros((n, channels, height + 2 * padding, width + 2 * padding))
+    for i in range(kernel):
+        for j in range(kernel):
+            d_padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += (
+                d_columns[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+            )
+    d_x = d_padded[:, :, padding:padding + height, padding:padding + width]
+    return d_x, d_weight, d_bias
+
+
+def batch_norm_train(x: Array, gamma: Array, beta: Array):
+    """BatchNorm with the statistics of this batch (per channel over N, H, W).
+
+    Normalises with the biased variance; also returns the batch mean and the *unbiased*
+    variance, which are what PyTorch feeds into the running statistics.
+    """
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if count < 2:
+        raise ValueError(f"train-mode BatchNorm needs more than 1 value per channel, got input shape {x.shape}")
+    mean = x.mean(axis=(0, 2, 3))
+    centred = x - mean[None, :, None, None]
+    variance = (centred ** 2).mean(axis=(0, 2, 3))
+    inverse_std = 1.0 / np.sqrt(variance + BN_EPSILON)
+    normalised = centred * inverse_std[None, :, None, None]
+    out = normalised * gamma[None, :, None, None] + beta[None, :, None, None]
+    unbiased_variance = variance * count / (count - 1)
+    return out, (normalised, inverse_std, gamma), mean, unbiased_variance
+
+
+def batch_norm_eval(x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array) -> Array:
+    """BatchNorm with the running statistics (inference)."""
+    scale = gamma / np.sqrt(running_var + BN_EPSILON)
+    shift = beta - running_mean * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def update_running_statistics(running_mean: Array, running_var: Array, batch_mean: Array,
+                              batch_unbiased_var: Array) -> Tuple[Array, Array]:
+    """PyTorch's update: ``running = (1 - momentum) * running + momentum * batch``."""
+    new_mean = (1.0 - BN_MOMENTUM) * running_mean + BN_MOMENTUM * batch_mean
+    new_var = (1.0 - BN_MOMENTUM) * running_var + BN_MOMENTUM * batch_unbiased_var
+    return new_mean, new_var
+
+
+def batch_norm_backward(d_out: Array, cache):
+    """Gradients of :func:`batch_norm_train` for input, gamma and beta.
+
+    The batch statistics depend on the input, hence the two subtracted terms; they make
+    the input gradient sum to zero per channel, which is why a convolution bias feeding a
+    train-mode BatchNorm gets a zero gradient.
+    """
+    normalised, inverse_std, gamma = cache
+    d_gamma = (d_out * normalised).sum(axis=(0, 2, 3))
+    d_beta = d_out.sum(axis=(0, 2, 3))
+    count = d_out.shape[0] * d_out.shape[2] * d_out.shape[3]
+    d_normalised = d_out * gamma[None, :, None, None]
+    d_x = (inverse_std / count)[None, :, None, None] * (
+        count * d_normalised
+        - d_normalised.sum(axis=(0, 2, 3))[None, :, None, None]
+        - normalised * (d_normalised * normalised).sum(axis=(0, 2, 3))[None, :, None, None]
+    )
+    return d_x, d_gamma, d_beta
+
+
+def relu(x: Array):
+    out = np.maximum(x, 0.0)
+    return out, out > 0
+
+
+def relu_backward(d_out: Array, cache) -> Array:
+    return d_out * cache
+
+
+def max_pool2d(x: Array, kernel: int, stride: int, padding: int):
+    """Max pooling; padding is -inf, so a padded position never wins (PyTorch's semantics)."""
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=-np.inf)
+    windows = _windows(padded, kernel, stride)
+    n, channels, out_h, out_w = windows.shape[:4]
+    flat = windows.reshape(n, channels, out_h, out_w, kernel * kernel)
+    # Ties go to the first position in row-major order, as in PyTorch.
+    winner = flat.argmax(axis=-1)
+    out = np.take_along_axis(flat, winner[..., None], axis=-1)[..., 0]
+    return out, (winner, x.shape, kernel, stride, padding)
+
+
+def max_pool2d_backward(d_out: Array, cache) -> Array:
+    winner, x_shape, kernel, stride, padding = cache
+    n, channels, height, width = x_shape
+    out_h, out_w = d_out.shape[2], d_out.shape[3]
+    d_padded = np.zeros((n, channels, height + 2 * padding, width + 2 * padding))
+    for i in range(kernel):
+        for j in range(kernel):
+            d_padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += d_out * (winner == i * kernel + j)
+    return d_padded[:, :, padding:padding + height, padding:padding + width]
+
+
+def global_avg_pool(x: Array):
+    return x.mean(axis=(2, 3)), x.shape
+
+
+def global_avg_pool_backward(d_out: Array, cache) -> Array:
+    n, channels, height, width = cache
+    return np.broadcast_to(d_out[:, :, None, None] / (height * width), cache).copy()
+
+
+def dense(x: Array, weight: Array, bias: Array):
+    """``x @ weight.T + bias`` with ``weight`` as (out, in)."""
+    return x @ weight.T + bias, (x, weight)
+
+
+def dense_backward(d_out: Array, cache):
+    x, weight = cache
+    return d_out @ weight, d_out.T @ x, d_out.sum(axis=0)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[float, Array]:
+    """Mean softmax cross-entropy and its gradient with respect to the logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(labels))
+    loss = -float(log_probabilities[rows, labels].mean())
+    d_logits = np.exp(log_probabilities)
+    d_logits[rows, labels] -= 1.0
+    return loss, d_logits / len(labels)
+
+
+# --- the network: stem, residual blocks, head ------------------------------------------------
+
+class _Pass:
+    """One pass through the network: parameters, mode, and what the backward pass needs.
+
+    ``caches`` holds each layer's cache under its canonical name (``layer2.0.bn1``) or a
+    name for the parameter-free layers (``layer2.0.relu2``); ``state`` collects the
+    updated running statistics of a train-mode pass.
+    """
+
+    def __init__(self, params: Mapping[str, Array], training: bool):
+        self.params = params
+        self.training = training
+        self.caches: Dict[str, object] = {}
+        self.state: Dict[str, Array] = {}
+        self.grads: Dict[str, Array] = {}
+
+    # forward, one call per layer
+
+    def conv(self, name: str, x: Array, stride: int, padding: int) -> Array:
+        out, self.caches[name] = conv2d(x, self.params[f"{name}.weight"], self.params.get(f"{name}.bias"), stride, padding)
+        return out
+
+    def bn(self, name: str, x: Array) -> Array:
+        p = self.params
+        gamma, beta = p[f"{name}.weight"], p[f"{name}.bias"]
+        if not self.training:
+            return batch_norm_eval(x, gamma, beta, p[f"{name}.running_mean"], p[f"{name}.running_var"])
+        out, self.caches[name], mean, unbiased_var = batch_norm_train(x, gamma, beta)
+        new_mean, new_var = update_running_statistics(p[f"{name}.running_mean"], p[f"{name}.running_var"], mean, unbiased_var)
+        self.state[f"{name}.running_mean"] = new_mean
+        self.state[f"{name}.running_var"] = new_var
+        return out
+
+    def relu(self, name: str, x: Array) -> Array:
+        out, self.caches[name] = relu(x)
+        return out
+
+    # backward, the same calls in reverse
+
+    def conv_backward(self, name: str, d_out: Array) -> Array:
+        d_x, d_weight, d_bias = conv2d_backward(d_out, self.caches[name])
+        self.grads[f"{name}.weight"] = d_weight
+        if d_bias is not None:
+            self.grads[f"{name}.bias"] = d_bias
+        return d_x
+
+    def bn_backward(self, name: str, d_out: Array) -> Array:
+        d_x, self.grads[f"{name}.weight"], self.grads[f"{name}.bias"] = batch_norm_backward(d_out, self.caches[name])
+        return d_x
+
+    def relu_backward(self, name: str, d_out: Array) -> Array:
+        return relu_backward(d_out, self.caches[name])
+
+
+def _stem(run: _Pass, x: Array, spec) -> Array:
+    x = run.conv("conv1", x, spec.stem_stride, spec.stem_padding)
+    x = run.bn("bn1", x)
+    x = run.relu("relu", x)
+    x, run.caches["maxpool"] = max_pool2d(x, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    return x
+
+
+def _stem_backward(run: _Pass, d_out: Array) -> Array:
+    d = max_pool2d_backward(d_out, run.caches["maxpool"])
+    d = run.relu_backward("relu", d)
+    d = run.bn_backward("bn1", d)
+    return run.conv_backward("conv1", d)
+
+
+def _basic_block(run: _Pass, x: Array, block) -> Array:
+    """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU."""
+    name = block.name
+    y = run.conv(f"{name}.conv1", x, block.stride, 1)
+    y = run.bn(f"{name}.bn1", y)
+    y = run.relu(f"{name}.relu1", y)
+
+    y = run.conv(f"{name}.conv2", y, 1, 1)
+    y = run.bn(f"{name}.bn2", y)
+
+    shortcut = run.conv(f"{name}.downsample.0", x, block.stride, 0) if block.use_1x1conv else x
+    return run.relu(f"{name}.relu2", y + shortcut)
+
+
+def _basic_block_backward(run: _Pass, d_out: Array, block) -> Array:
+    name = block.name
+    d_sum = run.relu_backward(f"{name}.relu2", d_out)
+    d_shortcut = run.conv_backward(f"{name}.downsample.0", d_sum) if block.use_1x1conv else d_sum
+
+    d = run.bn_backward(f"{name}.bn2", d_sum)
+    d = run.conv_backward(f"{name}.conv2", d)
+
+    d = run.relu_backward(f"{name}.relu1", d)
+    d = run.bn_backward(f"{name}.bn1", d)
+    d = run.conv_backward(f"{name}.conv1", d)
+    return d + d_shortcut
+
+
+def _head(run: _Pass, x: Array) -> Array:
+    x, run.caches["avgpool"] = global_avg_pool(x)
+    logits, run.caches["fc"] = dense(x, run.params["fc.weight"], run.params["fc.bias"])
+    return logits
+
+
+def _head_backward(run: _Pass, d_logits: Array) -> Array:
+    d, run.grads["fc.weight"], run.grads["fc.bias"] = dense_backward(d_logits, run.caches["fc"])
+    return global_avg_pool_backward(d, run.caches["avgpool"])
+
+
+_BLOCKS = {"basic": (_basic_block, _basic_block_backward)}
+
+
+def _block_functions(spec):
+    try:
+        return _BLOCKS[spec.block]
+    except KeyError:
+        raise NotImplementedError(f"the oracle has no {spec.block!r} block yet") from None
+
+
+def _network(run: _Pass, x: Array, spec) -> Array:
+    block_forward, _ = _block_functions(spec)
+    x = _stem(run, x, spec)
+    for block in iter_blocks(spec):
+        x = block_forward(run, x, block)
+    return _head(run, x)
+
+
+def _network_backward(run: _Pass, d_logits: Array, spec) -> None:
+    _, block_backward = _block_functions(spec)
+    d = _head_backward(run, d_logits)
+    for block in reversed(list(iter_blocks(spec))):
+        d = block_backward(run, d, block)
+    _stem_backward(run, d)
+
+
+# --- public functions --------------------------------------------------------------------------
+
+def _prepare(weights: Mapping[str, Array], images, arch):
+    """Check weights and images against the spec; return (spec, float64 params, float64 images)."""
+    spec = get_spec(arch)
+    check_weights(weights, spec, source="oracle weights")
+    params = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
+    images = np.asarray(images)
+    check_input_shape(images.shape, in_channels=params["conv1.weight"].shape[1], data_format="NCHW")
+    return spec, params, images.astype(np.float64)
+
+
+def _check_labels(labels, batch_size: int, num_classes: int) -> Array:
+    labels = np.asarray(labels)
+    if labels.shape != (batch_size,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected integer labels of shape ({batch_size},), got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64)
+
+
+def forward(weights: Mapping[str, Array], images, training: bool = False, return_state: bool = False,
+            arch="resnet18"):
+    """Logits (N, num_classes) of the network with ``weights`` on NCHW ``images``, float64.
+
+    ``training=False`` uses the running statistics; ``training=True`` the batch statistics.
+    With ``return_state=True`` also returns the updated running statistics (canonical
+    names, float64) of a train-mode pass; for an eval-mode pass they are the unchanged
+    ones.
+    """
+    spec, params, x = _prepare(weights, images, arch)
+    run = _Pass(params, training)
+    logits = _network(run, x, spec)
+    if not return_state:
+        return logits
+    if not training:
+        run.state = {name: value.copy() for name, value in params.items() if is_buffer(name)}
+    return logits, run.state
+
+
+def _train_pass(weights, images, labels, arch):
+    spec, params, x = _prepare(weights, images, arch)
+    labels = _check_labels(labels, x.shape[0], params["fc.weight"].shape[0])
+    run = _Pass(params, training=True)
+    logits = _network(run, x, spec)
+    loss, d_logits = softmax_cross_entropy(logits, labels)
+    _network_backward(run, d_logits, spec)
+    order = [name for name in params if not is_buffer(name)]
+    return loss, {name: run.grads[name] for name in order}, run.state
+
+
+def loss_and_gradients(weights: Mapping[str, Array], images, labels, arch="resnet18") -> Tuple[float, Dict[str, Array]]:
+    """Mean softmax cross-entropy in train mode and its gradient for every trainable array.
+
+    Gradients are float64, keyed by canonical name in the weights' order.
+    """
+    loss, gradients, _ = _train_pass(weights, images, labels, arch)
+    return loss, gradients
+
+
+def sgd_step(weights: Mapping[str, Array], images, labels, lr: float, arch="resnet18") -> Tuple[float, Dict[str, Array]]:
+    """One step of the chapter's training: plain SGD (no momentum, no weight decay).
+
+    Returns the loss before the step and the new float32 weights: trainable arrays moved
+    by ``-lr * gradient``, running statistics updated by the same train-mode pass.
+    """
+    loss, gradients, state = _train_pass(weights, images, labels, arch)
+    new_weights = {}
+    for name, value in weights.items():
+        if name in gradients:
+            new_value = np.asarray(value, np.float64) - lr * gradients[name]
+        else:
+            new_value = state[name]
+        new_weights[name] = new_value.astype(np.float32)
+    return loss, new_weights
+
+
+def step_batch(seed: int, batch_size: int, size: int, in_channels: int = 1, num_classes: int = 10) -> Tuple[Array, Array]:
+    """A deterministic batch for the training-step tests: float32 NCHW images uniform in
+    [0, 1] and int64 labels, both drawn from ``np.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 1.0, (batch_size, in_channels, size, size)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=batch_size, dtype=np.int64)
+    return images, labels
+
+
+def batch_norm_fed_conv_biases(arch="resnet18", in_channels=1, num_classes=10) -> List[str]:
+    """Names of convolution biases whose output goes straight into a BatchNorm.
+
+    In train mode their gradient is zero up to rounding (BatchNorm subtracts the batch
+    mean, which absorbs any constant), so tests compare them in absolute terms only.
+    """
+    names = parameter_shapes(arch, in_channels, num_classes)
+    pairs = [("conv1", "bn1")]
+    pairs += [(f"{b.name}.conv1", f"{b.name}.bn1") for b in iter_blocks(arch)]
+    pairs += [(f"{b.name}.conv2", f"{b.name}.bn2") for b in iter_blocks(arch)]
+    return sorted(f"{conv}.bias" for conv, bn in pairs if f"{conv}.bias" in names and f"{bn}.weight" in names)
