@@ -30,7 +30,14 @@ supplies the framework's side:
     tensors the backend's own loaders made); ``train_step(x, y)`` and ``eval_step(x, y)``
     -> ``(loss_sum, num_correct)`` as framework scalars, without waiting for the device;
     ``to_host(values)`` -> Python floats (the only place that synchronises);
-    ``export_weights()`` / ``import_weights(weights)``.
+    ``export_weights()`` / ``import_weights(weights)``; ``matmul_gflops(size=2048, repeats=5)``
+    (the framework's own fp32 matrix multiply on the device, the benchmark's yardstick) and,
+    on a GPU, ``peak_memory_bytes()``.
+
+``reference.py``
+    ``ReferenceTrainer(device=None)``: the chapter's own, unmodified network and training step
+    for the framework behind the same Trainer interface, so ``resnet-fmnist bench --reference``
+    times the book's code exactly as it times this project's.
 """
 from __future__ import annotations
 

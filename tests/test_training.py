@@ -19,18 +19,43 @@ from conftest import EXPECTED_DIR, real_data_dir
 SMALL = dict(epochs=1, batch_size=32, lr=0.05, resize=None, subset=480, test_subset=200, seed=0)
 
 
-def test_first_ten_steps_match_expected(backend):
-    """Same start, same steps: every backend's first 10 losses agree with one checked-in record."""
+def _first_steps():
     with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
         expected = json.load(handle)["first_steps"]
     config = expected["config"]
-    images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["data_seed"])
+    images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["seed"])
     loader = BatchLoader(images, labels, batch_size=config["batch_size"], shuffle=True, seed=config["seed"])
+    return expected, config, loader
+
+
+def test_first_ten_steps_are_the_oracles_steps(backend):
+    """Same start, same steps: each of the first 10 SGD steps is the oracle's step.
+
+    At the chapter's lr 0.05 from Xavier-initialised weights the first steps are violent
+    (the loss jumps from 3.7 to 11): float32 rounding alone, or PyTorch with another thread
+    count, changes the loss by 1e-2 by step 3 and by 1 by step 10, so no two implementations
+    can follow one free-running trajectory for 10 steps. What can be and is checked: the
+    first two free-running losses equal the checked-in ones within 1e-3, and at every one of
+    the 10 steps the backend computes, from its current weights, the oracle's loss (within
+    1e-3) and the oracle's update (within 1e-3 of its size).
+    """
+    expected, config, loader = _first_steps()
     trainer = backend.Trainer(lr=config["lr"])
     trainer.import_weights(init_weights("resnet18", config["seed"]))
-    losses = first_step_losses(trainer, loader, len(expected["losses"]))
-    np.testing.assert_allclose(losses, expected["losses"], rtol=0, atol=1e-3)
-    assert losses[-1] < losses[0]  # and it is learning
+    losses = []
+    for images, labels in loader:
+        before = trainer.export_weights()
+        want_loss, want_after = oracle.sgd_step(before, images, labels, config["lr"])
+        loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
+        losses.append(trainer.to_host([loss_sum])[0] / len(labels))
+        after = trainer.export_weights()
+        assert losses[-1] == pytest.approx(want_loss, abs=1e-3), f"step {len(losses)}"
+        ours = np.sqrt(sum(np.sum((after[k] - before[k]).astype(np.float64) ** 2) for k in before))
+        gap = np.sqrt(sum(np.sum((after[k] - want_after[k]).astype(np.float64) ** 2) for k in before))
+        assert gap <= 1e-3 * ours, f"step {len(losses)}: update differs by {gap / ours:.2e} of its size"
+    assert len(losses) == config["steps"] == len(expected["losses"])
+    agree = expected["free_running_steps_that_agree"]
+    np.testing.assert_allclose(losses[:agree], expected["losses"][:agree], rtol=0, atol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +70,17 @@ def small_run(backend, tmp_path_factory):
     return history, out, data_dir, synthetic
 
 
-def test_one_epoch_learns_and_writes_files(backend_name, small_run):
-    history, out, _, _ = small_run
+def test_one_epoch_learns_and_writes_files(backend, backend_name, small_run):
+    history, out, data_dir, synthetic = small_run
     assert [h["epoch"] for h in history] == [1]
     record = history[0]
-    assert np.log(10) > record["train_loss"] > 0  # below the loss of guessing
-    assert record["test_acc"] > 0.3  # chance is 0.1
+    # The chapter's lr 0.05 makes the first steps violent (the loss jumps to ~10), so the
+    # epoch's mean training loss says little; the test loss before and after says it all.
+    before = backend.evaluate(weights=init_weights("resnet18", SMALL["seed"]), resize=None, batch_size=100,
+                              test_subset=SMALL["test_subset"], data_dir=data_dir, synthetic=synthetic)
+    assert record["test_loss"] < before["loss"]
+    assert record["test_acc"] > max(0.3, before["accuracy"])  # chance is 0.1
+    assert np.isfinite(record["train_loss"]) and 0 <= record["train_acc"] <= 1
     assert record["examples_per_sec"] > 0 and record["seconds"] > 0
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert metrics["backend"] == backend_name
@@ -129,7 +159,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
 
 
 def test_chapter_train_ch6_prints_the_chapter_lines(backend, capsys):
-    train_iter, test_iter = backend.load_data_fashion_mnist(32, resize=None, subset=64, synthetic=True)
+    train_iter, test_iter = backend.load_data_fashion_mnist(32, resize=None, subset=64, test_subset=64, synthetic=True)
     backend.train_ch6(backend.resnet18(), train_iter, test_iter, 1, 0.05, backend.try_gpu())
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"loss \d+\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[-2]), lines

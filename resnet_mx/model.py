@@ -1,0 +1,351 @@
+"""ResNet in MXNet Gluon: the chapter's blocks, the network built from :mod:`common.spec`, weights I/O.
+
+Attribute names are torchvision's (``conv1``, ``bn1``, ``layer2.0.downsample.0``, ``fc``), so
+Gluon's structural parameter names (``layer1.0.bn1.gamma``) are the canonical names of
+:mod:`common.spec` up to Gluon's ``gamma``/``beta`` for BatchNorm's ``weight``/``bias``.
+Layouts need no conversion: Gluon's NCHW convolution weights are OIHW and its dense weights
+``(out, in)``. Every block is a ``HybridBlock``, so the network hybridizes.
+
+Gluon's BatchNorm (1.9.1, native and oneDNN kernels alike) updates its running statistics in
+the *backward* pass and with the *biased* batch variance; PyTorch updates them in the forward
+pass with the unbiased one. :class:`BatchNorm` below aligns that (see its docstring).
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Dict, List, Mapping, Tuple
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from common.spec import (BN_EPSILON, BN_MOMENTUM, check_input_shape, get_spec, iter_blocks, parameter_shapes,
+                         stage_output_shapes)
+from common.weights import check_weights
+
+__all__ = [
+    "DATA_FORMAT",
+    "Residual",
+    "resnet_block",
+    "ResNet",
+    "resnet",
+    "resnet18",
+    "count_parameters",
+    "export_weights",
+    "import_weights",
+    "forward",
+    "trace_shapes",
+]
+
+#: The layout the network takes.
+DATA_FORMAT = "NCHW"
+
+#: Gluon's BatchNorm parameter names -> torchvision's (the only renaming there is).
+_CANONICAL_SUFFIX = {"gamma": "weight", "beta": "bias"}
+
+_collectors = threading.local()
+
+
+@contextmanager
+def _collect_batch_statistics():
+    """While active, every :class:`BatchNorm` traced appends ``(layer, mean, unbiased_var)``."""
+    stack = _collectors.__dict__.setdefault("stack", [])
+    collected: list = []
+    stack.append(collected)
+    try:
+        yield collected
+    finally:
+        stack.pop()
+
+
+def _current_collector():
+    stack = getattr(_collectors, "stack", None)
+    return stack[-1] if stack else None
+
+
+class BatchNorm(nn.BatchNorm):
+    """Gluon BatchNorm with the project's constants and PyTorch's running-statistics update.
+
+    Normalisation is Gluon's own operator (fast oneDNN kernels, biased batch variance, eps
+    1e-5). Gluon's ``momentum`` 0.9 is PyTorch's 0.1 counted the other way round. But MXNet
+    1.9.1 moves the running statistics only in the backward pass and with the biased
+    variance, so a train-mode forward alone changes nothing and the running variance comes
+    out smaller by ``(n - 1) / n``. Inside a :class:`ResNet` (which collects statistics),
+    the operator's own update is switched off (momentum 1: ``running * 1 + batch * 0``, exact)
+    and the layer hands out the batch mean and the *unbiased* batch variance as extra graph
+    outputs; :meth:`ResNet.forward` applies PyTorch's update with them after each train-mode
+    forward. Outside a ResNet (the chapter's own ``HybridSequential``) it behaves as Gluon's.
+    """
+
+    def __init__(self, in_channels=0, **kwargs):
+        super().__init__(momentum=1.0 - BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=in_channels, **kwargs)
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        collected = _current_collector()
+        if collected is None:
+            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        # The operator's own batch statistics come out for free: the mean and, as MXNet 1.x
+        # keeps it for its backward pass, the inverse standard deviation 1 / sqrt(var + eps)
+        # (checked for the native and the oneDNN kernels). F.moments would recompute them
+        # and costs ten times the BatchNorm itself on the CPU.
+        y, mean, inverse_std = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd",
+                                           output_mean_var=True, **dict(self._kwargs, momentum=1.0))
+        biased_var = 1.0 / F.square(inverse_std) - self._kwargs["eps"]
+        count = F.cast(F.size_array(x), "float32") / F.cast(F.size_array(gamma), "float32")
+        unbiased_var = F.broadcast_mul(biased_var, count / (count - 1))
+        collected.append((self, F.BlockGrad(mean), F.BlockGrad(unbiased_var)))
+        return y
+
+
+def _update_running_statistics(running, statistics) -> None:
+    """PyTorch's ``running = (1 - momentum) * running + momentum * batch``, for each array.
+
+    ``running`` lists the Parameters (means and variances, interleaved) that ``statistics``
+    (NDArrays, the same order) update.
+    """
+    with autograd.pause():
+        for param, batch in zip(running, statistics):
+            value = param.data(batch.context)
+            value[:] = (1.0 - BN_MOMENTUM) * value + BN_MOMENTUM * batch
+
+
+class Residual(nn.HybridBlock):
+    """The Residual block of ResNet models (the chapter's signature, torchvision's names).
+
+    The chapter's ``conv3`` (the 1x1 strided convolution on the shortcut, with bias and no
+    BatchNorm) is stored as ``downsample[0]``, torchvision's name for it. ``in_channels``
+    (0: inferred at the first call, as in the chapter) lets :class:`ResNet` create every
+    parameter with its shape at once.
+    """
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, **kwargs):
+        super().__init__(**kwargs)
+        # Registration order is the canonical parameter order of common.spec.
+        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, in_channels=in_channels)
+        self.bn1 = BatchNorm(in_channels=num_channels)
+        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, in_channels=num_channels)
+        self.bn2 = BatchNorm(in_channels=num_channels)
+        if use_1x1conv:
+            self.downsample = nn.HybridSequential()
+            self.downsample.add(nn.Conv2D(num_channels, kernel_size=1, strides=strides, in_channels=in_channels))
+        else:
+            self.downsample = None
+
+    def hybrid_forward(self, F, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return F.relu(Y + X)
+
+
+def resnet_block(num_channels, num_residuals, first_block=False):
+    """The chapter's stage: a ``HybridSequential`` of blocks, the first one halving H and W."""
+    blk = nn.HybridSequential()
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.add(Residual(num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.add(Residual(num_channels))
+    return blk
+
+
+#: Block type of :class:`common.spec.ResNetSpec` -> how to build one block from its BlockConfig.
+BLOCK_BUILDERS = {
+    "basic": lambda block: Residual(block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels),
+}
+
+
+class ResNet(nn.HybridBlock):
+    """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
+
+    Calling it checks the input shape, and in training mode (``autograd.record()`` or
+    ``autograd.train_mode()``) updates the BatchNorm running statistics as PyTorch does
+    (see :class:`BatchNorm`). The global average pool is a plain mean over H and W: the same
+    numbers as ``GlobalAvgPool2D`` without that operator's oneDNN kernels, which MXNet 1.9.1
+    runs pathologically slowly on large feature maps.
+    """
+
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, **kwargs):
+        super().__init__(**kwargs)
+        spec = get_spec(arch)
+        parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
+        self.arch, self.num_classes, self.in_channels = spec.name, num_classes, in_channels
+        self.conv1 = nn.Conv2D(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
+                               padding=spec.stem_padding, use_bias=spec.conv_bias, in_channels=in_channels)
+        self.bn1 = BatchNorm(in_channels=spec.stem_channels)
+        self.maxpool = nn.MaxPool2D(pool_size=spec.pool_kernel, strides=spec.pool_stride, padding=spec.pool_padding)
+        stages: Dict[int, nn.HybridSequential] = {}
+        for block in iter_blocks(spec):
+            if block.stage not in stages:
+                stages[block.stage] = nn.HybridSequential()
+                setattr(self, f"layer{block.stage}", stages[block.stage])
+            stages[block.stage].add(BLOCK_BUILDERS[spec.block](block))
+        self.num_stages = len(stages)
+        self.fc = nn.Dense(num_classes, in_units=spec.feature_channels)
+        self._running: List[gluon.Parameter] = []  # filled when traced
+
+    def _stem(self, F, x):
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = F.relu(x)
+        return self.maxpool(x)
+
+    def _pool(self, F, x):
+        return F.mean(x, axis=(2, 3))
+
+    def stages(self, F=mx.nd):
+        """(name, function) for each stage of :func:`common.spec.stage_output_shapes`, in order."""
+        layers = [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, self.num_stages + 1)]
+        return ([("stem", lambda x: self._stem(F, x))] + layers
+                + [("pool", lambda x: self._pool(F, x)), ("fc", self.fc)])
+
+    def hybrid_forward(self, F, x):
+        with _collect_batch_statistics() as collected:
+            for _, stage in self.stages(F):
+                x = stage(x)
+        self._running = [p for layer, _, _ in collected for p in (layer.running_mean, layer.running_var)]
+        return [x] + [s for _, mean, unbiased_var in collected for s in (mean, unbiased_var)]
+
+    def forward(self, x):
+        if not isinstance(x, mx.nd.NDArray):
+            # Traced inside another block's graph: logits only, and the running statistics
+            # stay as they are (train the ResNet itself, not a block around it).
+            return super().forward(x)[0]
+        check_input_shape(x.shape, self.in_channels, DATA_FORMAT)
+        training = autograd.is_training()
+        if training:
+            _check_batch_statistics(self.arch, x.shape, self.in_channels)
+        logits, *statistics = super().forward(x)
+        if training:
+            _update_running_statistics(self._running, statistics)
+        return logits
+
+
+def _check_batch_statistics(arch, shape, in_channels) -> None:
+    # PyTorch refuses a train-mode BatchNorm over one value per channel (its variance is 0/0).
+    smallest = min(h * w for _, (_, h, w) in stage_output_shapes(arch, in_channels, shape[2], shape[3])[:-2])
+    if shape[0] * smallest < 2:
+        raise ValueError(f"a training-mode forward needs more than 1 value per BatchNorm channel; got input "
+                         f"shape {tuple(shape)}: use a batch of at least 2 or larger images")
+
+
+def resnet(arch="resnet18", num_classes=10, in_channels=1) -> ResNet:
+    """The network ``arch`` of :data:`common.spec.RESNET_SPECS`, initialised on the CPU.
+
+    Initial values are Gluon's defaults; training imports :func:`common.weights.init_weights`.
+    """
+    net = ResNet(arch, num_classes, in_channels)
+    net.initialize(ctx=mx.cpu())
+    return net
+
+
+def resnet18(num_classes=10, in_channels=1) -> ResNet:
+    return resnet("resnet18", num_classes, in_channels)
+
+
+def _parameters(net) -> Dict[str, gluon.Parameter]:
+    """Gluon's structural name -> Parameter, in registration order."""
+    return dict(net._collect_params_with_prefix())
+
+
+def count_parameters(net) -> int:
+    """Number of trainable scalars (BatchNorm running statistics have ``grad_req='null'``)."""
+    return sum(int(np.prod(p.shape)) for p in _parameters(net).values() if p.grad_req != "null")
+
+
+def _architecture(net) -> Tuple[str, int, int]:
+    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's HybridSequential ResNet-18."""
+    if isinstance(net, ResNet):
+        return net.arch, net.in_channels, net.num_classes
+    params = list(_parameters(net).values())
+    convs = [p for p in params if len(p.shape) == 4]
+    dense = [p for p in params if len(p.shape) == 2]
+    if not convs or not dense:
+        raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
+    if not convs[0].shape[1] or not dense[-1].shape[0]:
+        raise ValueError(f"{type(net).__name__} has parameters of unknown shape; call it on one batch first")
+    return "resnet18", convs[0].shape[1], dense[-1].shape[0]
+
+
+def _canonical_parameters(net) -> Dict[str, gluon.Parameter]:
+    """Canonical name -> the net's Parameter (the one mapping, written once).
+
+    For :class:`ResNet` the structural names are the canonical ones with BatchNorm's
+    ``gamma``/``beta`` renamed. The chapter's own network (a ``HybridSequential`` of
+    Gluon's stem layers and our ``Residual`` blocks) has names such as ``0.weight`` or
+    ``5.0.downsample.0.bias`` holding the same arrays in the same order, so its entries are
+    matched by position, checking each kind and shape (shapes not yet inferred pass).
+    """
+    params = {}
+    for key, param in _parameters(net).items():
+        stem, _, kind = key.rpartition(".")
+        params[f"{stem}.{_CANONICAL_SUFFIX.get(kind, kind)}" if stem else _CANONICAL_SUFFIX.get(kind, kind)] = param
+    shapes = parameter_shapes(*_architecture(net))
+    if list(params) == list(shapes):
+        return params
+    if len(params) != len(shapes):
+        raise ValueError(f"{type(net).__name__} has {len(params)} weight arrays, ResNet needs {len(shapes)}; "
+                         "build it with resnet18() or the chapter's Residual/resnet_block")
+    mapping = {}
+    for (key, param), (name, shape) in zip(params.items(), shapes.items()):
+        fits = len(param.shape) == len(shape) and all(d in (0, -1, s) for d, s in zip(param.shape, shape))
+        if key.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1] or not fits:
+            raise ValueError(f"network entry '{key}' {tuple(param.shape)} does not line up with canonical "
+                             f"'{name}' {shape}; build it with resnet18() or the chapter's Residual/resnet_block")
+        mapping[name] = param
+    return mapping
+
+
+def export_weights(net) -> Dict[str, np.ndarray]:
+    """Canonical name -> float32 NumPy copy (OIHW conv, (out, in) dense), in spec order."""
+    return {name: param.data(_context(net)).asnumpy().astype(np.float32, copy=False)
+            for name, param in _canonical_parameters(net).items()}
+
+
+def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy canonical ``weights`` into ``net`` exactly, after checking names and shapes."""
+    arch, in_channels, num_classes = _architecture(net)
+    check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
+    for name, param in _canonical_parameters(net).items():
+        # set_data copies to every context the parameter lives on (or waits for deferred init).
+        param.set_data(mx.nd.array(np.asarray(weights[name], dtype=np.float32), dtype=np.float32))
+
+
+def _context(net) -> mx.Context:
+    for param in _parameters(net).values():
+        try:
+            return param.list_ctx()[0]
+        except RuntimeError:  # not initialised yet
+            break
+    return mx.cpu()
+
+
+def _input(net, images) -> mx.nd.NDArray:
+    return mx.nd.array(np.asarray(images, dtype=np.float32), ctx=_context(net), dtype=np.float32)
+
+
+def forward(net, images, training=False) -> np.ndarray:
+    """Logits (NumPy) for an NCHW NumPy batch.
+
+    ``training=True`` normalises with batch statistics and updates the running ones, as a
+    training step's forward pass does, without any gradient step.
+    """
+    x = _input(net, images)
+    with autograd.train_mode() if training else autograd.predict_mode():
+        return net(x).asnumpy()
+
+
+def trace_shapes(net, images) -> List[Tuple[str, tuple]]:
+    """(stage name, NCHW output shape) through stem, layer1..4, pool and fc, in eval mode."""
+    x = _input(net, images)
+    check_input_shape(x.shape, net.in_channels, DATA_FORMAT)
+    shapes = []
+    with autograd.predict_mode():
+        for name, stage in net.stages():
+            x = stage(x)
+            shapes.append((name, tuple(x.shape)))
+    return shapes

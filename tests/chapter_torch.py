@@ -1,0 +1,46 @@
+"""The chapter's PyTorch code (d2l-en, chapter_convolutional-modern/resnet.md), run against
+``resnet_torch`` in place of ``d2l``: NCHW tensors, ``Residual(input_channels, num_channels,
+...)``, ``resnet_block(...)`` returning a list, and the chapter's ``nn.Sequential`` of b1..b5."""
+import torch
+from torch import nn
+
+import resnet_torch as d2l
+from resnet_torch import Residual, resnet_block
+
+
+def residual_output_shape(input_channels, num_channels, use_1x1conv, strides, input_shape_nchw):
+    blk = Residual(input_channels, num_channels, use_1x1conv=use_1x1conv, strides=strides)
+    X = torch.rand(*input_shape_nchw)
+    Y = blk(X)
+    return tuple(Y.shape)
+
+
+def net():
+    # The chapter's assembly, verbatim.
+    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+                       nn.BatchNorm2d(64), nn.ReLU(),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2))
+    return nn.Sequential(b1, b2, b3, b4, b5,
+                         nn.AdaptiveAvgPool2d((1, 1)),
+                         nn.Flatten(), nn.Linear(512, 10))
+
+
+def chapter_net_output_shapes(input_shape_nchw):
+    X = torch.rand(size=input_shape_nchw)
+    shapes = []
+    for layer in net():
+        X = layer(X)
+        # The chapter prints the pool's (N, 512, 1, 1) and then Flatten's (N, 512); keep the latter.
+        if not isinstance(layer, nn.AdaptiveAvgPool2d):
+            shapes.append(tuple(X.shape))
+    return shapes
+
+
+def call_resnet18_with_other_layout(shape_nchw):
+    net = d2l.resnet18()
+    n, c, h, w = shape_nchw
+    return net(torch.zeros(n, h, w, c))

@@ -1,0 +1,207 @@
+"""The model in every backend: the chapter's shapes, the spec's counts, the oracle's numbers."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common import oracle
+from common.spec import count_parameters, parameter_shapes, stage_output_shapes
+from common.weights import WeightsError, init_weights
+
+from conftest import EXPECTED_DIR
+
+
+def perturbed_weights(seed=0, in_channels=1, num_classes=10):
+    """Initial weights with every array disturbed, so no term of the function is trivial.
+
+    Non-zero biases and BatchNorm betas, gammas away from 1, random running statistics (so
+    eval mode differs from train mode), and a dense layer scaled so logits are of order 1.
+    """
+    rng = np.random.default_rng(seed + 100)
+    weights = init_weights("resnet18", seed, in_channels, num_classes)
+    for name, value in weights.items():
+        if name.endswith("running_var"):
+            weights[name] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
+        elif name.endswith("running_mean") or name.endswith("bias"):
+            weights[name] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
+        elif value.ndim == 1:  # BatchNorm gamma
+            weights[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    return weights
+
+
+def scaled_for_unit_logits(weights, images, training=False):
+    """Scale fc.weight so that the oracle's logits (eval or train mode) have a spread of about 1."""
+    logits = oracle.forward(weights, images, training=training)
+    weights = dict(weights)
+    weights["fc.weight"] = (weights["fc.weight"] / max(float(np.std(logits)), 1e-6)).astype(np.float32)
+    return weights
+
+
+@pytest.fixture(scope="module", params=[64, 28], ids=["64px", "28px"])
+def case(request):
+    # 28 x 28 leaves layer4 with 1 x 1 feature maps, where backends may take special paths.
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0.0, 1.0, (4, 1, request.param, request.param)).astype(np.float32)
+    weights = scaled_for_unit_logits(perturbed_weights(), images)
+    return weights, images
+
+
+# --- the chapter's checks -------------------------------------------------------------
+
+def test_residual_keeps_shape(chapter):
+    assert chapter.residual_output_shape(3, 3, False, 1, (4, 3, 6, 6)) == (4, 3, 6, 6)
+
+
+def test_residual_with_1x1conv_halves_and_widens(chapter):
+    assert chapter.residual_output_shape(3, 6, True, 2, (4, 3, 6, 6)) == (4, 6, 3, 3)
+
+
+def test_chapter_network_layer_shapes(chapter):
+    # The chapter builds ResNet-18 from Residual/resnet_block itself and prints each layer.
+    shapes = chapter.chapter_net_output_shapes((1, 1, 224, 224))
+    expected = [(1,) + shape for _, shape in stage_output_shapes("resnet18", 1, 224, 224)]
+    assert shapes == expected
+
+
+def test_resnet18_stage_shapes(backend):
+    net = backend.resnet18()
+    traced = backend.trace_shapes(net, np.zeros((1, 1, 224, 224), np.float32))
+    expected = [(name, (1,) + shape) for name, shape in stage_output_shapes("resnet18", 1, 224, 224)]
+    assert traced == expected
+
+
+def test_resnet18_other_channels_and_classes(backend):
+    net = backend.resnet18(num_classes=7, in_channels=3)
+    logits = backend.forward(net, np.zeros((2, 3, 32, 32), np.float32))
+    assert logits.shape == (2, 7)
+    assert backend.count_parameters(net) == count_parameters("resnet18", 3, 7)
+
+
+# --- the spec's numbers ----------------------------------------------------------------
+
+def test_trainable_parameter_count(backend):
+    assert count_parameters("resnet18", 1, 10) == 11_178_378
+    assert backend.count_parameters(backend.resnet18()) == 11_178_378
+
+
+def test_export_names_and_shapes_are_canonical(backend):
+    exported = backend.export_weights(backend.resnet18())
+    expected = parameter_shapes("resnet18", 1, 10)
+    assert list(exported) == list(expected)
+    assert {k: v.shape for k, v in exported.items()} == expected
+    assert all(v.dtype == np.float32 for v in exported.values())
+
+
+def test_export_import_round_trip_is_exact(backend, case):
+    weights, _ = case
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    exported = backend.export_weights(net)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    # and through a second network: nothing hides in the first one's state
+    other = backend.resnet18()
+    backend.import_weights(other, exported)
+    for name, value in backend.export_weights(other).items():
+        np.testing.assert_array_equal(value, weights[name], err_msg=name)
+
+
+def test_import_refuses_wrong_weights(backend, case):
+    weights, _ = case
+    net = backend.resnet18()
+    bad = dict(weights)
+    bad["layer1.0.conv1.weight"] = bad["layer1.0.conv1.weight"][:, :32]
+    with pytest.raises(WeightsError, match="layer1.0.conv1.weight"):
+        backend.import_weights(net, bad)
+    missing = dict(weights)
+    del missing["fc.bias"]
+    with pytest.raises(WeightsError, match="fc.bias"):
+        backend.import_weights(net, missing)
+
+
+# --- the oracle's numbers --------------------------------------------------------------
+
+def test_eval_logits_match_oracle(backend, case):
+    weights, images = case
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    expected = oracle.forward(weights, images, training=False)
+    assert 0.5 < np.std(expected) < 2.0  # logits of order 1: the tolerance means something
+    np.testing.assert_allclose(backend.forward(net, images, training=False), expected, rtol=0, atol=1e-4)
+
+
+def test_train_logits_and_running_statistics_match_oracle(backend, case):
+    weights, images = case
+    weights = scaled_for_unit_logits(weights, images, training=True)
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    expected_logits, expected_state = oracle.forward(weights, images, training=True, return_state=True)
+    assert 0.5 < np.std(expected_logits) < 2.0
+    logits = backend.forward(net, images, training=True)
+    np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-4)
+    exported = backend.export_weights(net)
+    for name, value in expected_state.items():
+        assert not np.allclose(value, weights[name]), f"{name}: running statistic did not move"
+        np.testing.assert_allclose(exported[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    # the forward pass in training mode changes running statistics and nothing else
+    for name, value in weights.items():
+        if name not in expected_state:
+            np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_eval_mode_leaves_running_statistics_alone(backend, case):
+    weights, images = case
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    backend.forward(net, images, training=False)
+    for name, value in backend.export_weights(net).items():
+        np.testing.assert_array_equal(value, weights[name], err_msg=name)
+
+
+# --- one training step, the same in every backend ----------------------------------------
+
+def load_expected():
+    with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
+        return json.load(handle)
+
+
+def test_one_training_step_matches_expected(backend):
+    expected = load_expected()["one_step"]
+    images, labels = oracle.step_batch(**expected["batch"])
+    net = backend.resnet18()
+    backend.import_weights(net, init_weights("resnet18", expected["seed"]))
+    loss, gradients = backend.loss_and_gradients(net, images, labels)
+    assert loss == pytest.approx(expected["loss"], rel=1e-4)
+    norms = {name: float(np.linalg.norm(g)) for name, g in gradients.items()}
+    assert sorted(norms) == sorted(expected["gradient_norms"])
+    total = expected["total_gradient_norm"]
+    for name, want in expected["gradient_norms"].items():
+        if name in expected["near_zero"]:
+            # A conv bias feeding a train-mode BatchNorm has a gradient that is zero up to
+            # rounding: only its size relative to the whole gradient means anything.
+            assert norms[name] <= 1e-4 * total, name
+        else:
+            assert norms[name] == pytest.approx(want, rel=1e-4), name
+
+
+# --- bad input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, words", [
+    ((28, 28), "rank"),
+    ((2, 28, 28), "rank"),
+    ((2, 3, 28, 28), "channel"),
+])
+def test_forward_rejects_bad_shapes(backend, shape, words):
+    net = backend.resnet18()
+    with pytest.raises(ValueError, match=words) as info:
+        backend.forward(net, np.zeros(shape, np.float32))
+    assert "expected" in str(info.value)
+
+
+def test_network_rejects_wrong_layout(chapter):
+    # An image batch in the other layout (NHWC given to an NCHW network or the reverse)
+    # is refused by the network itself, with the expected shape in the message.
+    with pytest.raises(ValueError, match="expected") as info:
+        chapter.call_resnet18_with_other_layout((2, 1, 28, 28))
+    assert "channel" in str(info.value)
