@@ -1,0 +1,61 @@
+"""Fashion-MNIST for TensorFlow: :mod:`common.data`'s batches, converted at one edge.
+
+Every backend sees the same NCHW float32 batches in the same order (built once in
+:mod:`common.data`); this module only turns them into TensorFlow tensors in
+:data:`DATA_FORMAT` (NHWC) on the device, and back.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import tensorflow as tf
+
+from common.data import ConvertedLoader, fashion_mnist_loaders
+
+__all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
+
+
+def to_tensor(array, device=None):
+    """NCHW image batch -> NHWC float32 tensor; 1-D labels -> int64 tensor; on ``device``.
+
+    Labels are int64 because TensorFlow keeps int32 tensors in host memory even on a GPU.
+    """
+    array = np.asarray(array)
+    with tf.device(device) if device else contextlib.nullcontext():
+        if array.ndim == 4:
+            if array.shape[1] == 1:  # one channel: NCHW and NHWC share one memory order
+                array = array.reshape(array.shape[0], array.shape[2], array.shape[3], 1)
+            else:
+                array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+            return tf.convert_to_tensor(array, dtype=tf.float32)
+        if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
+            return tf.convert_to_tensor(array, dtype=tf.int64)
+        return tf.convert_to_tensor(array)
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """The inverse of :func:`to_tensor`: NHWC image batches come back as NCHW NumPy."""
+    array = tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
+    if array.ndim == 4:
+        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    return array
+
+
+def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, subset=None, test_subset=None,
+                            synthetic=False):
+    """The chapter's loader: ``(train_iter, test_iter)`` of NHWC tensors and int64 labels.
+
+    The batches are :func:`common.data.fashion_mnist_loaders`' (the same pixels in the same
+    order in every backend for ``seed``), converted with :func:`to_tensor` on the default
+    device. ``subset`` / ``test_subset`` take class-stratified samples of the two splits.
+    """
+    train_loader, test_loader = fashion_mnist_loaders(
+        batch_size, resize=resize, seed=seed, subset=subset, test_subset=test_subset, data_dir=data_dir,
+        synthetic=synthetic,
+    )
+
+    def convert(images, labels):
+        return to_tensor(images), to_tensor(labels)
+
+    return ConvertedLoader(train_loader, convert), ConvertedLoader(test_loader, convert)

@@ -1,0 +1,57 @@
+"""The chapter's TensorFlow code (d2l-en, chapter_convolutional-modern/resnet.md), run against
+``resnet_tf`` in place of ``d2l``: NHWC tensors, ``Residual(num_channels, ...)``,
+``ResnetBlock(num_channels, num_residuals, first_block)`` and the chapter's ``net()``."""
+import tensorflow as tf
+
+import resnet_tf as d2l
+from resnet_tf import Residual, ResnetBlock
+
+
+def _nchw(shape):
+    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape)
+
+
+def _nhwc(shape_nchw):
+    n, c, h, w = shape_nchw
+    return (n, h, w, c)
+
+
+def residual_output_shape(input_channels, num_channels, use_1x1conv, strides, input_shape_nchw):
+    assert input_shape_nchw[1] == input_channels
+    blk = Residual(num_channels, use_1x1conv=use_1x1conv, strides=strides)
+    X = tf.random.normal(_nhwc(input_shape_nchw))
+    Y = blk(X)
+    return _nchw(tuple(Y.shape))
+
+
+def net():
+    # The chapter's function, verbatim: b1 is plain Keras ('same' padding, Keras' BatchNorm),
+    # b2-b5 are resnet_tf's ResnetBlock. 'same' changes no shape at 224 x 224.
+    return tf.keras.Sequential([
+        tf.keras.layers.Conv2D(64, kernel_size=7, strides=2, padding='same'),
+        tf.keras.layers.BatchNormalization(),
+        tf.keras.layers.Activation('relu'),
+        tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same'),
+        ResnetBlock(64, 2, first_block=True),
+        ResnetBlock(128, 2),
+        ResnetBlock(256, 2),
+        ResnetBlock(512, 2),
+        tf.keras.layers.GlobalAvgPool2D(),
+        tf.keras.layers.Dense(units=10)])
+
+
+def chapter_net_output_shapes(input_shape_nchw):
+    X = tf.random.uniform(shape=_nhwc(input_shape_nchw))
+    shapes = []
+    layers = net().layers
+    # b1 is the chapter's first four layers; the loop prints each, we keep b1's end.
+    for index, layer in enumerate(layers):
+        X = layer(X)
+        if index >= 3:
+            shapes.append(_nchw(tuple(X.shape)))
+    return shapes
+
+
+def call_resnet18_with_other_layout(shape_nchw):
+    net = d2l.resnet18()
+    return net(tf.zeros(shape_nchw))
