@@ -27,10 +27,6 @@ HAVE_REAL_DATA = all(
     os.path.isfile(os.path.join(REAL_DATA_DIR, name + ".gz")) or os.path.isfile(os.path.join(REAL_DATA_DIR, name))
     for names in data.FILES.values() for name in names
 )
-needs_real_data = pytest.mark.skipif(
-    not HAVE_REAL_DATA,
-    reason=f"real Fashion-MNIST not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)",
-)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -682,18 +678,18 @@ def test_fashion_mnist_loaders_from_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.real_data
-@needs_real_data
-def test_real_fashion_mnist():
+def test_real_fashion_mnist(real_data):
+    # the real_data fixture skips without the data, or fails under RESNET_REQUIRE_REAL_DATA=1 (CI)
     counts = {"train": 60000, "test": 10000}
     for split, (images_name, labels_name) in data.FILES.items():
-        images, labels = load_fashion_mnist(split, data_dir=REAL_DATA_DIR)
+        images, labels = load_fashion_mnist(split, data_dir=real_data)
         assert images.shape == (counts[split], 28, 28) and images.dtype == np.uint8
         assert np.bincount(labels).tolist() == [counts[split] // 10] * 10
         for name in (images_name, labels_name):  # checked here without common's reader
-            path = os.path.join(REAL_DATA_DIR, name)
+            path = os.path.join(real_data, name)
             with (gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb")) as handle:
                 assert hashlib.sha256(handle.read()).hexdigest() == data.CHECKSUMS[name][0]
-    train, test = fashion_mnist_loaders(256, resize=96, data_dir=REAL_DATA_DIR)
+    train, test = fashion_mnist_loaders(256, resize=96, data_dir=real_data)
     assert (train.num_examples, len(train), test.num_examples, len(test)) == (60000, 235, 10000, 40)
     images, labels = next(iter(train))
     assert images.shape == (256, 1, 96, 96) and 0 <= images.min() and images.max() <= 1
