@@ -1,0 +1,108 @@
+"""Benchmark every backend at 28 x 28 and 96 x 96, this project's code and the chapter's.
+
+    python tools/bench_all.py                 # writes docs/benchmarks.md (and .json)
+    python tools/bench_all.py --steps 5 --backends torch mx
+
+Each figure comes from one `resnet-fmnist bench` process, run in the backend's own tox
+environment (`tox exec -e <backend>`), so training GFLOP/s and the framework's own matmul
+GFLOP/s are measured side by side in the same process; quote the ratios, which survive a
+noisy machine better than the absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ["torch", "tf", "mx"]
+SIZES = [("96", 64), ("none", 256)]  # (resize, batch size): the issue's two settings
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_one(backend, resize, batch_size, steps, warmup, reference):
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = handle.name
+    command = ["tox", "exec", "-qq", "-e", backend, "--", "resnet-fmnist", "bench", "--backend", backend,
+               "--resize", resize, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
+               "--out", out]
+    if reference:
+        command.append("--reference")
+    print("$", " ".join(command), file=sys.stderr, flush=True)
+    completed = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        if completed.returncode != 0:
+            return {"backend": backend, "resize": resize, "batch_size": batch_size, "error": completed.returncode,
+                    "code": "chapter (reference)" if reference else "resnet-fmnist"}
+        with open(out) as handle:
+            return json.load(handle)
+    finally:
+        os.unlink(out)
+
+
+def markdown(results, steps, warmup) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, no GPU; {steps} timed training steps after "
+        f"{warmup} warm-up steps on one fixed batch per run (`resnet-fmnist bench`, one process per row).",
+        "Train GFLOP/s counts the convolutions and the dense layer once from `common/spec.py` "
+        "(forward x 3); \"of matmul\" divides it by the framework's own 2048 x 2048 fp32 matmul "
+        "GFLOP/s measured in the same process.",
+        "",
+        "| backend | code | input, batch | train img/s | train GFLOP/s | matmul GFLOP/s | of matmul | "
+        "inference img/s | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        size = f"{r['resize']} x {r['resize']}, {r['batch_size']}" if r.get("resize") not in (None, "none") \
+            else f"28 x 28, {r['batch_size']}"
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['code']} | {size} | failed (exit {r['error']}) | | | | | |")
+            continue
+        lines.append(
+            f"| {r['backend']} | {r['code']} | {size} | {r['train_examples_per_sec']:.1f} | {r['train_gflops']:.1f} "
+            f"| {r['matmul_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['inference_examples_per_sec']:.1f} "
+            f"| {r['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-reference", action="store_true", help="skip the chapter's own code")
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    args = parser.parse_args(argv)
+    results = []
+    for resize, batch_size in SIZES:
+        for backend in args.backends:
+            for reference in ([False] if args.no_reference else [False, True]):
+                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, reference))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as handle:
+        handle.write(markdown(results, args.steps, args.warmup))
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(open(args.out).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
