@@ -111,6 +111,50 @@ def _update_running_statistics(running, statistics) -> None:
             value[:] = (1.0 - BN_MOMENTUM) * value + BN_MOMENTUM * batch
 
 
+class _Conv2D(nn.Conv2D):
+    """Gluon's Conv2D with exact fast paths for the tiny feature maps of layer3/layer4.
+
+    MXNet 1.9.1's oneDNN computes the weight gradient of a convolution whose output map has
+    a few pixels (1 x 1 to 3 x 3: layer4 of a 28 x 28 or a 96 x 96 input) far below its
+    matrix-multiply speed (a generic GEMM path 20x slower for 1 x 1 maps). There the same
+    convolution runs as a matrix product, the way oneDNN computes large ones:
+
+    * output one pixel whose window holds the whole input (a 3 x 3 kernel with padding 1 on
+      a 1 x 1 map, or with stride 2 on a 2 x 2 map): every other tap multiplies the zero
+      padding, so it is exactly a dense layer on the taps that meet the input (their
+      gradient is zero, as the convolution's is);
+    * output of at most 9 pixels: ``im2col`` patches times the flattened kernel, which is
+      the convolution's own sum in another order.
+
+    The input size is read from the data when run imperatively and from ``input_size``
+    (set by :class:`ResNet` for the shape it traces) when hybridized; unknown, the layer is
+    Gluon's Conv2D.
+    """
+
+    input_size = None
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        size = x.shape[2:] if isinstance(x, mx.nd.NDArray) else self.input_size
+        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
+        if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
+            return super().hybrid_forward(F, x, weight, bias)
+        out = [(n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel, pad, stride)]
+        if out == [1, 1] and all(p + n <= k for n, k, p in zip(size, kernel, pad)):
+            taps = F.slice(weight, begin=(None, None, pad[0], pad[1]),
+                           end=(None, None, pad[0] + size[0], pad[1] + size[1]))
+            y = F.FullyConnected(x, F.reshape(taps, shape=(0, -1)), bias, num_hidden=self._channels,
+                                 no_bias=bias is None, flatten=True)
+            return F.reshape(y, shape=(0, 0, 1, 1))
+        if out[0] * out[1] <= 9:
+            patches = F.im2col(x, kernel=kernel, stride=stride, pad=pad)  # (N, C*kh*kw, Ho*Wo)
+            patches = F.reshape(F.transpose(patches, axes=(0, 2, 1)), shape=(-3, 0))  # (N*Ho*Wo, C*kh*kw)
+            y = F.FullyConnected(patches, F.reshape(weight, shape=(0, -1)), bias, num_hidden=self._channels,
+                                 no_bias=bias is None)
+            y = F.transpose(F.reshape(y, shape=(-4, -1, out[0] * out[1], 0)), axes=(0, 2, 1))
+            return F.reshape(y, shape=(0, 0, out[0], out[1]))
+        return super().hybrid_forward(F, x, weight, bias)
+
+
 class Residual(nn.HybridBlock):
     """The Residual block of ResNet models (the chapter's signature, torchvision's names).
 
@@ -123,9 +167,9 @@ class Residual(nn.HybridBlock):
     def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, **kwargs):
         super().__init__(**kwargs)
         # Registration order is the canonical parameter order of common.spec.
-        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, in_channels=in_channels)
+        self.conv1 = _Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, in_channels=in_channels)
         self.bn1 = BatchNorm(in_channels=num_channels)
-        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, in_channels=num_channels)
+        self.conv2 = _Conv2D(num_channels, kernel_size=3, padding=1, in_channels=num_channels)
         self.bn2 = BatchNorm(in_channels=num_channels)
         if use_1x1conv:
             self.downsample = nn.HybridSequential()
@@ -187,6 +231,7 @@ class ResNet(nn.HybridBlock):
         self.num_stages = len(stages)
         self.fc = nn.Dense(num_classes, in_units=spec.feature_channels)
         self._running: List[gluon.Parameter] = []  # filled when traced
+        self._input_size = None  # (H, W) the convolutions were last told (see _Conv2D)
 
     def _stem(self, F, x):
         x = self.conv1(x)
@@ -203,6 +248,21 @@ class ResNet(nn.HybridBlock):
         return ([("stem", lambda x: self._stem(F, x))] + layers
                 + [("pool", lambda x: self._pool(F, x)), ("fc", self.fc)])
 
+    def _set_input_size(self, size) -> None:
+        """Tell each 3 x 3 convolution its input size for ``size`` = (H, W) of the network's
+        input (None: unknown), and drop the cached graph traced for another size."""
+        if size == self._input_size:
+            return
+        self._input_size = size
+        self._clear_cached_op()
+        maps = [None] * (self.num_stages + 1)
+        if size is not None:
+            maps = [hw for _, (_, *hw) in stage_output_shapes(self.arch, self.in_channels, *size)[:-2]]
+        for stage, (previous, current) in enumerate(zip(maps, maps[1:]), start=1):
+            for i, block in enumerate(getattr(self, f"layer{stage}")):
+                block.conv1.input_size = tuple(previous if i == 0 else current) if size else None
+                block.conv2.input_size = tuple(current) if size else None
+
     def hybrid_forward(self, F, x):
         with _collect_batch_statistics() as collected:
             for _, stage in self.stages(F):
@@ -213,9 +273,12 @@ class ResNet(nn.HybridBlock):
     def forward(self, x):
         if not isinstance(x, mx.nd.NDArray):
             # Traced inside another block's graph: logits only, and the running statistics
-            # stay as they are (train the ResNet itself, not a block around it).
+            # stay as they are (train the ResNet itself, not a block around it). The input
+            # size is unknown here, so the convolutions take their general path.
+            self._set_input_size(None)
             return super().forward(x)[0]
         check_input_shape(x.shape, self.in_channels, DATA_FORMAT)
+        self._set_input_size(tuple(x.shape[2:]))
         training = autograd.is_training()
         if training:
             _check_batch_statistics(self.arch, x.shape, self.in_channels)

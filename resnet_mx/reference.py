@@ -1,0 +1,117 @@
+"""The chapter's own MXNet code, kept only as the baseline of ``resnet-fmnist bench --reference``.
+
+``Residual``, the ``nn.Sequential`` of b1..b5 and the training step are the book's, unmodified:
+d2l-en ``chapter_convolutional-modern/resnet.md`` (MXNet tab) and ``train_ch6`` of
+``d2l/mxnet.py`` (``nn.Block`` run imperatively, Gluon's default BatchNorm, ``init.Xavier()``,
+``gluon.Trainer`` SGD, ``SoftmaxCrossEntropyLoss``, ``d2l.accuracy`` turning the count into a
+Python float every step). The only tokens changed are those of MXNet 2's NumPy interface the
+current book writes, in their MXNet 1.9.1 NDArray form: ``npx.relu`` -> ``nd.relu``,
+``float(x)`` -> ``float(x.asscalar())``, ``as_in_ctx`` -> ``as_in_context``. :class:`ReferenceTrainer` only wraps the code in the Trainer interface
+:mod:`common.bench` drives. Nothing else uses this module.
+"""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon, init, nd
+from mxnet.gluon import nn
+
+from .train import Trainer, _device_context
+
+__all__ = ["ReferenceTrainer"]
+
+
+class Residual(nn.Block):  #@save
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1,
+                               strides=strides)
+        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1)
+        if use_1x1conv:
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1,
+                                   strides=strides)
+        else:
+            self.conv3 = None
+        self.bn1 = nn.BatchNorm()
+        self.bn2 = nn.BatchNorm()
+
+    def forward(self, X):
+        Y = nd.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3:
+            X = self.conv3(X)
+        return nd.relu(Y + X)
+
+
+def resnet_block(num_channels, num_residuals, first_block=False):
+    blk = nn.Sequential()
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.add(Residual(num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.add(Residual(num_channels))
+    return blk
+
+
+def chapter_net():
+    net = nn.Sequential()
+    net.add(nn.Conv2D(64, kernel_size=7, strides=2, padding=3),
+            nn.BatchNorm(), nn.Activation('relu'),
+            nn.MaxPool2D(pool_size=3, strides=2, padding=1))
+    net.add(resnet_block(64, 2, first_block=True),
+            resnet_block(128, 2),
+            resnet_block(256, 2),
+            resnet_block(512, 2))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    return net
+
+
+def accuracy(y_hat, y):  #@save
+    """Compute the number of correct predictions."""
+    if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(axis=1)
+    cmp = y_hat.astype(y.dtype) == y
+    return float(cmp.astype(y.dtype).sum().asscalar())
+
+
+class ReferenceTrainer:
+    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+
+    backend = Trainer.backend
+    framework = Trainer.framework
+    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+
+    def __init__(self, device=None, lr=0.05):
+        self.device = ctx = _device_context(device)
+        self.device_name = "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
+        self.lr = lr
+        net = chapter_net()
+
+        # train_ch6, as the book writes it.
+        net.initialize(force_reinit=True, ctx=ctx, init=init.Xavier())
+        self.net = net
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': lr})
+
+    def to_batch(self, images, labels):
+        # The book's DataLoader yields CPU NDArrays (int32 labels); train_ch6 moves them.
+        return nd.array(images, ctx=mx.cpu()), nd.array(np.asarray(labels), ctx=mx.cpu(), dtype=np.int32)
+
+    def train_step(self, X, y):
+        X, y = X.as_in_context(self.device), y.as_in_context(self.device)
+        with autograd.record():
+            y_hat = self.net(X)
+            l = self.loss(y_hat, y)
+        l.backward()
+        self.trainer.step(X.shape[0])
+        return l.sum(), accuracy(y_hat, y)
+
+    def eval_step(self, X, y):
+        # evaluate_accuracy_gpu: predict mode; the loss is added for the interface.
+        X, y = X.as_in_context(self.device), y.as_in_context(self.device)
+        y_hat = self.net(X)
+        return self.loss(y_hat, y).sum(), accuracy(y_hat, y)
+
+    def to_host(self, values):
+        mx.nd.waitall()
+        return [float(v.asscalar()) if isinstance(v, nd.NDArray) else float(v) for v in values]
