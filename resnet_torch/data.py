@@ -32,7 +32,13 @@ def to_tensor(array, device=None):
         array = array.astype(np.float32, copy=False)
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array).copy()  # from_numpy needs writeable, ordered memory
-    return torch.from_numpy(array).to(device if device is not None else _default_device())
+    device = torch.device(device) if device is not None else _default_device()
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        # From pageable memory .to() waits for the GPU to finish the previous step; a pinned
+        # copy goes asynchronously, so the host queues the next step while the GPU works.
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def to_numpy(tensor) -> np.ndarray:

@@ -1,0 +1,118 @@
+"""The chapter's own PyTorch code, kept only as the baseline of ``resnet-fmnist bench --reference``.
+
+``Residual``, the ``nn.Sequential`` of b1..b5 and the training step are the book's, unmodified:
+d2l-en ``chapter_convolutional-modern/resnet.md`` (PyTorch tab) and ``train_ch6`` of
+``d2l/torch.py`` (Xavier-uniform re-initialisation, ``torch.optim.SGD``, ``nn.CrossEntropyLoss``,
+``d2l.accuracy`` turning the count into a Python float every step). :class:`ReferenceTrainer`
+only wraps them in the Trainer interface :mod:`common.bench` drives. Nothing else uses this module.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .train import Trainer, _resolve_device
+
+__all__ = ["ReferenceTrainer"]
+
+
+class Residual(nn.Module):  #@save
+    """The Residual block of ResNet models."""
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides)
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
+        if use_1x1conv:
+            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides)
+        else:
+            self.conv3 = None
+        self.bn1 = nn.BatchNorm2d(num_channels)
+        self.bn2 = nn.BatchNorm2d(num_channels)
+
+    def forward(self, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3:
+            X = self.conv3(X)
+        Y += X
+        return F.relu(Y)
+
+
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False):
+    blk = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.append(Residual(input_channels, num_channels, use_1x1conv=True, strides=2))
+        else:
+            blk.append(Residual(num_channels, num_channels))
+    return blk
+
+
+def chapter_net():
+    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+                       nn.BatchNorm2d(64), nn.ReLU(),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2))
+    return nn.Sequential(b1, b2, b3, b4, b5,
+                         nn.AdaptiveAvgPool2d((1, 1)),
+                         nn.Flatten(), nn.Linear(512, 10))
+
+
+def accuracy(y_hat, y):  #@save
+    """Compute the number of correct predictions."""
+    if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(axis=1)
+    cmp = y_hat.type(y.dtype) == y
+    return float(cmp.type(y.dtype).sum())
+
+
+class ReferenceTrainer:
+    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+
+    backend = Trainer.backend
+    framework = Trainer.framework
+    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+
+    def __init__(self, device=None, lr=0.05):
+        self.device = _resolve_device(device)
+        self.device_name = str(self.device)
+        self.lr = lr
+        net = chapter_net()
+
+        # train_ch6, as the book writes it.
+        def init_weights(m):
+            if type(m) == nn.Linear or type(m) == nn.Conv2d:
+                nn.init.xavier_uniform_(m.weight)
+        net.apply(init_weights)
+        net.to(self.device)
+        self.net = net
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        self.loss = nn.CrossEntropyLoss()
+
+    def to_batch(self, images, labels):
+        # The book's loader yields CPU tensors; train_ch6 moves them with X.to(device).
+        return torch.from_numpy(images).to(self.device), torch.from_numpy(labels).to(self.device)
+
+    def train_step(self, X, y):
+        self.net.train()
+        self.optimizer.zero_grad()
+        y_hat = self.net(X)
+        l = self.loss(y_hat, y)
+        l.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            return l * X.shape[0], accuracy(y_hat, y)
+
+    def eval_step(self, X, y):
+        # evaluate_accuracy_gpu: eval mode, no_grad; the loss is added for the interface.
+        self.net.eval()
+        with torch.no_grad():
+            y_hat = self.net(X)
+            return self.loss(y_hat, y) * X.shape[0], accuracy(y_hat, y)
+
+    def to_host(self, values):
+        return [float(v) for v in values]
