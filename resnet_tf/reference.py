@@ -1,0 +1,118 @@
+"""The chapter's own TensorFlow code, kept only as the baseline of ``resnet-fmnist bench --reference``.
+
+``Residual``, ``ResnetBlock`` and ``net`` are the book's (d2l-en 0.17,
+``chapter_convolutional-modern/resnet.md``, TensorFlow tab: 'same' padding, Keras'
+default BatchNorm and Glorot init); the training step is what the book's ``train_ch6``
+(``d2l/tensorflow.py``) runs: ``net.compile(SGD(lr), SparseCategoricalCrossentropy(from_logits=True),
+metrics=['accuracy'])`` under a ``OneDeviceStrategy``, then ``fit``, whose per-batch work
+is the compiled model's ``train_on_batch`` (Keras' own ``jit_compile="auto"``, which is no
+XLA on a CPU); the callback's ``net.evaluate`` is ``test_on_batch``. One change: Keras 3
+tracks a list attribute as a plain list, so ``ResnetBlock.call`` iterates
+``self.residual_layers`` instead of the Keras 2 ``self.residual_layers.layers``.
+:class:`ReferenceTrainer` only wraps them in the Trainer interface :mod:`common.bench`
+drives. Nothing else uses this module.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from .train import Trainer, _device_string
+
+__all__ = ["ReferenceTrainer"]
+
+
+class Residual(tf.keras.Model):  #@save
+    """The Residual block of ResNet."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1):
+        super().__init__()
+        self.conv1 = tf.keras.layers.Conv2D(
+            num_channels, padding='same', kernel_size=3, strides=strides)
+        self.conv2 = tf.keras.layers.Conv2D(
+            num_channels, kernel_size=3, padding='same')
+        self.conv3 = None
+        if use_1x1conv:
+            self.conv3 = tf.keras.layers.Conv2D(
+                num_channels, kernel_size=1, strides=strides)
+        self.bn1 = tf.keras.layers.BatchNormalization()
+        self.bn2 = tf.keras.layers.BatchNormalization()
+
+    def call(self, X):
+        Y = tf.keras.activations.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+        Y += X
+        return tf.keras.activations.relu(Y)
+
+
+class ResnetBlock(tf.keras.layers.Layer):
+    def __init__(self, num_channels, num_residuals, first_block=False,
+                 **kwargs):
+        super(ResnetBlock, self).__init__(**kwargs)
+        self.residual_layers = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                self.residual_layers.append(
+                    Residual(num_channels, use_1x1conv=True, strides=2))
+            else:
+                self.residual_layers.append(Residual(num_channels))
+
+    def call(self, X):
+        for layer in self.residual_layers:
+            X = layer(X)
+        return X
+
+
+def net():
+    return tf.keras.Sequential([
+        # The following layers are the same as b1 that we created earlier
+        tf.keras.layers.Conv2D(64, kernel_size=7, strides=2, padding='same'),
+        tf.keras.layers.BatchNormalization(),
+        tf.keras.layers.Activation('relu'),
+        tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same'),
+        # The following layers are the same as b2, b3, b4, and b5 that we
+        # created earlier
+        ResnetBlock(64, 2, first_block=True),
+        ResnetBlock(128, 2),
+        ResnetBlock(256, 2),
+        ResnetBlock(512, 2),
+        tf.keras.layers.GlobalAvgPool2D(),
+        tf.keras.layers.Dense(units=10)])
+
+
+class ReferenceTrainer:
+    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+
+    backend = Trainer.backend
+    framework = Trainer.framework
+    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+
+    def __init__(self, device=None, lr=0.05):
+        self._device = _device_string(device)
+        kind, index = self._device[1:].split(":")
+        self.device_name = "cpu" if kind == "CPU" else f"gpu:{index}"
+        self.lr = lr
+        # train_ch6, as the book writes it.
+        strategy = tf.distribute.OneDeviceStrategy(self._device)
+        with strategy.scope():
+            optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
+            loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            self.net = net()
+            self.net.compile(optimizer=optimizer, loss=loss, metrics=['accuracy'])
+
+    def to_batch(self, images, labels):
+        # The book's loader yields NHWC tensors (its images are NCHW-free: one channel).
+        with tf.device(self._device):
+            return tf.constant(images.transpose(0, 2, 3, 1)), tf.constant(labels)
+
+    def train_step(self, X, y):
+        # train_on_batch returns the batch's mean loss and accuracy (metrics reset per call).
+        loss, accuracy = self.net.train_on_batch(X, y)
+        return loss * X.shape[0], accuracy * X.shape[0]
+
+    def eval_step(self, X, y):
+        loss, accuracy = self.net.test_on_batch(X, y)
+        return loss * X.shape[0], accuracy * X.shape[0]
+
+    def to_host(self, values):
+        return [float(v) for v in values]
