@@ -125,7 +125,7 @@ def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name):
 def test_missing_data_is_one_line(capsys, tmp_path, backend_name, monkeypatch):
     monkeypatch.setattr("common.data.DOWNLOAD_URLS", [], raising=False)
     code, _, err = run(capsys, "train", "--backend", backend_name, "--data-dir", str(tmp_path / "absent"),
-                       "--epochs", "1", "--quiet")
+                       "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
     assert code == 1
     assert_one_line_error(err, str(tmp_path / "absent"))
 
