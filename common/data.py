@@ -59,6 +59,7 @@ __all__ = [
     "BatchLoader",
     "ConvertedLoader",
     "map_batches",
+    "fashion_mnist_loader",
     "fashion_mnist_loaders",
 ]
 
@@ -790,6 +791,36 @@ SYNTHETIC_SIZES = {"train": 60000, "test": 10000}
 _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 
 
+def fashion_mnist_loader(split: str, batch_size: int, resize: Optional[int] = None, seed: int = 0,
+                         subset: Optional[int] = None, data_dir=None, drop_last: bool = False,
+                         synthetic: bool = False, prefetch: int = 2, subset_seed: int = 0, verify: bool = True,
+                         download: bool = True) -> BatchLoader:
+    """The loader of one split ("train" shuffles with ``seed``; "test" keeps its order and every example).
+
+    ``subset`` takes a class-stratified sample of that many examples, drawn with
+    ``subset_seed``, not ``seed``, so runs with different seeds see the same examples.
+    ``synthetic`` uses :func:`synthetic_fashion_mnist` (``subset`` or the split's usual size)
+    instead of the real data and needs no files; otherwise ``data_dir``, ``verify`` and
+    ``download`` go to :func:`load_fashion_mnist`. ``drop_last`` applies to "train" only.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    shuffle = split == "train"
+    if synthetic:
+        num_examples = SYNTHETIC_SIZES[split] if subset is None else subset
+        if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples < 1:
+            raise ValueError(f"{'subset' if split == 'train' else 'test_subset'} must be a positive integer, got {subset!r}")
+        images, labels = _synthetic_cached(int(num_examples), _SYNTHETIC_SEEDS[split])
+    else:
+        images, labels = _load_split(split, data_dir, verify, download)
+        if subset is not None:
+            chosen = subset_indices(labels, subset, seed=subset_seed)
+            images, labels = images[chosen], labels[chosen]
+        labels = labels.astype(np.int64)
+    return BatchLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, resize=resize,
+                       drop_last=drop_last and shuffle, prefetch=prefetch)
+
+
 def fashion_mnist_loaders(batch_size: int, resize: Optional[int] = None, seed: int = 0,
                           subset: Optional[int] = None, test_subset: Optional[int] = None,
                           data_dir=None, drop_last: bool = False, synthetic: bool = False,
@@ -797,27 +828,10 @@ def fashion_mnist_loaders(batch_size: int, resize: Optional[int] = None, seed: i
                           download: bool = True) -> Tuple[BatchLoader, BatchLoader]:
     """``(train_loader, test_loader)``: the one data pipeline every backend and the training use.
 
-    The training loader shuffles with ``seed`` (see :class:`BatchLoader`) and drops its last
-    partial batch if ``drop_last``; the test loader keeps its order and every example.
-    ``subset`` / ``test_subset`` take a class-stratified sample of that many examples,
-    drawn with ``subset_seed``, not ``seed``, so runs with different seeds see the same
-    examples. ``synthetic`` uses :func:`synthetic_fashion_mnist` (``subset`` or 60,000 and
-    ``test_subset`` or 10,000 examples) instead of the real data and needs no files.
-    Otherwise ``data_dir``, ``verify`` and ``download`` go to :func:`load_fashion_mnist`.
+    :func:`fashion_mnist_loader` for "train" (``subset``) and "test" (``test_subset``).
     """
-    loaders = []
-    for split, count, shuffle in (("train", subset, True), ("test", test_subset, False)):
-        if synthetic:
-            num_examples = SYNTHETIC_SIZES[split] if count is None else count
-            if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples < 1:
-                raise ValueError(f"{'subset' if split == 'train' else 'test_subset'} must be a positive integer, got {count!r}")
-            images, labels = _synthetic_cached(int(num_examples), _SYNTHETIC_SEEDS[split])
-        else:
-            images, labels = _load_split(split, data_dir, verify, download)
-            if count is not None:
-                chosen = subset_indices(labels, count, seed=subset_seed)
-                images, labels = images[chosen], labels[chosen]
-            labels = labels.astype(np.int64)
-        loaders.append(BatchLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, resize=resize,
-                                   drop_last=drop_last and shuffle, prefetch=prefetch))
-    return loaders[0], loaders[1]
+    options = dict(batch_size=batch_size, resize=resize, seed=seed, data_dir=data_dir, drop_last=drop_last,
+                   synthetic=synthetic, prefetch=prefetch, subset_seed=subset_seed, verify=verify,
+                   download=download)
+    return (fashion_mnist_loader("train", subset=subset, **options),
+            fashion_mnist_loader("test", subset=test_subset, **options))

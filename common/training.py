@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .data import fashion_mnist_loaders
+from .data import fashion_mnist_loader, fashion_mnist_loaders
 from .hparams import D2L, PRESETS, TrainConfig
 from .weights import atomic_write, init_weights, load_weights, read_metadata, save_weights
 
@@ -290,8 +290,8 @@ def evaluate(trainer_class, *, weights, arch: str = "resnet18", resize: Optional
     """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend."""
     if not isinstance(weights, dict):
         weights = load_weights(weights, arch)
-    _, test_loader = fashion_mnist_loaders(batch_size, resize=resize, seed=0, subset=1, test_subset=test_subset,
-                                           data_dir=data_dir, synthetic=synthetic)
+    test_loader = fashion_mnist_loader("test", batch_size, resize=resize, subset=test_subset, data_dir=data_dir,
+                                       synthetic=synthetic)
     trainer = trainer_class(None, arch=arch, device=device)
     trainer.import_weights(weights)
     return evaluate_loader(trainer, test_loader, progress=progress)
