@@ -42,8 +42,10 @@ supplies the framework's side:
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 
-__all__ = ["BACKENDS", "FRAMEWORKS", "BackendUnavailable", "load_backend"]
+__all__ = ["BACKENDS", "FRAMEWORKS", "BackendUnavailable", "load_backend", "physical_cpu_cores"]
 
 #: Short name -> package.
 BACKENDS = {"torch": "resnet_torch", "tf": "resnet_tf", "mx": "resnet_mx"}
@@ -64,11 +66,36 @@ def load_backend(name: str):
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     framework, module, extra = FRAMEWORKS[name]
+    # The backend package comes first (not the framework): it may set the framework's
+    # environment (threads, log level) before the framework's first import reads it.
     try:
-        importlib.import_module(module)
+        return importlib.import_module(BACKENDS[name])
     except ImportError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing != module and importlib.util.find_spec(module) is not None:
+            raise  # the framework is there: a genuine error in the backend, not a missing install
         raise BackendUnavailable(
             f"backend '{name}' needs {framework}, which does not import in this environment ({error}); "
             f"install it with pip install 'resnet-fmnist[{extra}]' or run in its tox environment (tox -e {name})"
         ) from None
-    return importlib.import_module(BACKENDS[name])
+
+
+def physical_cpu_cores(cpus=None, sysfs: str = "/sys/devices/system/cpu") -> int:
+    """Number of distinct physical cores among ``cpus`` (default: those this process may run on).
+
+    Hyper-threads of one core count once (Linux's topology under ``sysfs``); where the
+    topology is not readable, every CPU counts.
+    """
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
+    cores = set()
+    for cpu in cpus:
+        topology = os.path.join(sysfs, f"cpu{cpu}", "topology")
+        try:
+            with open(os.path.join(topology, "physical_package_id")) as package, \
+                    open(os.path.join(topology, "core_id")) as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))

@@ -178,12 +178,16 @@ class Residual(nn.HybridBlock):
             self.downsample = None
 
     def hybrid_forward(self, F, X):
-        Y = F.relu(self.bn1(self.conv1(X)))
+        # Activation(act_type="relu") rather than F.relu: it is oneDNN's kernel, which takes the
+        # convolutions' blocked layout as it is; F.relu is MXNet's generic one, before which
+        # every array is reordered to NCHW (and back for the next convolution): 3x slower here.
+        # oneDNN's relu maps NaN to 0; ResNet.forward puts the NaN back (see _keep_nan).
+        Y = F.Activation(self.bn1(self.conv1(X)), act_type="relu")
         Y = self.bn2(self.conv2(Y))
 
         if self.downsample is not None:
             X = self.downsample(X)
-        return F.relu(Y + X)
+        return F.Activation(Y + X, act_type="relu")
 
 
 def resnet_block(num_channels, num_residuals, first_block=False):
@@ -236,7 +240,7 @@ class ResNet(nn.HybridBlock):
     def _stem(self, F, x):
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.relu(x)
+        x = F.Activation(x, act_type="relu")
         return self.maxpool(x)
 
     def _pool(self, F, x):
@@ -285,7 +289,27 @@ class ResNet(nn.HybridBlock):
         logits, *statistics = super().forward(x)
         if training:
             _update_running_statistics(self._running, statistics)
-        return logits
+        return _keep_nan(logits, x, statistics if training else ())
+
+
+def _keep_nan(logits, x, statistics):
+    """``logits``, NaN where PyTorch's would be NaN because of a non-finite input or activation.
+
+    The ReLUs are oneDNN's (see :class:`Residual`), which map NaN to 0 where PyTorch's and
+    TensorFlow's keep it, so a NaN image or a diverging training step would come out as
+    finite logits and a finite loss. Every ReLU's input is a BatchNorm's output (plus a
+    finite shortcut): in training mode it is non-finite only if a batch statistic is, and in
+    evaluation mode (finite running statistics and weights, which :func:`import_weights`
+    checks) only if the input is. So the logits get 0 times the sum of each example's input
+    and, in training, of every batch statistic: 0, or NaN exactly when PyTorch's would be
+    (the example's row in evaluation, the whole batch in training). The one case left out:
+    finite weights so large that an activation overflows in evaluation mode.
+    """
+    with autograd.pause():
+        guard = mx.nd.sum(x, axis=0, exclude=True).reshape((-1, 1)) * 0.0
+        if statistics:
+            guard = mx.nd.broadcast_add(guard, mx.nd.concat(*statistics, dim=0).sum() * 0.0)
+    return mx.nd.broadcast_add(logits, guard)
 
 
 def _check_batch_statistics(arch, shape, in_channels) -> None:

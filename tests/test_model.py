@@ -159,6 +159,20 @@ def test_eval_mode_leaves_running_statistics_alone(backend, case):
         np.testing.assert_array_equal(value, weights[name], err_msg=name)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_nan_input_gives_nan_logits_as_the_oracle(backend, training):
+    # One NaN pixel: its example's logits are NaN in evaluation mode, every example's in
+    # training mode (the batch statistics mix them); a backend must not turn it into numbers.
+    weights = init_weights("resnet18", 0)
+    images = np.random.default_rng(3).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
+    images[1, 0, 5, 7] = np.nan
+    expected = np.isnan(oracle.forward(weights, images, training=training))
+    assert expected.all(axis=1).tolist() == ([True] * 4 if training else [False, True, False, False])
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    np.testing.assert_array_equal(np.isnan(backend.forward(net, images, training=training)), expected)
+
+
 # --- one training step, the same in every backend ----------------------------------------
 
 def load_expected():

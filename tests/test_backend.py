@@ -1,0 +1,45 @@
+"""Choosing a backend and setting up its framework."""
+import os
+
+import pytest
+
+from common.backend import load_backend, physical_cpu_cores
+
+
+def _topology(root, cpu, package, core):
+    folder = root / f"cpu{cpu}" / "topology"
+    folder.mkdir(parents=True)
+    (folder / "physical_package_id").write_text(f"{package}\n")
+    (folder / "core_id").write_text(f"{core}\n")
+
+
+def test_physical_cores_count_hyperthreads_once(tmp_path):
+    # Two packages of two cores with two threads each: 8 CPUs, 4 cores.
+    for cpu in range(8):
+        _topology(tmp_path, cpu, package=cpu // 4, core=cpu % 2)
+    assert physical_cpu_cores(range(8), sysfs=str(tmp_path)) == 4
+    assert physical_cpu_cores([0, 2], sysfs=str(tmp_path)) == 1  # siblings of one core
+    assert physical_cpu_cores([0, 1, 4], sysfs=str(tmp_path)) == 3
+
+
+def test_physical_cores_without_topology_count_every_cpu(tmp_path):
+    assert physical_cpu_cores([0, 1, 2], sysfs=str(tmp_path)) == 3
+
+
+def test_physical_cores_here_is_within_the_cpus_this_process_has():
+    assert 1 <= physical_cpu_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'jax'.*torch, tf, mx"):
+        load_backend("jax")
+
+
+def test_mxnet_gets_every_physical_core(backend_name):
+    # MXNet 1.x alone would give each operator half the CPUs (it assumes hyper-threading).
+    if backend_name != "mx":
+        pytest.skip("MXNet's thread count only")
+    load_backend(backend_name)
+    if "OMP_NUM_THREADS" in os.environ:
+        pytest.skip("the user chose OMP_NUM_THREADS")
+    assert os.environ["MXNET_OMP_MAX_THREADS"] == str(physical_cpu_cores())
