@@ -114,17 +114,19 @@ def _update_running_statistics(running, statistics) -> None:
 class _Conv2D(nn.Conv2D):
     """Gluon's Conv2D with exact fast paths for the tiny feature maps of layer3/layer4.
 
-    MXNet 1.9.1's oneDNN computes the weight gradient of a convolution whose output map has
-    a few pixels (1 x 1 to 3 x 3: layer4 of a 28 x 28 or a 96 x 96 input) far below its
-    matrix-multiply speed (a generic GEMM path 20x slower for 1 x 1 maps). There the same
-    convolution runs as a matrix product, the way oneDNN computes large ones:
+    MXNet 1.9.1's oneDNN computes convolutions whose maps have a few pixels (1 x 1 to
+    3 x 3: layer3/layer4 of a 28 x 28 input, layer4 of a 96 x 96 one) far below its
+    matrix-multiply speed, the weight gradient of 1 x 1 maps 20x below. There the same
+    convolution runs as one matrix product, summing the same terms in another order:
 
-    * output one pixel whose window holds the whole input (a 3 x 3 kernel with padding 1 on
-      a 1 x 1 map, or with stride 2 on a 2 x 2 map): every other tap multiplies the zero
-      padding, so it is exactly a dense layer on the taps that meet the input (their
-      gradient is zero, as the convolution's is);
-    * output of at most 9 pixels: ``im2col`` patches times the flattened kernel, which is
-      the convolution's own sum in another order.
+    * input and output of at most 16 pixel pairs (2 x 2 -> 2 x 2, 2 x 2 -> 1 x 1, 1 x 1 ->
+      1 x 1): a dense layer from the flattened input map to the flattened output map whose
+      weight holds, for each (output pixel, input pixel) pair, the kernel tap joining them
+      (zero where none does). That weight is the kernel times a constant 0/1 tap-selection
+      matrix (:func:`_tap_selection`), so its gradient flows back to the kernel as a matrix
+      product too; taps that only ever meet padding get a zero gradient, as in the
+      convolution;
+    * output of at most 9 pixels otherwise: ``im2col`` patches times the flattened kernel.
 
     The input size is read from the data when run imperatively and from ``input_size``
     (set by :class:`ResNet` for the shape it traces) when hybridized; unknown, the layer is
@@ -138,21 +140,42 @@ class _Conv2D(nn.Conv2D):
         kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
         if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
             return super().hybrid_forward(F, x, weight, bias)
-        out = [(n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel, pad, stride)]
-        if out == [1, 1] and all(p + n <= k for n, k, p in zip(size, kernel, pad)):
-            taps = F.slice(weight, begin=(None, None, pad[0], pad[1]),
-                           end=(None, None, pad[0] + size[0], pad[1] + size[1]))
-            y = F.FullyConnected(x, F.reshape(taps, shape=(0, -1)), bias, num_hidden=self._channels,
-                                 no_bias=bias is None, flatten=True)
-            return F.reshape(y, shape=(0, 0, 1, 1))
-        if out[0] * out[1] <= 9:
+        out = tuple((n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel, pad, stride))
+        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
+        if pixels * out_pixels <= 16:
+            taps = F.dot(F.reshape(weight, shape=(-1, kernel[0] * kernel[1])),  # (O*C, kh*kw)
+                         _tap_selection(F, size, kernel, stride, pad))  # -> (O*C, out_pixels*pixels)
+            dense = F.reshape(F.transpose(F.reshape(taps, shape=(-4, self._channels, -1, -4, out_pixels, pixels)),
+                                          axes=(0, 2, 1, 3)), shape=(-3, -3))  # (O*out_pixels, C*pixels)
+            y = F.FullyConnected(x, dense, None if bias is None else F.repeat(bias, repeats=out_pixels),
+                                 num_hidden=self._channels * out_pixels, no_bias=bias is None, flatten=True)
+            return F.reshape(y, shape=(0, -1, out[0], out[1]))
+        if out_pixels <= 9:
             patches = F.im2col(x, kernel=kernel, stride=stride, pad=pad)  # (N, C*kh*kw, Ho*Wo)
             patches = F.reshape(F.transpose(patches, axes=(0, 2, 1)), shape=(-3, 0))  # (N*Ho*Wo, C*kh*kw)
             y = F.FullyConnected(patches, F.reshape(weight, shape=(0, -1)), bias, num_hidden=self._channels,
                                  no_bias=bias is None)
-            y = F.transpose(F.reshape(y, shape=(-4, -1, out[0] * out[1], 0)), axes=(0, 2, 1))
+            y = F.transpose(F.reshape(y, shape=(-4, -1, out_pixels, 0)), axes=(0, 2, 1))
             return F.reshape(y, shape=(0, 0, out[0], out[1]))
         return super().hybrid_forward(F, x, weight, bias)
+
+
+def _tap_selection(F, size, kernel, stride, pad):
+    """The (kh*kw, Ho*Wo*H*W) 0/1 matrix whose column (i, j, a, b) selects the kernel tap that
+    joins output pixel (i, j) to input pixel (a, b) of an H x W map, or none.
+
+    Built from ``arange`` in the graph itself (it is a few dozen numbers), so the layer needs
+    no extra input or parameter. Every value is a small integer, exact in float32.
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, pad
+    out_h, out_w = ((n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel, pad, stride))
+    column = F.arange(0, out_h * out_w * h * w)
+    b, a = column % w, F.floor(column / w) % h
+    j, i = F.floor(column / (w * h)) % out_w, F.floor(column / (w * h * out_w))
+    row, col = a - i * sh + ph, b - j * sw + pw  # the tap's position in the kernel
+    valid = (row >= 0) * (row < kh) * (col >= 0) * (col < kw)
+    tap = valid * (row * kw + col + 1) - 1  # -1 where no tap joins them: one_hot gives zeros
+    return F.transpose(F.one_hot(tap, depth=kh * kw))
 
 
 class Residual(nn.HybridBlock):

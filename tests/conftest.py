@@ -34,8 +34,12 @@ def backend(backend_name):
 
 
 @pytest.fixture(scope="session")
-def chapter(backend_name):
-    """The chapter's own code for this framework (tests/chapter_<backend>.py)."""
+def chapter(backend_name, backend):
+    """The chapter's own code for this framework (tests/chapter_<backend>.py).
+
+    The backend package is imported first, as it may set up its framework before the
+    framework's first import (resnet_mx sets MXNet's thread count).
+    """
     return importlib.import_module(f"chapter_{backend_name}")
 
 
