@@ -129,10 +129,11 @@ class _BatchNorm(keras.layers.Layer):
 
     Normalises with the biased batch variance and updates ``moving_variance`` with the
     unbiased one, as ``torch.nn.BatchNorm2d`` does (Keras' own layer uses the biased one
-    for both). ``FusedBatchNormV3`` does exactly this in one fused kernel: in training mode
-    its ``batch_variance`` output is Bessel-corrected and, with ``exponential_avg_factor``,
-    it returns ``(1 - factor) * running + factor * batch``. The raw op is called because the
-    ``tf.nn.fused_batch_norm`` wrapper raises epsilon to at least 1.001e-5.
+    for both). Written as plain ops (``tf.nn.moments``, then one multiply-add) rather than
+    ``FusedBatchNormV3``: XLA fuses them with the neighbouring bias add, ReLU and residual
+    add, where it expands the fused op on its own, in extra passes over the activations
+    (8% of a training step at 96 x 96, 16% at 28 x 28, on a 2-core CPU). The gradient is
+    automatic differentiation's, the exact BatchNorm gradient.
     """
 
     def build(self, input_shape):
@@ -145,21 +146,16 @@ class _BatchNorm(keras.layers.Layer):
         )
 
     def call(self, inputs, training=False):
-        outputs, running_mean, running_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs,
-            scale=self.gamma,
-            offset=self.beta,
-            mean=self.moving_mean,
-            variance=self.moving_variance,
-            epsilon=BN_EPSILON,
-            exponential_avg_factor=BN_MOMENTUM if training else 1.0,
-            data_format="NHWC",
-            is_training=bool(training),
-        )
         if training:
-            self.moving_mean.assign(running_mean)
-            self.moving_variance.assign(running_var)
-        return outputs
+            mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])  # the biased variance
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), inputs.dtype)
+            self.moving_mean.assign((1.0 - BN_MOMENTUM) * self.moving_mean + BN_MOMENTUM * mean)
+            self.moving_variance.assign((1.0 - BN_MOMENTUM) * self.moving_variance
+                                        + BN_MOMENTUM * variance * (count / (count - 1.0)))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(variance + BN_EPSILON)
+        return inputs * scale + (self.beta - mean * scale)
 
 
 def _shape_with_channels(channels):
