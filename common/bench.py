@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import platform
 import resource
+import statistics
 import time
+from typing import List
 
 import numpy as np
 
@@ -22,18 +24,22 @@ from .weights import init_weights
 __all__ = ["run_bench", "time_steps"]
 
 
-def time_steps(trainer, step, images, labels, steps: int, warmup: int) -> float:
-    """Seconds per step of ``step`` (train_step or eval_step), after ``warmup`` untimed steps."""
+def time_steps(trainer, step, images, labels, steps: int, warmup: int, rounds: int = 1) -> List[float]:
+    """Seconds per step of ``step`` (train_step or eval_step) in each of ``rounds`` rounds of
+    ``steps`` steps, after ``warmup`` untimed steps; the device is waited for once a round."""
     for _ in range(warmup):
         x, y = trainer.to_batch(images, labels)
         trainer.to_host(list(step(x, y)))
-    start = time.perf_counter()
-    values = None
-    for _ in range(steps):
-        x, y = trainer.to_batch(images, labels)
-        values = step(x, y)
-    trainer.to_host(list(values))  # wait for the device once, at the end
-    return (time.perf_counter() - start) / steps
+    per_step = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        values = None
+        for _ in range(steps):
+            x, y = trainer.to_batch(images, labels)
+            values = step(x, y)
+        trainer.to_host(list(values))  # wait for the device once, at the end of the round
+        per_step.append((time.perf_counter() - start) / steps)
+    return per_step
 
 
 def _peak_memory_mb(trainer) -> float:
@@ -46,9 +52,13 @@ def _peak_memory_mb(trainer) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int = 10, warmup: int = 3,
-              device=None, reference: bool = False, matmul_size: int = 2048) -> dict:
+def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int = 5, warmup: int = 2,
+              rounds: int = 3, device=None, reference: bool = False, matmul_size: int = 2048) -> dict:
     """Benchmark one backend and return the figures as a JSON-ready dict.
+
+    Training and inference are timed in ``rounds`` rounds of ``steps`` steps and the median
+    round counts; the matmul peak is the best of ``rounds`` measurements (a peak is the best
+    the machine did). Both keep a noisy shared machine's stalls out of the ratios.
 
     ``reference=True`` times the chapter's own, unmodified code for the framework (the
     backend's ``reference`` module) in the same way, for the before/after comparison.
@@ -64,9 +74,10 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
 
-    matmul_gflops = trainer.matmul_gflops(matmul_size)
-    train_seconds = time_steps(trainer, trainer.train_step, images, labels, steps, warmup)
-    infer_seconds = time_steps(trainer, trainer.eval_step, images, labels, steps, warmup)
+    matmul_gflops = max(trainer.matmul_gflops(matmul_size) for _ in range(rounds))
+    train_rounds = time_steps(trainer, trainer.train_step, images, labels, steps, warmup, rounds)
+    infer_rounds = time_steps(trainer, trainer.eval_step, images, labels, steps, warmup, rounds)
+    train_seconds, infer_seconds = statistics.median(train_rounds), statistics.median(infer_rounds)
     train_eps = batch_size / train_seconds
     infer_eps = batch_size / infer_seconds
     train_gflops = train_eps * training_flops_per_example("resnet18", 1, size, size) / 1e9
@@ -81,6 +92,8 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "resize": size,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
+        "train_examples_per_sec_rounds": [round(batch_size / t, 2) for t in train_rounds],
         "train_examples_per_sec": round(train_eps, 2),
         "inference_examples_per_sec": round(infer_eps, 2),
         "train_gflops": round(train_gflops, 2),

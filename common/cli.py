@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(bench)
     bench.add_argument("--batch-size", type=_positive_int, default=64)
     bench.add_argument("--resize", type=_resize, default=96, help="image size; 'none' for 28 x 28 (default 96)")
-    bench.add_argument("--steps", type=_positive_int, default=10, help="timed training steps (default 10)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed steps first (default 3)")
+    bench.add_argument("--steps", type=_positive_int, default=5, help="timed steps per round (default 5)")
+    bench.add_argument("--rounds", type=_positive_int, default=3,
+                       help="timed rounds; the median round counts (default 3)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first (default 2)")
     bench.add_argument("--reference", action="store_true",
                        help="time the chapter's own code for this framework instead of this project's")
     bench.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -175,7 +177,7 @@ def _bench(args):
     from .weights import atomic_write
 
     result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
-                       warmup=args.warmup, device=args.device, reference=args.reference)
+                       warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:

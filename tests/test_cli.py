@@ -149,7 +149,7 @@ def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, conten
 
 def test_bench_reports_json(capsys, backend_name):
     code, out, err = run(capsys, "bench", "--backend", backend_name, "--batch-size", "4", "--resize", "32",
-                         "--steps", "1", "--warmup", "1")
+                         "--steps", "1", "--warmup", "1", "--rounds", "3")
     assert code == 0, err
     result = json.loads(out)
     for key in ("backend", "framework", "device", "batch_size", "resize", "train_examples_per_sec",
@@ -157,3 +157,5 @@ def test_bench_reports_json(capsys, backend_name):
                 "peak_memory_mb"):
         assert key in result, key
     assert result["train_examples_per_sec"] > 0 and result["matmul_gflops"] > 0
+    rounds = result["train_examples_per_sec_rounds"]
+    assert len(rounds) == 3 and sorted(rounds)[1] == pytest.approx(result["train_examples_per_sec"], rel=1e-3)

@@ -1,7 +1,7 @@
 """Benchmark every backend at 28 x 28 and 96 x 96, this project's code and the chapter's.
 
     python tools/bench_all.py                 # writes docs/benchmarks.md (and .json)
-    python tools/bench_all.py --steps 5 --backends torch mx
+    python tools/bench_all.py --steps 3 --rounds 3 --backends torch mx
 
 Each figure comes from one `resnet-fmnist bench` process, run in the backend's own tox
 environment (`tox exec -e <backend>`), so training GFLOP/s and the framework's own matmul
@@ -34,12 +34,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_one(backend, resize, batch_size, steps, warmup, reference):
+def run_one(backend, resize, batch_size, steps, warmup, rounds, reference):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     command = ["tox", "exec", "-qq", "-e", backend, "--", "resnet-fmnist", "bench", "--backend", backend,
                "--resize", resize, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
-               "--out", out]
+               "--rounds", str(rounds), "--out", out]
     if reference:
         command.append("--reference")
     print("$", " ".join(command), file=sys.stderr, flush=True)
@@ -54,30 +54,47 @@ def run_one(backend, resize, batch_size, steps, warmup, reference):
         os.unlink(out)
 
 
-def markdown(results, steps, warmup) -> str:
+def _size(r) -> str:
+    resize = r.get("resize")
+    return f"{resize} x {resize}, {r['batch_size']}" if resize not in (None, "none") else f"28 x 28, {r['batch_size']}"
+
+
+def markdown(results, steps, warmup, rounds) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, no GPU; {steps} timed training steps after "
-        f"{warmup} warm-up steps on one fixed batch per run (`resnet-fmnist bench`, one process per row).",
+        f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs, no GPU. One `resnet-fmnist bench` process per row, "
+        f"on one fixed batch: {warmup} warm-up steps, then {rounds} rounds of {steps} timed steps, of which the "
+        f"median round counts; the matmul peak is the best of {rounds} measurements.",
         "Train GFLOP/s counts the convolutions and the dense layer once from `common/spec.py` "
         "(forward x 3); \"of matmul\" divides it by the framework's own 2048 x 2048 fp32 matmul "
-        "GFLOP/s measured in the same process.",
+        "GFLOP/s measured in the same process. \"of fastest\" is the row's training img/s over the "
+        "fastest backend's (this project's code) at that size; \"x chapter\" over the chapter's own "
+        "code for the same framework.",
         "",
-        "| backend | code | input, batch | train img/s | train GFLOP/s | matmul GFLOP/s | of matmul | "
-        "inference img/s | peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | code | input, batch | train img/s | of fastest | x chapter | train GFLOP/s | matmul GFLOP/s "
+        "| of matmul | inference img/s | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ok = [r for r in results if "error" not in r]
+    fastest = {}
+    for r in ok:
+        if r["code"] == "resnet-fmnist":
+            fastest[_size(r)] = max(fastest.get(_size(r), 0.0), r["train_examples_per_sec"])
+    chapter = {(r["backend"], _size(r)): r["train_examples_per_sec"] for r in ok if r["code"] != "resnet-fmnist"}
     for r in results:
-        size = f"{r['resize']} x {r['resize']}, {r['batch_size']}" if r.get("resize") not in (None, "none") \
-            else f"28 x 28, {r['batch_size']}"
+        size = _size(r)
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['code']} | {size} | failed (exit {r['error']}) | | | | | |")
+            lines.append(f"| {r['backend']} | {r['code']} | {size} | failed (exit {r['error']}) | | | | | | | |")
             continue
+        eps = r["train_examples_per_sec"]
+        of_fastest = f"{eps / fastest[size]:.2f}" if r["code"] == "resnet-fmnist" and fastest.get(size) else ""
+        vs_chapter = (f"{eps / chapter[r['backend'], size]:.2f}"
+                      if r["code"] == "resnet-fmnist" and (r["backend"], size) in chapter else "")
         lines.append(
-            f"| {r['backend']} | {r['code']} | {size} | {r['train_examples_per_sec']:.1f} | {r['train_gflops']:.1f} "
-            f"| {r['matmul_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['inference_examples_per_sec']:.1f} "
-            f"| {r['peak_memory_mb']:.0f} |"
+            f"| {r['backend']} | {r['code']} | {size} | {eps:.1f} | {of_fastest} | {vs_chapter} "
+            f"| {r['train_gflops']:.1f} | {r['matmul_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% "
+            f"| {r['inference_examples_per_sec']:.1f} | {r['peak_memory_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -85,8 +102,9 @@ def markdown(results, steps, warmup) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median counts")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true", help="skip the chapter's own code")
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -94,10 +112,10 @@ def main(argv=None) -> int:
     for resize, batch_size in SIZES:
         for backend in args.backends:
             for reference in ([False] if args.no_reference else [False, True]):
-                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, reference))
+                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds, reference))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
-        handle.write(markdown(results, args.steps, args.warmup))
+        handle.write(markdown(results, args.steps, args.warmup, args.rounds))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
         json.dump(results, handle, indent=2)
     print(open(args.out).read())
