@@ -13,7 +13,6 @@ import platform
 import resource
 import statistics
 import time
-from typing import List
 
 import numpy as np
 
@@ -24,22 +23,19 @@ from .weights import init_weights
 __all__ = ["run_bench", "time_steps"]
 
 
-def time_steps(trainer, step, images, labels, steps: int, warmup: int, rounds: int = 1) -> List[float]:
-    """Seconds per step of ``step`` (train_step or eval_step) in each of ``rounds`` rounds of
-    ``steps`` steps, after ``warmup`` untimed steps; the device is waited for once a round."""
+def time_steps(trainer, step, images, labels, steps: int, warmup: int = 0) -> float:
+    """Seconds per step of ``step`` (train_step or eval_step) over ``steps`` steps, after
+    ``warmup`` untimed ones; the device is waited for once, at the end."""
     for _ in range(warmup):
         x, y = trainer.to_batch(images, labels)
         trainer.to_host(list(step(x, y)))
-    per_step = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        values = None
-        for _ in range(steps):
-            x, y = trainer.to_batch(images, labels)
-            values = step(x, y)
-        trainer.to_host(list(values))  # wait for the device once, at the end of the round
-        per_step.append((time.perf_counter() - start) / steps)
-    return per_step
+    start = time.perf_counter()
+    values = None
+    for _ in range(steps):
+        x, y = trainer.to_batch(images, labels)
+        values = step(x, y)
+    trainer.to_host(list(values))  # wait for the device once, at the end
+    return (time.perf_counter() - start) / steps
 
 
 def _peak_memory_mb(trainer) -> float:
@@ -56,9 +52,10 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
               rounds: int = 3, device=None, reference: bool = False, matmul_size: int = 2048) -> dict:
     """Benchmark one backend and return the figures as a JSON-ready dict.
 
-    Training and inference are timed in ``rounds`` rounds of ``steps`` steps and the median
-    round counts; the matmul peak is the best of ``rounds`` measurements (a peak is the best
-    the machine did). Both keep a noisy shared machine's stalls out of the ratios.
+    Training and inference are timed in ``rounds`` rounds of ``steps`` steps, each training
+    round right after its own matmul measurement; the median round counts, and the share of
+    matmul speed is the median of the rounds' ratios, so that a shared machine's slow spells
+    (which slow both) stay out of it.
 
     ``reference=True`` times the chapter's own, unmodified code for the framework (the
     backend's ``reference`` module) in the same way, for the before/after comparison.
@@ -74,14 +71,19 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
 
-    matmul_gflops = max(trainer.matmul_gflops(matmul_size) for _ in range(rounds))
-    train_rounds = time_steps(trainer, trainer.train_step, images, labels, steps, warmup, rounds)
-    infer_rounds = time_steps(trainer, trainer.eval_step, images, labels, steps, warmup, rounds)
+    train_flops = batch_size * training_flops_per_example("resnet18", 1, size, size)
+    infer_flops = batch_size * forward_flops_per_example("resnet18", 1, size, size)
+    matmul_rounds, train_rounds, infer_rounds = [], [], []
+    for i in range(rounds):
+        matmul_rounds.append(trainer.matmul_gflops(matmul_size))
+        train_rounds.append(time_steps(trainer, trainer.train_step, images, labels, steps, warmup if i == 0 else 0))
+    for i in range(rounds):
+        infer_rounds.append(time_steps(trainer, trainer.eval_step, images, labels, steps, warmup if i == 0 else 0))
     train_seconds, infer_seconds = statistics.median(train_rounds), statistics.median(infer_rounds)
-    train_eps = batch_size / train_seconds
-    infer_eps = batch_size / infer_seconds
-    train_gflops = train_eps * training_flops_per_example("resnet18", 1, size, size) / 1e9
-    infer_gflops = infer_eps * forward_flops_per_example("resnet18", 1, size, size) / 1e9
+    train_eps, infer_eps = batch_size / train_seconds, batch_size / infer_seconds
+    train_gflops, infer_gflops = train_flops / train_seconds / 1e9, infer_flops / infer_seconds / 1e9
+    matmul_gflops = statistics.median(matmul_rounds)
+    fraction = statistics.median(train_flops / t / 1e9 / m for t, m in zip(train_rounds, matmul_rounds))
     return {
         "backend": trainer.backend,
         "code": "chapter (reference)" if reference else "resnet-fmnist",
@@ -100,7 +102,8 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "inference_gflops": round(infer_gflops, 2),
         "matmul_gflops": round(matmul_gflops, 2),
         "matmul_size": matmul_size,
-        "fraction_of_matmul": round(train_gflops / matmul_gflops, 3),
+        "matmul_gflops_rounds": [round(m, 2) for m in matmul_rounds],
+        "fraction_of_matmul": round(fraction, 3),
         "inference_fraction_of_matmul": round(infer_gflops / matmul_gflops, 3),
         "peak_memory_mb": round(_peak_memory_mb(trainer), 1),
     }

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Tuple
 
+import numpy as np
+
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
@@ -31,6 +33,7 @@ __all__ = [
     "training_flops_per_example",
     "forward_flops_per_example",
     "check_input_shape",
+    "tap_selection",
 ]
 
 #: BatchNorm epsilon in every backend (PyTorch's and Gluon's default; Keras' is 1e-3).
@@ -205,6 +208,27 @@ def count_parameters(arch="resnet18", in_channels=1, num_classes=10, trainable_o
 
 def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def tap_selection(size, kernel, stride, padding) -> np.ndarray:
+    """The 0/1 matrix that turns a convolution on a tiny map into one dense layer.
+
+    Shape ``(kh * kw, Ho * Wo * H * W)``: column ``(i, j, a, b)`` (row-major) has a 1 in the
+    row of the kernel tap joining output pixel ``(i, j)`` to input pixel ``(a, b)`` of an
+    ``H x W`` map, and none where no tap joins them (the window misses that pixel). The
+    kernel ``(O, C, kh * kw)`` times this matrix is, rearranged to ``(O * Ho * Wo, C * H * W)``,
+    the weight of a dense layer on the flattened input map that computes the convolution:
+    the same terms, summed in another order. ``size``, ``kernel``, ``stride`` and
+    ``padding`` are (height, width) pairs.
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
+    out_h, out_w = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    i, j, a, b = np.meshgrid(np.arange(out_h), np.arange(out_w), np.arange(h), np.arange(w), indexing="ij")
+    row, col = (a - i * sh + ph).ravel(), (b - j * sw + pw).ravel()
+    valid = (row >= 0) & (row < kh) & (col >= 0) & (col < kw)
+    selection = np.zeros((kh * kw, out_h * out_w * h * w), dtype=np.float32)
+    selection[(row * kw + col)[valid], np.flatnonzero(valid)] = 1.0
+    return selection
 
 
 def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, num_classes=10):

@@ -10,12 +10,13 @@ from common.backend import physical_cpu_cores
 # convolutions run at half speed. Give it the physical cores, unless the user chose a number
 # (OMP_NUM_THREADS or MXNET_OMP_MAX_THREADS). MXNet reads this once, at its first import.
 if "OMP_NUM_THREADS" not in os.environ and "MXNET_OMP_MAX_THREADS" not in os.environ:
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if "mxnet" not in sys.modules:
         os.environ["MXNET_OMP_MAX_THREADS"] = str(physical_cpu_cores())
-    elif physical_cpu_cores() != max(1, len(os.sched_getaffinity(0)) // 2):
-        warnings.warn(f"mxnet was imported before resnet_mx, so its operators use half of the "
-                      f"{len(os.sched_getaffinity(0))} CPUs; import resnet_mx first or set "
-                      f"MXNET_OMP_MAX_THREADS={physical_cpu_cores()}", RuntimeWarning, stacklevel=2)
+    elif physical_cpu_cores() != max(1, _cpus // 2):
+        warnings.warn(f"mxnet was imported before resnet_mx, so its operators use half of the {_cpus} CPUs; "
+                      f"import resnet_mx first or set MXNET_OMP_MAX_THREADS={physical_cpu_cores()}",
+                      RuntimeWarning, stacklevel=2)
 
 from .model import *  # noqa: E402,F401,F403
 from .data import *  # noqa: E402,F401,F403

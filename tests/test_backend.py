@@ -1,9 +1,11 @@
 """Choosing a backend and setting up its framework."""
 import os
 
+import numpy as np
 import pytest
 
 from common.backend import load_backend, physical_cpu_cores
+from common.spec import tap_selection
 
 
 def _topology(root, cpu, package, core):
@@ -43,3 +45,17 @@ def test_mxnet_gets_every_physical_core(backend_name):
     if "OMP_NUM_THREADS" in os.environ:
         pytest.skip("the user chose OMP_NUM_THREADS")
     assert os.environ["MXNET_OMP_MAX_THREADS"] == str(physical_cpu_cores())
+
+
+@pytest.mark.parametrize("size, stride", [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (2, 2)), ((1, 2), (1, 1))])
+def test_mxnet_graph_builds_the_spec_tap_selection(backend_name, size, stride):
+    # resnet_mx builds the tiny-map convolutions' selection matrix from arange inside its graph.
+    if backend_name != "mx":
+        pytest.skip("MXNet's in-graph construction only")
+    load_backend(backend_name)
+    import mxnet as mx
+    from resnet_mx.model import _tap_selection
+
+    expected = tap_selection(size, (3, 3), stride, (1, 1))
+    np.testing.assert_array_equal(_tap_selection(mx.nd, size, (3, 3), stride, (1, 1)).asnumpy(), expected)
+    np.testing.assert_array_equal(_tap_selection(mx.sym, size, (3, 3), stride, (1, 1)).eval()[0].asnumpy(), expected)

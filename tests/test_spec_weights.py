@@ -6,8 +6,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from common import oracle
 from common.spec import (check_input_shape, count_parameters, get_spec, iter_blocks, parameter_shapes,
-                         stage_output_shapes, trainable_parameter_names, training_flops_per_example)
+                         stage_output_shapes, tap_selection, trainable_parameter_names, training_flops_per_example)
 from common.weights import (FORMAT_TAG, WeightsError, check_weights, init_weights, load_weights, read_metadata,
                             save_weights)
 
@@ -47,6 +48,22 @@ def test_stage_shapes_of_the_chapter():
 def test_flops_match_the_issue_figures():
     assert training_flops_per_example(height=96, width=96) / 1e9 == pytest.approx(1.90, abs=0.02)
     assert training_flops_per_example(height=28, width=28) / 1e9 == pytest.approx(0.197, abs=0.002)
+
+
+@pytest.mark.parametrize("size, stride", [(1, 1), (2, 1), (2, 2), (3, 1), (4, 2)])
+def test_tap_selection_turns_a_convolution_into_a_dense_layer(size, stride):
+    # The backends' tiny-map fast path: kernel x tap_selection, rearranged, is a dense weight.
+    rng = np.random.default_rng(size * 10 + stride)
+    x = rng.normal(size=(3, 4, size, size))
+    weight = rng.normal(size=(5, 4, 3, 3))
+    expected, _ = oracle.conv2d(x, weight, None, stride, 1)
+    out = expected.shape[2]
+    selection = tap_selection((size, size), (3, 3), (stride, stride), (1, 1))
+    assert selection.shape == (9, out * out * size * size) and selection.sum(axis=0).max() == 1
+    dense = (weight.reshape(5 * 4, 9) @ selection).reshape(5, 4, out * out, size * size)
+    dense = dense.transpose(0, 2, 1, 3).reshape(5 * out * out, 4 * size * size)
+    got = (x.reshape(3, -1) @ dense.T).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_unknown_architecture_is_refused():

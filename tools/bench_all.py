@@ -65,10 +65,11 @@ def markdown(results, steps, warmup, rounds) -> str:
         "",
         f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs, no GPU. One `resnet-fmnist bench` process per row, "
         f"on one fixed batch: {warmup} warm-up steps, then {rounds} rounds of {steps} timed steps, of which the "
-        f"median round counts; the matmul peak is the best of {rounds} measurements.",
+        f"median round counts. Each training round follows its own matmul measurement, and \"of matmul\" "
+        f"is the median of the rounds' ratios.",
         "Train GFLOP/s counts the convolutions and the dense layer once from `common/spec.py` "
         "(forward x 3); \"of matmul\" divides it by the framework's own 2048 x 2048 fp32 matmul "
-        "GFLOP/s measured in the same process. \"of fastest\" is the row's training img/s over the "
+        "GFLOP/s measured in the same process (the median is shown). \"of fastest\" is the row's training img/s over the "
         "fastest backend's (this project's code) at that size; \"x chapter\" over the chapter's own "
         "code for the same framework.",
         "",
