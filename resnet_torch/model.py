@@ -70,6 +70,10 @@ class _UnfoldWeightGradConv2d(torch.autograd.Function):
         return grad_x, grad_weight.view_as(weight), grad_bias, None, None
 
 
+#: (input size, kernel, stride, padding, device, dtype) -> tap-selection tensor.
+_SELECTIONS: Dict[tuple, torch.Tensor] = {}
+
+
 def _conv_as_dense(x, weight, bias, stride, padding):
     """A convolution on a tiny map as one dense layer from the flattened input map to the
     flattened output map, its weight the kernel times :func:`common.spec.tap_selection`.
@@ -90,10 +94,6 @@ def _conv_as_dense(x, weight, bias, stride, padding):
     dense = dense.reshape(out_channels * out_pixels, in_channels * h * w)
     bias = None if bias is None else bias.repeat_interleave(out_pixels)
     return F.linear(x.flatten(1), dense, bias).view(x.shape[0], out_channels, out_h, out_w)
-
-
-#: (input size, kernel, stride, padding, device, dtype) -> tap-selection tensor.
-_SELECTIONS: Dict[tuple, torch.Tensor] = {}
 
 
 class _Conv2d(nn.Conv2d):
