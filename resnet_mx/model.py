@@ -6,12 +6,18 @@ Gluon's structural parameter names (``layer1.0.bn1.gamma``) are the canonical na
 Layouts need no conversion: Gluon's NCHW convolution weights are OIHW and its dense weights
 ``(out, in)``. Every block is a ``HybridBlock``, so the network hybridizes.
 
+Everything works in both of MXNet's array modes: legacy ``mx.nd`` and NumPy (``npx.set_np()``,
+the chapter's), in which Gluon passes ``mxnet.numpy`` arrays and creates its parameters as
+such. The fast paths below are written with legacy operators and run on legacy views of those
+arrays there (:func:`_legacy_operators`): the same operators, and numbers, in both modes.
+
 Gluon's BatchNorm (1.9.1, native and oneDNN kernels alike) updates its running statistics in
 the *backward* pass and with the *biased* batch variance; PyTorch updates them in the forward
 pass with the unbiased one. :class:`BatchNorm` below aligns that (see its docstring).
 """
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from typing import Dict, List, Mapping, Tuple
@@ -20,6 +26,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
+from mxnet.util import is_np_array
 
 from common.spec import (BN_EPSILON, BN_MOMENTUM, check_input_shape, get_spec, iter_blocks, parameter_shapes,
                          stage_output_shapes)
@@ -46,6 +53,59 @@ DATA_FORMAT = "NCHW"
 _CANONICAL_SUFFIX = {"gamma": "weight", "beta": "bias"}
 
 _collectors = threading.local()
+
+#: The NumPy mode's array and symbol types (subclasses of the legacy ``NDArray`` and ``Symbol``).
+_NUMPY_TYPES = (mx.np.ndarray, mx.sym.np._Symbol)
+
+
+def _as_legacy(value):
+    """``value``'s NumPy-mode arrays (also inside lists and tuples) as legacy views of them."""
+    if isinstance(value, _NUMPY_TYPES):
+        return value.as_nd_ndarray()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_legacy(v) for v in value)
+    return value
+
+
+def _as_numpy(value):
+    """``value``'s arrays (also inside lists and tuples) as NumPy-mode views of them."""
+    if isinstance(value, (mx.nd.NDArray, mx.sym.Symbol)):
+        return value if isinstance(value, _NUMPY_TYPES) else value.as_np_ndarray()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_numpy(v) for v in value)
+    return value
+
+
+def _legacy_operators(function):
+    """Let ``function``, written with MXNet's legacy operators, run in NumPy mode as well.
+
+    Under ``npx.set_np()`` Gluon hands blocks ``mxnet.numpy`` arrays (and symbols), which
+    legacy operators refuse. There ``function`` gets legacy views of its array arguments and
+    its array results come back as NumPy-mode views: the same memory and autograd history,
+    no copy, and the same operators (so the same numbers) in both modes.
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if not is_np_array():
+            return function(*args, **kwargs)
+        return _as_numpy(function(*_as_legacy(args), **{k: _as_legacy(v) for k, v in kwargs.items()}))
+
+    return wrapper
+
+
+@_legacy_operators
+def _relu(F, x, shortcut=None):
+    """oneDNN's ReLU (see :class:`Residual`) of ``x``, or of ``x + shortcut``.
+
+    The sum is the legacy one in NumPy mode too: there ``+`` is NumPy's broadcasting add,
+    which has no oneDNN kernel, where the legacy sum of two equal shapes has one.
+    """
+    return F.Activation(x if shortcut is None else x + shortcut, act_type="relu")
+
+
+def _array(values, ctx=None) -> mx.nd.NDArray:
+    """A float32 MXNet array of ``values`` in the active array mode."""
+    return (mx.np if is_np_array() else mx.nd).array(np.asarray(values, dtype=np.float32), ctx=ctx, dtype=np.float32)
 
 
 @contextmanager
@@ -76,7 +136,7 @@ class BatchNorm(nn.BatchNorm):
     the operator's own update is switched off (momentum 1: ``running * 1 + batch * 0``, exact)
     and the layer hands out the batch mean and the *unbiased* batch variance as extra graph
     outputs; :meth:`ResNet.forward` applies PyTorch's update with them after each train-mode
-    forward. Outside a ResNet (the chapter's own ``HybridSequential``) it behaves as Gluon's.
+    forward. Outside a ResNet (the chapter's own ``Sequential``) it behaves as Gluon's.
     """
 
     def __init__(self, in_channels=0, **kwargs):
@@ -86,6 +146,13 @@ class BatchNorm(nn.BatchNorm):
         collected = _current_collector()
         if collected is None:
             return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        y, mean, unbiased_var = self._normalize(F, x, gamma, beta, running_mean, running_var)
+        collected.append((self, mean, unbiased_var))
+        return y
+
+    @_legacy_operators
+    def _normalize(self, F, x, gamma, beta, running_mean, running_var):
+        """(output, batch mean, unbiased batch variance), the statistics without gradient."""
         # The operator's own batch statistics come out for free: the mean and, as MXNet 1.x
         # keeps it for its backward pass, the inverse standard deviation 1 / sqrt(var + eps)
         # (checked for the native and the oneDNN kernels). F.moments would recompute them
@@ -95,8 +162,7 @@ class BatchNorm(nn.BatchNorm):
         biased_var = 1.0 / F.square(inverse_std) - self._kwargs["eps"]
         count = F.cast(F.size_array(x), "float32") / F.cast(F.size_array(gamma), "float32")
         unbiased_var = F.broadcast_mul(biased_var, count / (count - 1))
-        collected.append((self, F.BlockGrad(mean), F.BlockGrad(unbiased_var)))
-        return y
+        return y, F.BlockGrad(mean), F.BlockGrad(unbiased_var)
 
 
 def _update_running_statistics(running, statistics) -> None:
@@ -141,6 +207,14 @@ class _Conv2D(nn.Conv2D):
         if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
             return super().hybrid_forward(F, x, weight, bias)
         out = tuple((n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel, pad, stride))
+        if size[0] * size[1] * out[0] * out[1] <= 16 or out[0] * out[1] <= 9:
+            return self._matrix_product(F, x, weight, bias, size, out)
+        return super().hybrid_forward(F, x, weight, bias)
+
+    @_legacy_operators
+    def _matrix_product(self, F, x, weight, bias, size, out):
+        """The convolution from ``size`` to ``out`` as one matrix product (see the class)."""
+        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
         pixels, out_pixels = size[0] * size[1], out[0] * out[1]
         if pixels * out_pixels <= 16:
             taps = F.dot(F.reshape(weight, shape=(-1, kernel[0] * kernel[1])),  # (O*C, kh*kw)
@@ -150,14 +224,12 @@ class _Conv2D(nn.Conv2D):
             y = F.FullyConnected(x, dense, None if bias is None else F.repeat(bias, repeats=out_pixels),
                                  num_hidden=self._channels * out_pixels, no_bias=bias is None, flatten=True)
             return F.reshape(y, shape=(0, -1, out[0], out[1]))
-        if out_pixels <= 9:
-            patches = F.im2col(x, kernel=kernel, stride=stride, pad=pad)  # (N, C*kh*kw, Ho*Wo)
-            patches = F.reshape(F.transpose(patches, axes=(0, 2, 1)), shape=(-3, 0))  # (N*Ho*Wo, C*kh*kw)
-            y = F.FullyConnected(patches, F.reshape(weight, shape=(0, -1)), bias, num_hidden=self._channels,
-                                 no_bias=bias is None)
-            y = F.transpose(F.reshape(y, shape=(-4, -1, out_pixels, 0)), axes=(0, 2, 1))
-            return F.reshape(y, shape=(0, 0, out[0], out[1]))
-        return super().hybrid_forward(F, x, weight, bias)
+        patches = F.im2col(x, kernel=kernel, stride=stride, pad=pad)  # (N, C*kh*kw, Ho*Wo)
+        patches = F.reshape(F.transpose(patches, axes=(0, 2, 1)), shape=(-3, 0))  # (N*Ho*Wo, C*kh*kw)
+        y = F.FullyConnected(patches, F.reshape(weight, shape=(0, -1)), bias, num_hidden=self._channels,
+                             no_bias=bias is None)
+        y = F.transpose(F.reshape(y, shape=(-4, -1, out_pixels, 0)), axes=(0, 2, 1))
+        return F.reshape(y, shape=(0, 0, out[0], out[1]))
 
 
 def _tap_selection(F, size, kernel, stride, pad):
@@ -205,12 +277,12 @@ class Residual(nn.HybridBlock):
         # convolutions' blocked layout as it is; F.relu is MXNet's generic one, before which
         # every array is reordered to NCHW (and back for the next convolution): 3x slower here.
         # oneDNN's relu maps NaN to 0; ResNet.forward puts the NaN back (see _keep_nan).
-        Y = F.Activation(self.bn1(self.conv1(X)), act_type="relu")
+        Y = _relu(F, self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
 
         if self.downsample is not None:
             X = self.downsample(X)
-        return F.Activation(Y + X, act_type="relu")
+        return _relu(F, Y, X)
 
 
 def resnet_block(num_channels, num_residuals, first_block=False):
@@ -263,9 +335,10 @@ class ResNet(nn.HybridBlock):
     def _stem(self, F, x):
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.Activation(x, act_type="relu")
+        x = _relu(F, x)
         return self.maxpool(x)
 
+    @_legacy_operators
     def _pool(self, F, x):
         return F.mean(x, axis=(2, 3))
 
@@ -315,6 +388,7 @@ class ResNet(nn.HybridBlock):
         return _keep_nan(logits, x, statistics if training else ())
 
 
+@_legacy_operators
 def _keep_nan(logits, x, statistics):
     """``logits``, NaN where PyTorch's would be NaN because of a non-finite input or activation.
 
@@ -368,7 +442,7 @@ def count_parameters(net) -> int:
 
 
 def _architecture(net) -> Tuple[str, int, int]:
-    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's HybridSequential ResNet-18."""
+    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's (Hybrid)Sequential ResNet-18."""
     if isinstance(net, ResNet):
         return net.arch, net.in_channels, net.num_classes
     params = list(_parameters(net).values())
@@ -376,7 +450,7 @@ def _architecture(net) -> Tuple[str, int, int]:
     dense = [p for p in params if len(p.shape) == 2]
     if not convs or not dense:
         raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
-    if not convs[0].shape[1] or not dense[-1].shape[0]:
+    if convs[0].shape[1] <= 0 or dense[-1].shape[0] <= 0:  # unknown: 0, or -1 in NumPy mode
         raise ValueError(f"{type(net).__name__} has parameters of unknown shape; call it on one batch first")
     return "resnet18", convs[0].shape[1], dense[-1].shape[0]
 
@@ -385,7 +459,7 @@ def _canonical_parameters(net) -> Dict[str, gluon.Parameter]:
     """Canonical name -> the net's Parameter (the one mapping, written once).
 
     For :class:`ResNet` the structural names are the canonical ones with BatchNorm's
-    ``gamma``/``beta`` renamed. The chapter's own network (a ``HybridSequential`` of
+    ``gamma``/``beta`` renamed. The chapter's own network (a ``Sequential`` of
     Gluon's stem layers and our ``Residual`` blocks) has names such as ``0.weight`` or
     ``5.0.downsample.0.bias`` holding the same arrays in the same order, so its entries are
     matched by position, checking each kind and shape (shapes not yet inferred pass).
@@ -422,7 +496,7 @@ def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
     check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
     for name, param in _canonical_parameters(net).items():
         # set_data copies to every context the parameter lives on (or waits for deferred init).
-        param.set_data(mx.nd.array(np.asarray(weights[name], dtype=np.float32), dtype=np.float32))
+        param.set_data(_array(weights[name]))
 
 
 def _context(net) -> mx.Context:
@@ -435,7 +509,7 @@ def _context(net) -> mx.Context:
 
 
 def _input(net, images) -> mx.nd.NDArray:
-    return mx.nd.array(np.asarray(images, dtype=np.float32), ctx=_context(net), dtype=np.float32)
+    return _array(images, ctx=_context(net))
 
 
 def forward(net, images, training=False) -> np.ndarray:

@@ -14,13 +14,15 @@ import time
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
+from mxnet.util import is_np_array
 
 from common import training
 from common.spec import trainable_parameter_names
 from common.weights import init_weights
 
 from .data import to_tensor
-from .model import _architecture, _canonical_parameters, _context, _parameters, export_weights, import_weights, resnet
+from .model import (_architecture, _canonical_parameters, _context, _legacy_operators, _parameters, export_weights,
+                    import_weights, resnet)
 
 __all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
@@ -60,23 +62,30 @@ def _place(net, ctx) -> None:
             param.initialize(ctx=ctx)
     if any(param._deferred_init for param in params):
         first_conv = next((p for p in params if len(p.shape) == 4), None)
-        in_channels = (first_conv.shape[1] if first_conv is not None else 0) or 1  # Fashion-MNIST's
+        # Unknown sizes are 0, or -1 in NumPy mode; then Fashion-MNIST's one channel.
+        in_channels = max(first_conv.shape[1] if first_conv is not None else 0, 0) or 1
         with autograd.predict_mode():
-            net(mx.nd.zeros((2, in_channels, 32, 32), ctx=params[0].list_ctx()[0]))
+            net((mx.np if is_np_array() else mx.nd).zeros((2, in_channels, 32, 32), ctx=params[0].list_ctx()[0]))
     for param in params:
         if param.list_ctx() != [ctx]:
             param.reset_ctx(ctx)
 
 
+@_legacy_operators
 def _correct(logits, labels):
     return (logits.argmax(axis=1) == labels.astype(np.float32)).sum()
+
+
+def _scalar(value) -> float:
+    """A one-element array (legacy ``(1,)`` or NumPy-mode ``()``) as a Python float."""
+    return float(value.asnumpy().item())
 
 
 class Trainer:
     """MXNet's side of :func:`common.training.fit`: see :mod:`common.backend`.
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
-    ``HybridSequential``, initialised or not).
+    ``Sequential``, initialised or not).
     """
 
     backend = "mx"
@@ -105,7 +114,7 @@ class Trainer:
         self.optimizer.set_learning_rate(float(value))
 
     def to_batch(self, images, labels):
-        """Device arrays from NCHW NumPy, or from NDArrays :mod:`resnet_mx.data` made."""
+        """Device arrays from NCHW NumPy, or from the arrays :mod:`resnet_mx.data` made."""
         x = images.as_in_context(self.device) if isinstance(images, mx.nd.NDArray) else to_tensor(images, self.device)
         y = labels.as_in_context(self.device) if isinstance(labels, mx.nd.NDArray) else to_tensor(
             np.asarray(labels), self.device)
@@ -132,7 +141,7 @@ class Trainer:
         up to here is the time the steps took, as in the synchronous backends.
         """
         mx.nd.waitall()
-        return [float(v.asscalar()) for v in values]
+        return [_scalar(v) for v in values]
 
     def matmul_gflops(self, size=2048, repeats=5) -> float:
         """GFLOP/s of MXNet's own float32 ``size x size`` matrix product on the device (the peak
@@ -166,7 +175,7 @@ def loss_and_gradients(net, images, labels):
     loss.backward()
     params = _canonical_parameters(net)
     names = trainable_parameter_names(*_architecture(net))
-    return float(loss.asscalar()), {name: params[name].grad(ctx).asnumpy() for name in names}
+    return _scalar(loss), {name: params[name].grad(ctx).asnumpy() for name in names}
 
 
 def train(**kwargs):
