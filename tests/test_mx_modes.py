@@ -166,6 +166,18 @@ def test_chapter_residual_and_d2l_residual_compute_the_same(chapter, num_channel
             np.testing.assert_allclose(Y.asnumpy(), want.asnumpy(), rtol=0, atol=1e-5)
 
 
+def test_chapter_own_network_runs_in_numpy_mode(chapter):
+    # The chapter's own definitions above run as the chapter runs them: nn.Block, imperative.
+    import mxnet as mx
+
+    with chapter.numpy_mode():
+        net = chapter.chapter_net(chapter.resnet_block)
+        net.initialize()
+        Y = net(mx.np.random.uniform(size=(2, 1, 96, 96)))
+        assert isinstance(Y, mx.np.ndarray) and Y.shape == (2, 10)
+        assert isinstance(net[4][0], chapter.Residual) and not isinstance(net[4][0], chapter.d2l.Residual)
+
+
 # The chapter's network is an nn.Sequential, which the Trainer hybridizes child by child.
 @pytest.mark.filterwarnings("ignore:All children of this Sequential:UserWarning")
 def test_chapter_training_cell_in_numpy_mode(chapter, capsys):
