@@ -4,10 +4,12 @@
 d2l-en ``chapter_convolutional-modern/resnet.md`` (MXNet tab) and ``train_ch6`` of
 ``d2l/mxnet.py`` (``nn.Block`` run imperatively, Gluon's default BatchNorm, ``init.Xavier()``,
 ``gluon.Trainer`` SGD, ``SoftmaxCrossEntropyLoss``, ``d2l.accuracy`` turning the count into a
-Python float every step). The only tokens changed are those of MXNet 2's NumPy interface the
-current book writes, in their MXNet 1.9.1 NDArray form: ``npx.relu`` -> ``nd.relu``,
-``float(x)`` -> ``float(x.asscalar())``, ``as_in_ctx`` -> ``as_in_context``. :class:`ReferenceTrainer` only wraps the code in the Trainer interface
-:mod:`common.bench` drives. Nothing else uses this module.
+Python float every step). The only tokens changed are those of the NumPy interface
+(``npx.set_np()``) the current book writes, in their legacy NDArray form, so the benchmark
+leaves MXNet's array mode (global per thread) alone: ``npx.relu`` -> ``nd.relu``, ``float(x)`` ->
+``float(x.asscalar())``, ``as_in_ctx`` -> ``as_in_context``. :class:`ReferenceTrainer` only
+wraps the code in the Trainer interface :mod:`common.bench` drives. Nothing else uses this
+module. (``tests/chapter_mx.py`` runs the chapter's cells in NumPy mode, as written.)
 """
 from __future__ import annotations
 
