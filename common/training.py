@@ -39,7 +39,6 @@ __all__ = [
     "train",
     "evaluate",
     "train_ch6",
-    "first_step_losses",
 ]
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -76,9 +75,10 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
               description: str = "") -> Dict[str, float]:
     """One pass over ``loader``: SGD steps if ``train`` else evaluation steps.
 
-    Returns ``{"loss", "accuracy", "examples", "seconds"}`` (mean loss, fraction correct).
-    Scalars are read back every ``trainer.sync_every`` steps; a non-finite loss raises
-    :class:`TrainingDiverged` naming the (1-based) epoch and step where it first appeared.
+    Returns ``{"loss", "accuracy", "examples", "seconds", "step_losses"}`` (mean loss,
+    fraction correct, and each step's mean loss in order). Scalars are read back every
+    ``trainer.sync_every`` steps; a non-finite training loss raises :class:`TrainingDiverged`
+    naming the (1-based) epoch and step where it first appeared.
     """
     step_fn = trainer.train_step if train else trainer.eval_step
     sync_every = _sync_every(trainer) if train else 10**9
@@ -86,6 +86,7 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
     loss_sum = correct = 0.0
     examples = 0
     pending: List[tuple] = []
+    step_losses: List[float] = []
 
     def flush():
         nonlocal loss_sum, correct
@@ -101,6 +102,7 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
                 )
             loss_sum += step_loss
             correct += step_correct
+            step_losses.append(step_loss / size)
         if bar is not None:
             bar.update(len(pending))
             bar.set_postfix(loss=f"{loss_sum / max(examples, 1):.3f}", acc=f"{correct / max(examples, 1):.3f}")
@@ -122,7 +124,8 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
     seconds = time.perf_counter() - start
     if examples == 0:
         raise ValueError("the data loader yielded no batches; is the subset smaller than one batch with drop_last?")
-    return {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": examples, "seconds": seconds}
+    return {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": examples, "seconds": seconds,
+            "step_losses": step_losses}
 
 
 def evaluate_loader(trainer, loader, progress: bool = False) -> Dict[str, float]:
@@ -152,19 +155,48 @@ def _write_json(path, payload) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def _kept_checkpoint(error: TrainingDiverged, out_dir) -> TrainingDiverged:
+    """``error``, telling where the last good checkpoint is when there is one."""
+    kept = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir is not None else None
+    if kept and os.path.exists(kept):
+        return TrainingDiverged(f"{error}; the last good checkpoint is kept in {kept}")
+    return error
+
+
+def _check_finite(epoch: int, evaluation: Dict[str, float], weights: Dict[str, np.ndarray]) -> None:
+    """Refuse an epoch whose end state cannot be used: its weights or test loss are not finite.
+
+    A finite training loss does not prove a usable network: weights or running statistics can
+    overflow only in the last step, or the eval-mode forward can (running statistics in place
+    of batch statistics) while the train-mode one does not.
+    """
+    broken = next((name for name, value in weights.items() if not np.all(np.isfinite(value))), None)
+    if broken is not None:
+        problem = f"{broken} is not finite"
+    elif not math.isfinite(evaluation["loss"]):
+        problem = f"the test loss is {evaluation['loss']}"
+    else:
+        return
+    raise TrainingDiverged(f"{problem} after epoch {epoch + 1}; lower the learning rate (--lr) or check the data")
+
+
 def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None, start_epoch: int = 0,
-        history: Optional[List[dict]] = None, quiet: bool = False, progress: Optional[bool] = None,
-        print_fn=print) -> List[dict]:
+        history: Optional[List[dict]] = None, step_losses: Optional[List[float]] = None, quiet: bool = False,
+        progress: Optional[bool] = None, print_fn=print) -> List[dict]:
     """Train ``trainer`` for epochs ``start_epoch .. config.epochs - 1``.
 
     After every epoch: one summary line (unless ``quiet``), and, with ``out_dir``, the
-    checkpoint (canonical weights plus the state needed to resume) and ``metrics.json``,
-    both replaced atomically. Returns the per-epoch history (a list of dicts with
-    ``epoch, train_loss, train_acc, test_acc, examples_per_sec, seconds, eval_seconds``).
+    checkpoint (canonical weights plus the state needed to resume) and ``metrics.json``
+    (with every step's training loss, ``step_losses``, continuing those given), both
+    replaced atomically. A non-finite training loss, test loss, weight or running statistic
+    raises :class:`TrainingDiverged` and leaves the last good checkpoint as it was. Returns
+    the per-epoch history (a list of dicts with ``epoch, train_loss, train_acc, test_acc,
+    test_loss, examples_per_sec, seconds, eval_seconds``).
     """
     if progress is None:
         progress = not quiet and sys.stderr.isatty()
     history = list(history or [])
+    step_losses = list(step_losses or [])
     wall_start = time.perf_counter() - sum(h["seconds"] + h["eval_seconds"] for h in history)
     started = _now()
     for epoch in range(start_epoch, config.epochs):
@@ -172,12 +204,11 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
         try:
             stats = run_epoch(trainer, train_loader, epoch=epoch, train=True, progress=progress,
                               description=f"epoch {epoch + 1}/{config.epochs}")
+            evaluation = evaluate_loader(trainer, test_loader)
+            weights = trainer.export_weights()
+            _check_finite(epoch, evaluation, weights)
         except TrainingDiverged as error:
-            kept = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
-            if kept and os.path.exists(kept):
-                raise TrainingDiverged(f"{error}; the last good checkpoint is kept in {kept}") from None
-            raise
-        evaluation = evaluate_loader(trainer, test_loader)
+            raise _kept_checkpoint(error, out_dir) from None
         record = {
             "epoch": epoch + 1,
             "train_loss": stats["loss"],
@@ -189,6 +220,7 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
             "eval_seconds": evaluation["seconds"],
         }
         history.append(record)
+        step_losses.extend(stats["step_losses"])
         if not quiet:
             print_fn(
                 f"[{trainer.backend}] epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, "
@@ -196,8 +228,9 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
                 f"{record['examples_per_sec']:.1f} examples/sec on {trainer.device_name}"
             )
         if out_dir is not None:
-            state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history}
-            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), trainer.export_weights(), config.arch,
+            state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history,
+                     "step_losses": step_losses}
+            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, config.arch,
                          metadata={"train_state": state})
             metrics = dict(_environment(trainer))
             metrics.update({
@@ -206,6 +239,7 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
                 "epochs_completed": epoch + 1,
                 "finished": epoch + 1 == config.epochs,
                 "history": history,
+                "step_losses": step_losses,
                 "wall_seconds": time.perf_counter() - wall_start,
                 "started": started,
                 "updated": _now(),
@@ -260,12 +294,12 @@ def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Opti
     checkpoint is never overwritten unless ``resume`` continues it.
     """
     config = _resolve_config(preset, config, overrides)
-    start_epoch, history, weights = 0, [], None
+    start_epoch, history, step_losses, weights = 0, [], [], None
     if out_dir is not None:
         checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
         if resume:
             weights, state = _resume_state(out_dir, config)
-            start_epoch, history = state["epoch"], state.get("history", [])
+            start_epoch, history, step_losses = state["epoch"], state.get("history", []), state.get("step_losses", [])
         elif os.path.exists(checkpoint):
             raise CheckpointError(
                 f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
@@ -281,7 +315,7 @@ def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Opti
     if start_epoch and not quiet:
         print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
     return fit(trainer, train_loader, test_loader, config, out_dir=out_dir, start_epoch=start_epoch,
-               history=history, quiet=quiet, progress=progress, print_fn=print_fn)
+               history=history, step_losses=step_losses, quiet=quiet, progress=progress, print_fn=print_fn)
 
 
 def evaluate(trainer_class, *, weights, arch: str = "resnet18", resize: Optional[int] = 96, batch_size: int = 256,
@@ -328,15 +362,3 @@ def train_ch6(trainer, train_iter, test_iter, num_epochs: int, print_fn=print) -
     total_seconds = sum(h["seconds"] for h in history)
     print_fn(f"{total_examples / total_seconds:.1f} examples/sec on {trainer.device_name}")
     return history
-
-
-def first_step_losses(trainer, loader, steps: int) -> List[float]:
-    """Mean loss of each of the first ``steps`` SGD steps over ``loader`` (cross-backend checks)."""
-    losses = []
-    for images, labels in loader:
-        if len(losses) == steps:
-            break
-        x, y = trainer.to_batch(images, labels)
-        loss_sum, _ = trainer.train_step(x, y)
-        losses.append(trainer.to_host([loss_sum])[0] / _batch_size(labels))
-    return losses

@@ -22,6 +22,7 @@ __all__ = [
     "WeightsError",
     "FORMAT_TAG",
     "init_weights",
+    "jittered_weights",
     "check_weights",
     "save_weights",
     "load_weights",
@@ -70,6 +71,18 @@ def init_weights(arch="resnet18", seed: int = 0, in_channels: int = 1, num_class
         else:  # biases, beta, running mean
             weights[name] = np.zeros(shape, np.float32)
     return weights
+
+
+def jittered_weights(weights: Mapping[str, np.ndarray], relative: float = 1e-6, seed: int = 0) -> Dict[str, np.ndarray]:
+    """``weights`` with every value multiplied by ``1 + relative * N(0, 1)`` (float32, seeded).
+
+    At ``relative`` 1e-6 that is what float32 rounding differences between CPUs, libraries and
+    frameworks amount to: a result that changes much under it depends on rounding, not on the
+    computation, and no test may hold a backend to it.
+    """
+    rng = np.random.default_rng([int(seed), 0x6A17])
+    return {name: (value * (1 + relative * rng.standard_normal(value.shape))).astype(np.float32)
+            for name, value in weights.items()}
 
 
 def _infer_io(weights: Mapping[str, np.ndarray]) -> Tuple[int, int]:

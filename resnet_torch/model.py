@@ -85,7 +85,9 @@ def _conv_as_dense(x, weight, bias, stride, padding):
     key = ((h, w), (kh, kw), stride, padding, weight.device, weight.dtype)
     selection = _SELECTIONS.get(key)
     if selection is None:
-        selection = torch.from_numpy(tap_selection(*key[:4])).to(weight.device, weight.dtype)
+        # A normal tensor even when first met in inference mode (evaluation before training).
+        with torch.inference_mode(False):
+            selection = torch.from_numpy(tap_selection(*key[:4])).to(weight.device, weight.dtype)
         _SELECTIONS[key] = selection
     out_h, out_w = ((n + 2 * p - k) // s + 1 for n, k, p, s in zip((h, w), (kh, kw), padding, stride))
     out_pixels = out_h * out_w

@@ -60,6 +60,10 @@ def test_missing_framework_is_one_line(capsys):
 
 
 def test_compare_writes_table_and_plot(capsys, tmp_path):
+    losses = list(np.linspace(3.0, 1.0, 8))
+    # tf leaves mx's path by 2e-3 relative at step 5; torch and mx stay within 1e-3 throughout.
+    step_losses = {"torch": [x * (1 + 9e-4) for x in losses], "tf": losses[:4] + [x * 1.002 for x in losses[4:]],
+                   "mx": losses}
     runs = []
     for backend, speed in (("torch", 150.0), ("tf", 120.0), ("mx", 110.0)):
         directory = tmp_path / backend
@@ -68,7 +72,7 @@ def test_compare_writes_table_and_plot(capsys, tmp_path):
                     "examples_per_sec": speed, "seconds": 10.0, "eval_seconds": 1.0} for e in (1, 2)]
         (directory / "metrics.json").write_text(json.dumps({
             "backend": backend, "framework": f"{backend} 1.0", "device": "cpu", "history": history,
-            "wall_seconds": 22.0}))
+            "step_losses": step_losses[backend], "wall_seconds": 22.0}))
         runs.append(str(directory))
     code, out, err = run(capsys, "compare", *runs, "--out", str(tmp_path / "cmp"))
     assert code == 0, err
@@ -76,7 +80,21 @@ def test_compare_writes_table_and_plot(capsys, tmp_path):
     assert table.splitlines()[0].startswith("| backend | framework | device |")
     assert "| torch | torch 1.0 | cpu | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
     assert "| mx |" in out
+    assert "torch and tf: same steps until step 4 of 8" in table
+    assert "torch and mx: same steps for all 8 steps" in table
+    assert "tf and mx: same steps until step 4 of 8" in out
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_reads_runs_without_step_losses(capsys, tmp_path):
+    # metrics.json written before step_losses existed: the table, no agreement line.
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.4, "examples_per_sec": 9.0,
+                "seconds": 1.0, "eval_seconds": 1.0}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"backend": "torch", "framework": "PyTorch", "device": "cpu",
+                                                       "history": history}))
+    code, out, err = run(capsys, "compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    assert "same steps" not in out and "| torch |" in out
 
 
 def test_compare_bad_input(capsys, tmp_path):
@@ -108,6 +126,18 @@ def test_train_writes_checkpoint_and_metrics(capsys, tmp_path, backend_name):
                               str(out / "checkpoint.npz"), "--synthetic", "--test-subset", "16")
     assert code == 0, err
     assert "test acc" in out_text and "on 16 images" in out_text
+
+
+def test_diverged_run_exits_1_and_writes_no_checkpoint(capsys, tmp_path, backend_name):
+    # lr 1e6 breaks the network within the epoch; whether the training loss, a weight or only
+    # the eval-mode forward overflows first is up to rounding, and each must stop the run.
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--synthetic", "--epochs", "1",
+                       "--batch-size", "32", "--resize", "none", "--subset", "256", "--test-subset", "64", "--lr",
+                       "1e6", "--quiet")
+    assert code == 1
+    assert_one_line_error(err, "epoch 1", "--lr")
+    assert not (out / "checkpoint.npz").exists() and not (out / "metrics.json").exists()
 
 
 def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name):

@@ -10,8 +10,8 @@ from common import oracle
 from common.data import BatchLoader, fashion_mnist_loaders, synthetic_fashion_mnist
 from common.hparams import TrainConfig
 from common.spec import is_buffer
-from common.training import CHECKPOINT_NAME, METRICS_NAME, TrainingDiverged, first_step_losses, fit
-from common.weights import init_weights, load_weights, read_metadata
+from common.training import CHECKPOINT_NAME, METRICS_NAME, TrainingDiverged, fit
+from common.weights import init_weights, jittered_weights, load_weights, read_metadata
 
 from conftest import EXPECTED_DIR, real_data_dir
 
@@ -28,34 +28,70 @@ def _first_steps():
     return expected, config, loader
 
 
+def _update_norm(after, before) -> float:
+    return float(np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before)))
+
+
 def test_first_ten_steps_are_the_oracles_steps(backend):
     """Same start, same steps: each of the first 10 SGD steps is the oracle's step.
 
-    At the chapter's lr 0.05 from Xavier-initialised weights the first steps are violent
-    (the loss jumps from 3.7 to 11): float32 rounding alone, or PyTorch with another thread
-    count, changes the loss by 1e-2 by step 3 and by 1 by step 10, so no two implementations
-    can follow one free-running trajectory for 10 steps. What can be and is checked: the
-    first two free-running losses equal the checked-in ones within 1e-3, and at every one of
-    the 10 steps the backend computes, from its current weights, the oracle's loss (within
-    1e-3) and the oracle's update (within 1e-3 of its size).
+    At the chapter's lr 0.05 from Xavier-initialised weights the steps are ill-conditioned:
+    even in the float64 oracle, weights jittered by 1e-6 (float32 rounding's size) change
+    the update of step 2 by about 1e-2 of its size, and a free-running trajectory by 1e-2
+    in the loss by step 3. So no two implementations can follow one trajectory for 10 steps,
+    and how close one step can come depends on the step. What is checked: the first two
+    free-running losses equal the checked-in ones within 1e-3, and at every step the backend
+    computes, from its current weights, the oracle's loss (within 1e-3) and the oracle's
+    update, within 1e-3 of its size or, where the step is ill-conditioned, within 4 times
+    what 1e-6 of jitter in the weights changes in the oracle's own update.
     """
     expected, config, loader = _first_steps()
     trainer = backend.Trainer(lr=config["lr"])
     trainer.import_weights(init_weights("resnet18", config["seed"]))
     losses = []
-    for images, labels in loader:
+    for step, (images, labels) in enumerate(loader, start=1):
         before = trainer.export_weights()
         want_loss, want_after = oracle.sgd_step(before, images, labels, config["lr"])
         loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
         losses.append(trainer.to_host([loss_sum])[0] / len(labels))
         after = trainer.export_weights()
-        assert losses[-1] == pytest.approx(want_loss, abs=1e-3), f"step {len(losses)}"
-        ours = np.sqrt(sum(np.sum((after[k] - before[k]).astype(np.float64) ** 2) for k in before))
-        gap = np.sqrt(sum(np.sum((after[k] - want_after[k]).astype(np.float64) ** 2) for k in before))
-        assert gap <= 1e-3 * ours, f"step {len(losses)}: update differs by {gap / ours:.2e} of its size"
+        assert losses[-1] == pytest.approx(want_loss, abs=1e-3), f"step {step}"
+        size = _update_norm(after, before)
+        gap = _update_norm(after, want_after) / size
+        if gap > 1e-3:
+            _, jittered_after = oracle.sgd_step(jittered_weights(before, 1e-6, step), images, labels, config["lr"])
+            sensitivity = _update_norm(jittered_after, want_after) / size
+            assert gap <= 4 * sensitivity, (f"step {step}: update differs by {gap:.2e} of its size; 1e-6 of jitter "
+                                            f"moves the oracle's by {sensitivity:.2e}")
     assert len(losses) == config["steps"] == len(expected["losses"])
     agree = expected["free_running_steps_that_agree"]
     np.testing.assert_allclose(losses[:agree], expected["losses"][:agree], rtol=0, atol=1e-3)
+
+
+#: Learning, checked where the outcome does not depend on rounding: plain SGD on one fixed
+#: batch drives its loss from about 3.5 to about 0.002 within 30 steps from any start near the
+#: initial weights (tools/learning_stability.py --one-batch measures it), whereas what one
+#: epoch of the chapter's recipe reaches on held-out data changes by tens of per cent with
+#: 1e-6 of jitter in the initial weights.
+FIT_ONE_BATCH = dict(batch_size=64, lr=0.01, steps=30, jitters=(0, 1, 2), loss_below=0.05)
+
+
+def test_sgd_fits_one_batch_from_any_rounding(backend):
+    try:
+        data = dict(data_dir=real_data_dir())
+    except pytest.skip.Exception:
+        data = dict(synthetic=True)
+    loader, _ = fashion_mnist_loaders(FIT_ONE_BATCH["batch_size"], subset=FIT_ONE_BATCH["batch_size"], test_subset=10,
+                                      **data)
+    images, labels = next(iter(loader))
+    trainer = backend.Trainer(lr=FIT_ONE_BATCH["lr"])
+    initial = init_weights("resnet18", 0)
+    for jitter in FIT_ONE_BATCH["jitters"]:
+        trainer.import_weights(jittered_weights(initial, 1e-6, jitter) if jitter else initial)
+        x, y = trainer.to_batch(images, labels)
+        losses = [trainer.train_step(x, y)[0] for _ in range(FIT_ONE_BATCH["steps"])]
+        first, last = (value / len(labels) for value in trainer.to_host([losses[0], losses[-1]]))
+        assert first > 2.0 and last < FIT_ONE_BATCH["loss_below"], f"jitter {jitter}: loss {first:.4f} -> {last:.4f}"
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +106,16 @@ def small_run(backend, tmp_path_factory):
     return history, out, data_dir, synthetic
 
 
-def test_one_epoch_learns_and_writes_files(backend, backend_name, small_run):
+def test_one_epoch_writes_its_files(backend, backend_name, small_run):
+    # What the epoch learned is not asserted: one epoch at the chapter's lr is chaotic (see
+    # FIT_ONE_BATCH); the files it writes and what they say are not.
     history, out, data_dir, synthetic = small_run
     assert [h["epoch"] for h in history] == [1]
     record = history[0]
-    # The chapter's lr 0.05 makes the first steps violent (the loss jumps to ~10), so the
-    # epoch's mean training loss says little; the test loss before and after says it all.
-    before = backend.evaluate(weights=init_weights("resnet18", SMALL["seed"]), resize=None, batch_size=100,
-                              test_subset=SMALL["test_subset"], data_dir=data_dir, synthetic=synthetic)
-    assert record["test_loss"] < before["loss"]
-    assert record["test_acc"] > max(0.3, before["accuracy"])  # chance is 0.1
-    assert np.isfinite(record["train_loss"]) and 0 <= record["train_acc"] <= 1
+    for key in ("train_loss", "test_loss"):
+        assert np.isfinite(record[key]), key
+    for key in ("train_acc", "test_acc"):
+        assert 0 <= record[key] <= 1, key
     assert record["examples_per_sec"] > 0 and record["seconds"] > 0
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert metrics["backend"] == backend_name
@@ -88,8 +123,13 @@ def test_one_epoch_learns_and_writes_files(backend, backend_name, small_run):
         assert key in metrics, key
     assert metrics["hyperparameters"]["lr"] == SMALL["lr"]
     assert metrics["history"] == history
+    steps = -(-SMALL["subset"] // SMALL["batch_size"])
+    assert len(metrics["step_losses"]) == steps and all(np.isfinite(metrics["step_losses"]))
+    # The epoch's mean loss is the steps' losses weighted by batch size (all batches full here).
+    assert np.mean(metrics["step_losses"]) == pytest.approx(record["train_loss"], rel=1e-6)
     state = read_metadata(out / CHECKPOINT_NAME)["train_state"]
     assert state["epoch"] == 1 and state["config"]["seed"] == 0 and state["backend"] == backend_name
+    assert state["step_losses"] == metrics["step_losses"]
     load_weights(out / CHECKPOINT_NAME)  # the canonical format: loads in any backend
 
 
@@ -124,6 +164,11 @@ def test_resume_ends_with_the_same_weights(backend, tmp_path):
     split = load_weights(tmp_path / "split" / CHECKPOINT_NAME)
     for name in whole:
         np.testing.assert_allclose(split[name], whole[name], rtol=0, atol=1e-6, err_msg=name)
+    # Every step's loss survives the resume: two epochs of 4 steps, the same steps as the whole run's.
+    whole_losses = json.loads((tmp_path / "whole" / METRICS_NAME).read_text())["step_losses"]
+    split_losses = json.loads((tmp_path / "split" / METRICS_NAME).read_text())["step_losses"]
+    assert len(split_losses) == len(whole_losses) == 4
+    np.testing.assert_allclose(split_losses, whole_losses, rtol=1e-5)
 
 
 class _PoisonedLoader:
@@ -156,6 +201,48 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
     for name, value in load_weights(tmp_path / CHECKPOINT_NAME).items():
         assert np.all(np.isfinite(value)), name
+
+
+class _NaNOnEpoch:
+    """A test loader whose images are NaN from its ``epoch``-th pass (0-based) on."""
+
+    def __init__(self, loader, epoch):
+        self.loader, self.poison_from, self.passes = loader, epoch, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        poisoned = self.passes >= self.poison_from
+        self.passes += 1
+        for images, labels in self.loader:
+            yield (np.full_like(images, np.nan) if poisoned else images), labels
+
+
+def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
+    # A finite training loss does not make a usable network: the eval-mode forward can overflow alone.
+    config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2))
+    train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=64, test_subset=32, synthetic=True)
+    trainer = backend.Trainer(lr=config.lr)
+    trainer.import_weights(init_weights("resnet18", 0))
+    with pytest.raises(TrainingDiverged, match=r"test loss is nan after epoch 2.*last good checkpoint"):
+        fit(trainer, train_loader, _NaNOnEpoch(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
+    assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
+    assert json.loads((tmp_path / METRICS_NAME).read_text())["epochs_completed"] == 1
+
+
+def test_evaluating_first_leaves_training_intact(backend):
+    # Evaluation runs without autograd (inference mode); what it caches must still train.
+    images, labels = oracle.step_batch(seed=2, batch_size=8, size=28)
+    weights = init_weights("resnet18", 0)
+    trainer = backend.Trainer(lr=0.05)
+    trainer.import_weights(weights)
+    trainer.to_host(list(trainer.eval_step(*trainer.to_batch(images, labels))))
+    loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
+    want_loss, want_after = oracle.sgd_step(weights, images, labels, 0.05)
+    assert trainer.to_host([loss_sum])[0] / len(labels) == pytest.approx(want_loss, abs=1e-3)
+    after = trainer.export_weights()
+    assert _update_norm(after, want_after) <= 1e-3 * _update_norm(after, weights)
 
 
 def test_chapter_train_ch6_prints_the_chapter_lines(backend, capsys):
