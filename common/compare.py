@@ -8,7 +8,11 @@ from typing import List, Sequence
 from .training import METRICS_NAME
 from .weights import atomic_write
 
-__all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "plot_runs", "compare"]
+__all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "first_divergent_step", "agreement_lines",
+           "plot_runs", "compare"]
+
+#: Two runs take "the same step" while their step losses differ by at most this, relative.
+SAME_STEP_RTOL = 1e-3
 
 COLUMNS = [
     ("backend", "backend"),
@@ -88,8 +92,41 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_divergent_step(losses_a: Sequence[float], losses_b: Sequence[float], rtol: float = SAME_STEP_RTOL):
+    """The first (1-based) step whose losses differ by more than ``rtol`` relative, or None.
+
+    Only the steps both runs have are compared; a non-finite loss differs from everything.
+    """
+    for step, (a, b) in enumerate(zip(losses_a, losses_b), start=1):
+        if not (abs(a - b) <= rtol * max(abs(a), abs(b))):
+            return step
+    return None
+
+
+def agreement_lines(runs: Sequence[dict], rtol: float = SAME_STEP_RTOL) -> List[str]:
+    """Per pair of runs with step losses: for how many steps they took the same steps."""
+    lines = []
+    for index, run_a in enumerate(runs):
+        for run_b in runs[index + 1:]:
+            losses_a, losses_b = run_a.get("step_losses"), run_b.get("step_losses")
+            if not losses_a or not losses_b:
+                continue
+            pair = f"{run_a['backend']} and {run_b['backend']}"
+            common = min(len(losses_a), len(losses_b))
+            step = first_divergent_step(losses_a, losses_b, rtol)
+            if step is None:
+                lines.append(f"{pair}: same steps for all {common} steps (losses within {rtol:g} relative)")
+            else:
+                lines.append(f"{pair}: same steps until step {step - 1} of {common} "
+                             f"(step {step}: loss {losses_a[step - 1]:.6g} vs {losses_b[step - 1]:.6g})")
+    return lines
+
+
 def plot_runs(runs: Sequence[dict], path) -> None:
-    """Train loss, train accuracy and test accuracy per epoch, one line per run, shared axes."""
+    """Loss per step (log scale), then train loss, train accuracy and test accuracy per epoch.
+
+    One line per run; each panel's axes are shared by every run.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display needed
@@ -97,19 +134,28 @@ def plot_runs(runs: Sequence[dict], path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     panels = [("train_loss", "train loss"), ("train_acc", "train accuracy"), ("test_acc", "test accuracy")]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    figure, axes = plt.subplots(1, 4, figsize=(17, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1, 1]})
+    steps_axis, epoch_axes = axes[0], axes[1:]
     for run in runs:
         epochs = [h["epoch"] for h in run["history"]]
         label = f"{run['backend']} ({run['framework']}, {run['device']})"
-        for axis, (key, _) in zip(axes, panels):
+        losses = run.get("step_losses") or []
+        steps_axis.plot(range(1, len(losses) + 1), losses, linewidth=1, label=label)
+        for axis, (key, _) in zip(epoch_axes, panels):
             axis.plot(epochs, [h[key] for h in run["history"]], marker="o", label=label)
-    for axis, (_, title) in zip(axes, panels):
+    steps_axis.set_yscale("log")
+    steps_axis.set_title("training loss per step")
+    steps_axis.set_xlabel("step")
+    steps_axis.grid(True, which="both", alpha=0.3)
+    for axis, (_, title) in zip(epoch_axes, panels):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(True, alpha=0.3)
-    axes[1].sharey(axes[2])
-    axes[0].legend(fontsize=8)
+    epoch_axes[0].sharex(epoch_axes[1])
+    epoch_axes[2].sharex(epoch_axes[1])
+    epoch_axes[1].sharey(epoch_axes[2])
+    steps_axis.legend(fontsize=8)
     figure.tight_layout()
 
     def write(handle):
@@ -125,7 +171,8 @@ def compare(paths: Sequence, out_dir=None, print_fn=print) -> dict:
         raise CompareError("compare needs at least one run directory")
     runs = [load_run(p) for p in paths]
     rows = comparison_rows(runs)
-    table = markdown_table(rows)
+    agreement = agreement_lines(runs)
+    table = markdown_table(rows) + "".join(f"\n{line}" for line in agreement) + ("\n" if agreement else "")
     print_fn(table.rstrip("\n"))
     written = {}
     if out_dir is not None:
@@ -135,4 +182,4 @@ def compare(paths: Sequence, out_dir=None, print_fn=print) -> dict:
         plot_runs(runs, plot_path)
         written = {"table": table_path, "plot": plot_path}
         print_fn(f"wrote {table_path} and {plot_path}")
-    return {"rows": rows, "table": table, **written}
+    return {"rows": rows, "table": table, "agreement": agreement, **written}
