@@ -6,7 +6,9 @@ the mirrors at temporary directories and refuses any URL that is not ``file://``
 """
 import gzip
 import hashlib
+import importlib.util
 import io
+import json
 import os
 import struct
 import threading
@@ -18,9 +20,11 @@ import pytest
 from common import data
 from common.data import (
     CLASS_NAMES, BatchLoader, ConvertedLoader, DataError, find_data_dir, fashion_mnist_loaders,
-    interpolation_matrix, load_fashion_mnist, map_batches, read_idx, resize_images, subset_indices,
+    interpolation_matrix, interpolation_taps, load_fashion_mnist, map_batches, read_idx, resize_images, subset_indices,
     synthetic_fashion_mnist, to_float,
 )
+
+from conftest import EXPECTED_DIR
 
 REAL_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 HAVE_REAL_DATA = all(
@@ -425,6 +429,21 @@ def test_resize_details(rng):
         np.testing.assert_allclose(matrix.sum(axis=1), 1, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("size", [96, 40, 13, (5, 9)])
+def test_resize_is_two_rounded_taps_per_axis(rng, size):
+    # Bit for bit: w0 * a + w1 * b in float32, width then height, whatever the batch size
+    # (37 crosses the chunk boundaries) -- no product whose rounding depends on BLAS or SIMD.
+    images = rng.integers(0, 256, size=(37, 28, 28), dtype=np.uint8)
+    out_height, out_width = (size, size) if np.ndim(size) == 0 else size
+    floats = images.astype(np.float32) / np.float32(255)
+    first, second, weight_first, weight_second = interpolation_taps(28, out_width)
+    rows = floats[:, :, first] * weight_first + floats[:, :, second] * weight_second
+    first, second, weight_first, weight_second = interpolation_taps(28, out_height)
+    expected = rows[:, first, :] * weight_first[:, None] + rows[:, second, :] * weight_second[:, None]
+    assert expected.dtype == np.float32
+    np.testing.assert_array_equal(resize_images(images, size)[:, 0], expected)
+
+
 def test_resize_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"images must have shape \(N, H, W\) or \(N, 1, H, W\), got \(28, 28\)"):
         resize_images(np.zeros((28, 28), np.uint8), 96)
@@ -693,6 +712,19 @@ def test_real_fashion_mnist(real_data):
     assert (train.num_examples, len(train), test.num_examples, len(test)) == (60000, 235, 10000, 40)
     images, labels = next(iter(train))
     assert images.shape == (256, 1, 96, 96) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.real_data
+def test_first_batches_are_bit_identical_on_every_numpy_and_cpu(real_data):
+    # tests/expected/batch_digests.json, from tools/make_batch_digests.py: the same digests in
+    # every environment (numpy 1.23 for mx, 2.x for torch and tf) and on AVX2 and AVX-512.
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "make_batch_digests.py")
+    spec = importlib.util.spec_from_file_location("make_batch_digests", tool)
+    make_batch_digests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_batch_digests)
+    with open(os.path.join(EXPECTED_DIR, "batch_digests.json")) as handle:
+        expected = json.load(handle)["digests"]
+    assert make_batch_digests.batch_digests(real_data) == expected
 
 
 # --------------------------------------------------------------------------- the backend's loader
