@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(train)
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="a whole recipe: d2l = the chapter's (the default values below), "
-                            "quick = 2 epochs on 2,000 images at 28 x 28 for a CPU")
+                            "quick = 2 epochs on 2,048 images at 28 x 28 for a CPU")
     train.add_argument("--epochs", type=_positive_int, help=f"default {D2L.epochs}")
     train.add_argument("--batch-size", type=_positive_int, help=f"default {D2L.batch_size}")
     train.add_argument("--lr", type=_positive_float, help=f"SGD learning rate, default {D2L.lr}")

@@ -1,15 +1,23 @@
-"""Side by side: read several runs' ``metrics.json``, write a table and a plot."""
+"""Side by side: read several runs' ``metrics.json``, write a table and a plot.
+
+Runs of one backend with different seeds are summarised per backend (mean and standard
+deviation of the final figures), since one run of the chapter's recipe says little: its
+trajectory is chaotic, so two correct implementations (or one on two CPUs) take the same
+steps only for the first few. Runs of different backends with the same seed and settings
+are compared step by step.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from .training import METRICS_NAME
 from .weights import atomic_write
 
-__all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "first_divergent_step", "agreement_lines",
-           "plot_runs", "compare"]
+__all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "seed_summary", "first_divergent_step",
+           "agreement_lines", "plot_runs", "compare"]
 
 #: Two runs take "the same step" while their step losses differ by at most this, relative.
 SAME_STEP_RTOL = 1e-3
@@ -18,6 +26,7 @@ COLUMNS = [
     ("backend", "backend"),
     ("framework", "framework"),
     ("device", "device"),
+    ("seed", "seed"),
     ("epochs", "epochs"),
     ("train_loss", "train loss"),
     ("train_acc", "train acc"),
@@ -65,6 +74,7 @@ def comparison_rows(runs: Sequence[dict]) -> List[dict]:
             "backend": run["backend"],
             "framework": run["framework"],
             "device": run["device"],
+            "seed": run.get("seed", ""),
             "epochs": last["epoch"],
             "train_loss": last["train_loss"],
             "train_acc": last["train_acc"],
@@ -83,9 +93,12 @@ def _format(key, value):
     return str(value)
 
 
+_TEXT_COLUMNS = ("backend", "framework", "device")
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key in ("backend", "framework", "device") else "---:" for key, _ in COLUMNS) + "|"
+    rule = "|" + "|".join("---" if key in _TEXT_COLUMNS else "---:" for key, _ in COLUMNS) + "|"
     lines = [header, rule]
     for row in rows:
         lines.append("| " + " | ".join(_format(key, row[key]) for key, _ in COLUMNS) + " |")
@@ -103,15 +116,65 @@ def first_divergent_step(losses_a: Sequence[float], losses_b: Sequence[float], r
     return None
 
 
+def _by_backend(runs: Sequence[dict]) -> Dict[str, List[dict]]:
+    groups: Dict[str, List[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["backend"], []).append(run)
+    return groups
+
+
+def _mean_std(values: Sequence[float]):
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+#: The final figures summarised over seeds.
+SUMMARY_COLUMNS = [("train_loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc")]
+
+
+def seed_summary(rows: Sequence[dict]) -> str:
+    """Per backend: runs, then mean ± sample standard deviation of each final figure; and per
+    pair of backends how far apart their mean test accuracies are, in standard errors of that
+    difference. Empty unless some backend has runs with two or more seeds."""
+    groups: Dict[str, List[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["backend"], []).append(row)
+    if all(len(group) < 2 for group in groups.values()):
+        return ""
+    lines = ["| backend | runs (seeds) | " + " | ".join(f"{title}, mean ± std" for _, title in SUMMARY_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    for backend, group in groups.items():
+        seeds = ", ".join(str(row["seed"]) for row in group)
+        cells = []
+        for key, _ in SUMMARY_COLUMNS:
+            mean, std = _mean_std([row[key] for row in group])
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+        lines.append(f"| {backend} | {len(group)} ({seeds}) | " + " | ".join(cells) + " |")
+    names = list(groups)
+    for index, name_a in enumerate(names):
+        for name_b in names[index + 1:]:
+            (mean_a, std_a), (mean_b, std_b) = (_mean_std([row["test_acc"] for row in groups[name]])
+                                                for name in (name_a, name_b))
+            error = math.sqrt(std_a ** 2 / len(groups[name_a]) + std_b ** 2 / len(groups[name_b]))
+            spread = f"{abs(mean_a - mean_b) / error:.1f} standard errors" if error > 0 else "no spread to compare with"
+            lines.append(f"\n{name_a} and {name_b}: mean test acc {mean_a:.4f} and {mean_b:.4f}, "
+                         f"{mean_a - mean_b:+.4f} apart ({spread})")
+    return "\n".join(lines) + "\n"
+
+
 def agreement_lines(runs: Sequence[dict], rtol: float = SAME_STEP_RTOL) -> List[str]:
-    """Per pair of runs with step losses: for how many steps they took the same steps."""
+    """Per pair of runs of different backends with the same seed and settings, for how many
+    steps they took the same steps (runs written before ``step_losses`` existed are left out)."""
     lines = []
     for index, run_a in enumerate(runs):
         for run_b in runs[index + 1:]:
             losses_a, losses_b = run_a.get("step_losses"), run_b.get("step_losses")
-            if not losses_a or not losses_b:
+            if (not losses_a or not losses_b or run_a["backend"] == run_b["backend"]
+                    or run_a.get("hyperparameters") != run_b.get("hyperparameters")):
                 continue
-            pair = f"{run_a['backend']} and {run_b['backend']}"
+            seed = f" (seed {run_a['hyperparameters']['seed']})" if run_a.get("hyperparameters") else ""
+            pair = f"{run_a['backend']} and {run_b['backend']}{seed}"
             common = min(len(losses_a), len(losses_b))
             step = first_divergent_step(losses_a, losses_b, rtol)
             if step is None:
@@ -134,17 +197,23 @@ def plot_runs(runs: Sequence[dict], path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     panels = [("train_loss", "train loss"), ("train_acc", "train accuracy"), ("test_acc", "test accuracy")]
-    figure, axes = plt.subplots(1, 4, figsize=(17, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1, 1]})
-    steps_axis, epoch_axes = axes[0], axes[1:]
-    for run in runs:
-        epochs = [h["epoch"] for h in run["history"]]
-        label = f"{run['backend']} ({run['framework']}, {run['device']})"
-        losses = run.get("step_losses") or []
-        steps_axis.plot(range(1, len(losses) + 1), losses, linewidth=1, label=label)
-        for axis, (key, _) in zip(epoch_axes, panels):
-            axis.plot(epochs, [h[key] for h in run["history"]], marker="o", label=label)
+    figure = plt.figure(figsize=(17, 3.8))
+    grid = figure.add_gridspec(1, 4, width_ratios=[1.6, 1, 1, 1])
+    steps_axis = figure.add_subplot(grid[0])
+    loss_axis = figure.add_subplot(grid[1])
+    train_acc_axis = figure.add_subplot(grid[2], sharex=loss_axis)
+    epoch_axes = [loss_axis, train_acc_axis, figure.add_subplot(grid[3], sharex=loss_axis, sharey=train_acc_axis)]
+    for colour, (backend, group) in enumerate(_by_backend(runs).items()):
+        for index, run in enumerate(group):
+            epochs = [h["epoch"] for h in run["history"]]
+            label = f"{backend} ({run['framework']}, {run['device']})" if index == 0 else None
+            style = dict(color=f"C{colour}", label=label, alpha=1.0 if len(group) == 1 else 0.7)
+            losses = run.get("step_losses") or []
+            steps_axis.plot(range(1, len(losses) + 1), losses, linewidth=1, **style)
+            for axis, (key, _) in zip(epoch_axes, panels):
+                axis.plot(epochs, [h[key] for h in run["history"]], marker="o", **style)
     steps_axis.set_yscale("log")
-    steps_axis.set_title("training loss per step")
+    steps_axis.set_title("training loss per step" + (" (one line per seed)" if len(runs) > len(_by_backend(runs)) else ""))
     steps_axis.set_xlabel("step")
     steps_axis.grid(True, which="both", alpha=0.3)
     for axis, (_, title) in zip(epoch_axes, panels):
@@ -152,9 +221,6 @@ def plot_runs(runs: Sequence[dict], path) -> None:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(True, alpha=0.3)
-    epoch_axes[0].sharex(epoch_axes[1])
-    epoch_axes[2].sharex(epoch_axes[1])
-    epoch_axes[1].sharey(epoch_axes[2])
     steps_axis.legend(fontsize=8)
     figure.tight_layout()
 
@@ -172,7 +238,9 @@ def compare(paths: Sequence, out_dir=None, print_fn=print) -> dict:
     runs = [load_run(p) for p in paths]
     rows = comparison_rows(runs)
     agreement = agreement_lines(runs)
-    table = markdown_table(rows) + "".join(f"\n{line}" for line in agreement) + ("\n" if agreement else "")
+    summary = seed_summary(rows)
+    table = markdown_table(rows) + (f"\n{summary}" if summary else "")
+    table += "".join(f"\n{line}" for line in agreement) + ("\n" if agreement else "")
     print_fn(table.rstrip("\n"))
     written = {}
     if out_dir is not None:

@@ -71,19 +71,45 @@ def test_compare_writes_table_and_plot(capsys, tmp_path):
         history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.45 + 0.1 * e,
                     "examples_per_sec": speed, "seconds": 10.0, "eval_seconds": 1.0} for e in (1, 2)]
         (directory / "metrics.json").write_text(json.dumps({
-            "backend": backend, "framework": f"{backend} 1.0", "device": "cpu", "history": history,
+            "backend": backend, "framework": f"{backend} 1.0", "device": "cpu", "seed": 0, "history": history,
             "step_losses": step_losses[backend], "wall_seconds": 22.0}))
         runs.append(str(directory))
     code, out, err = run(capsys, "compare", *runs, "--out", str(tmp_path / "cmp"))
     assert code == 0, err
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert table.splitlines()[0].startswith("| backend | framework | device |")
-    assert "| torch | torch 1.0 | cpu | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
+    assert "| torch | torch 1.0 | cpu | 0 | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
+    assert "mean ± std" not in table  # one seed per backend: no summary over seeds
     assert "| mx |" in out
     assert "torch and tf: same steps until step 4 of 8" in table
     assert "torch and mx: same steps for all 8 steps" in table
     assert "tf and mx: same steps until step 4 of 8" in out
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_summarises_seeds_per_backend(capsys, tmp_path):
+    runs = []
+    for backend, accuracies in (("torch", (0.70, 0.74)), ("mx", (0.71, 0.77))):
+        for seed, accuracy in enumerate(accuracies):
+            directory = tmp_path / f"{backend}{seed}"
+            directory.mkdir()
+            history = [{"epoch": 1, "train_loss": 1.0 + seed, "train_acc": 0.6, "test_acc": accuracy,
+                        "examples_per_sec": 9.0, "seconds": 1.0, "eval_seconds": 1.0}]
+            hyperparameters = {"seed": seed, "lr": 0.05}
+            (directory / "metrics.json").write_text(json.dumps({
+                "backend": backend, "framework": backend, "device": "cpu", "seed": seed, "history": history,
+                "hyperparameters": hyperparameters, "step_losses": [3.0, 2.0 + seed, 1.5 if backend == "mx" else 1.0]}))
+            runs.append(str(directory))
+    code, out, err = run(capsys, "compare", *runs, "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    # torch: 0.72 ± 0.0283 (sample std), mx: 0.74 ± 0.0424; the difference's standard error is 0.0361.
+    assert "| torch | 2 (0, 1) | 1.5000 ± 0.7071 | 0.6000 ± 0.0000 | 0.7200 ± 0.0283 |" in out
+    assert "| mx | 2 (0, 1) | 1.5000 ± 0.7071 | 0.6000 ± 0.0000 | 0.7400 ± 0.0424 |" in out
+    assert "torch and mx: mean test acc 0.7200 and 0.7400, -0.0200 apart (0.6 standard errors)" in out
+    # Step by step only between runs of the same seed and settings, never within a backend.
+    assert "torch and mx (seed 0): same steps until step 2 of 3" in out
+    assert "torch and mx (seed 1): same steps until step 2 of 3" in out
+    assert out.count("same steps") == 2
 
 
 def test_compare_reads_runs_without_step_losses(capsys, tmp_path):

@@ -94,6 +94,37 @@ def test_sgd_fits_one_batch_from_any_rounding(backend):
         assert first > 2.0 and last < FIT_ONE_BATCH["loss_below"], f"jitter {jitter}: loss {first:.4f} -> {last:.4f}"
 
 
+def _late_loss(losses) -> float:
+    """A run's mean loss over its second half of steps: what chaos decides, not the start."""
+    return float(np.mean(losses[len(losses) // 2:]))
+
+
+def test_seeds_spread_like_the_oracles(backend):
+    """Past the first steps a run is decided by rounding, but the spread over seeds is not.
+
+    For each of 10 seeds (initial weights and batch order), the mean loss of steps 5-8 at the
+    chapter's lr; the backend's mean over seeds must agree with the oracle's within 4 standard
+    errors of their difference (Welch). A backend that computed another function or took
+    other steps (another lr, loss scale or BatchNorm update) would land far outside.
+    """
+    with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
+        expected = json.load(handle)["seed_spread"]
+    config = expected["config"]
+    images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["data_seed"])
+    trainer = backend.Trainer(lr=config["lr"])
+    ours = []
+    for seed in config["seeds"]:
+        trainer.import_weights(init_weights(config["arch"], seed))
+        loader = BatchLoader(images, labels, batch_size=config["batch_size"], shuffle=True, seed=seed)
+        losses = [trainer.train_step(*trainer.to_batch(x, y))[0] for x, y in loader]
+        ours.append(_late_loss([value / config["batch_size"] for value in trainer.to_host(losses)]))
+    theirs = [_late_loss(losses) for losses in expected["losses"]]
+    error = np.sqrt(np.var(ours, ddof=1) / len(ours) + np.var(theirs, ddof=1) / len(theirs))
+    t = (np.mean(ours) - np.mean(theirs)) / error
+    assert abs(t) <= 4, (f"late loss over seeds: {np.mean(ours):.3f} ± {np.std(ours, ddof=1):.3f} here, "
+                         f"{np.mean(theirs):.3f} ± {np.std(theirs, ddof=1):.3f} in the oracle (t = {t:.2f})")
+
+
 @pytest.fixture(scope="module")
 def small_run(backend, tmp_path_factory):
     """One epoch on a small real subset when the data is present, else on synthetic data."""

@@ -12,6 +12,12 @@ Runs with plain NumPy (no framework): the numbers come from the NumPy oracle
     ``tests/test_model.py::test_one_training_step_matches_expected``. ``near_zero`` lists the
     convolution biases that feed a train-mode BatchNorm: their gradient is zero up to
     rounding, so tests compare them against the overall gradient norm only.
+``seed_spread``
+    The losses of the first 8 plain-SGD steps (lr 0.05, batch 32, 28 x 28) on
+    ``synthetic_fashion_mnist(256, seed=0)`` for each of 10 seeds, the seed choosing the
+    initial weights and the batch order. Past step 3 one run's losses are set by rounding,
+    not by the computation, but their distribution over seeds is not:
+    ``tests/test_training.py::test_seeds_spread_like_the_oracles`` holds a backend's to it.
 ``first_steps``
     The losses of the first 10 plain-SGD steps (lr 0.05, batch 32, 28 x 28) from the same
     initial weights on ``common.data.synthetic_fashion_mnist(320, seed=0)`` in the order of
@@ -65,6 +71,22 @@ FIRST_STEPS = {
 }
 
 
+SEED_SPREAD = {
+    "arch": ARCH,
+    "data": "synthetic",
+    "num_examples": 256,
+    "data_seed": 0,
+    "batch_size": 32,
+    "size": 28,
+    "lr": 0.05,
+    "seeds": list(range(10)),
+    "description": (
+        "for each seed: init_weights(arch, seed), common.data.BatchLoader(synthetic_fashion_mnist(num_examples, "
+        "data_seed), batch_size, shuffle=True, seed=seed) (its first epoch, num_examples / batch_size steps), "
+        "plain SGD at lr; losses[seed][i] is the loss of step i before its update"
+    ),
+}
+
 #: How many free-running losses any float32 implementation reproduces within 1e-3.
 FREE_RUNNING_STEPS_THAT_AGREE = 2
 
@@ -116,11 +138,27 @@ def first_steps() -> dict:
     }
 
 
+def seed_spread() -> dict:
+    config = SEED_SPREAD
+    images, labels = synthetic_fashion_mnist(config["num_examples"], config["data_seed"])
+    losses = []
+    for seed in config["seeds"]:
+        weights = init_weights(config["arch"], seed)
+        losses.append([])
+        for batch_images, batch_labels in BatchLoader(images, labels, batch_size=config["batch_size"], shuffle=True,
+                                                      seed=seed):
+            loss, weights = oracle.sgd_step(weights, batch_images, batch_labels, config["lr"], arch=config["arch"])
+            losses[-1].append(loss)
+        print(f"  seed {seed}: losses {' '.join(f'{loss:.3f}' for loss in losses[-1])}", file=sys.stderr)
+    return {"config": dict(config), "losses": losses}
+
+
 def expected() -> dict:
     return {
-        "regenerate": f"{REGENERATE} (plain NumPy, about a minute); see its docstring for what the numbers are",
+        "regenerate": f"{REGENERATE} (plain NumPy, about three minutes); see its docstring for what the numbers are",
         "one_step": one_step(),
         "first_steps": first_steps(),
+        "seed_spread": seed_spread(),
     }
 
 
