@@ -24,37 +24,135 @@ supplies the framework's side:
     (:func:`common.training.train` / :func:`common.training.evaluate` with this backend);
     and the chapter's ``train_ch6(net, train_iter, test_iter, num_epochs, lr, device)``.
 
-``Trainer(net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None)``
-    ``backend`` (short name), ``framework`` ("PyTorch 2.13.0"), ``device_name``, ``net``;
-    ``to_batch(images, labels)`` -> framework tensors on the device (takes NCHW NumPy or
-    tensors the backend's own loaders made); ``train_step(x, y)`` and ``eval_step(x, y)``
-    -> ``(loss_sum, num_correct)`` as framework scalars, without waiting for the device;
-    ``to_host(values)`` -> Python floats (the only place that synchronises);
-    ``export_weights()`` / ``import_weights(weights)``; ``matmul_gflops(size=2048, repeats=5)``
-    (the framework's own fp32 matrix multiply on the device, the benchmark's yardstick) and,
-    on a GPU, ``peak_memory_bytes()``.
+``Trainer``
+    A subclass of :class:`Trainer` below, the adapter that :func:`common.training.fit` drives.
 
 ``reference.py``
     ``ReferenceTrainer(device=None)``: the chapter's own, unmodified network and training step
-    for the framework behind the same Trainer interface, so ``resnet-fmnist bench --reference``
-    times the book's code exactly as it times this project's.
+    for the framework behind the same :class:`Trainer` contract, so ``resnet-fmnist bench
+    --reference`` times the book's code exactly as it times this project's.
 """
 from __future__ import annotations
 
+import abc
 import importlib
 import importlib.util
 import os
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-__all__ = ["BACKENDS", "FRAMEWORKS", "BackendUnavailable", "load_backend", "physical_cpu_cores"]
+import numpy as np
 
-#: Short name -> package.
-BACKENDS = {"torch": "resnet_torch", "tf": "resnet_tf", "mx": "resnet_mx"}
-#: Short name -> (framework, the module whose absence means "not installed", pip extra).
-FRAMEWORKS = {
-    "torch": ("PyTorch", "torch", "torch"),
-    "tf": ("TensorFlow", "tensorflow", "tf"),
-    "mx": ("MXNet", "mxnet", "mx"),
+__all__ = ["Backend", "BACKENDS", "BackendUnavailable", "PLAIN_LAYERS_ENV", "Trainer", "device_label", "load_backend",
+           "physical_cpu_cores", "plain_layers"]
+
+
+class Backend(NamedTuple):
+    """One backend: its package, its framework's name, the module whose absence means "not
+    installed", and the pip extra that installs it."""
+
+    package: str
+    framework: str
+    module: str
+    extra: str
+
+
+#: Short name (``--backend``, ``RESNET_BACKEND``, the tox environment) -> :class:`Backend`.
+BACKENDS: Dict[str, Backend] = {
+    "torch": Backend("resnet_torch", "PyTorch", "torch", "torch"),
+    "tf": Backend("resnet_tf", "TensorFlow", "tensorflow", "tf"),
+    "mx": Backend("resnet_mx", "MXNet", "mxnet", "mx"),
 }
+
+
+#: Set to 1, every backend builds its networks from the framework's own layers only (see
+#: :func:`plain_layers`).
+PLAIN_LAYERS_ENV = "RESNET_PLAIN_LAYERS"
+
+
+def plain_layers(plain: Optional[bool] = None) -> bool:
+    """Whether to build a network from the framework's own layers only, leaving out the fast
+    paths of the backend's ``kernels.py`` (which compute the same function; the oracle tests
+    run both ways). ``None``: ``RESNET_PLAIN_LAYERS=1`` in the environment says plain."""
+    if plain is None:
+        value = os.environ.get(PLAIN_LAYERS_ENV, "0").strip()
+        if value not in ("0", "1", ""):
+            raise ValueError(f"{PLAIN_LAYERS_ENV} must be 0 or 1, got {value!r}")
+        return value == "1"
+    return bool(plain)
+
+
+def device_label(kind: str, index: int = 0) -> str:
+    """How runs name a device: ``"cpu"``, or ``kind:index`` (``"cuda:0"`` in PyTorch, ``"gpu:0"`` elsewhere)."""
+    return "cpu" if kind == "cpu" else f"{kind}:{index}"
+
+
+class Trainer(abc.ABC):
+    """One network, its plain-SGD optimizer and its loss on one device: what every backend's
+    ``Trainer`` (and ``ReferenceTrainer``) provides for :mod:`common.training` and
+    :mod:`common.bench`.
+
+    Constructed as ``Trainer(net=None, *, arch="resnet18", num_classes=10, in_channels=1,
+    lr=0.05, device=None)``; ``net=None`` builds ``resnet(arch, num_classes, in_channels)``.
+    """
+
+    #: Short name of the backend ("torch").
+    backend: str = ""
+    #: Framework and version ("PyTorch 2.13.0").
+    framework: str = ""
+    #: The device, as :func:`device_label` names it; set by the constructor.
+    device_name: str = "cpu"
+    #: The network being trained.
+    net = None
+
+    @property
+    @abc.abstractmethod
+    def lr(self) -> float:
+        """The learning rate; settable."""
+
+    @abc.abstractmethod
+    def to_batch(self, images, labels):
+        """NCHW NumPy images and integer labels (or the backend loaders' tensors) -> the
+        framework's tensors on the device, images in the backend's ``DATA_FORMAT``."""
+
+    @abc.abstractmethod
+    def train_step(self, x, y):
+        """One SGD step; ``(loss summed over the batch, number correct)`` as framework
+        scalars, without waiting for the device."""
+
+    @abc.abstractmethod
+    def eval_step(self, x, y):
+        """``(loss summed over the batch, number correct)`` in eval mode, as framework scalars."""
+
+    @abc.abstractmethod
+    def to_host(self, values) -> List[float]:
+        """Python floats of framework scalars: the one place that waits for the device."""
+
+    @abc.abstractmethod
+    def export_weights(self) -> Dict[str, np.ndarray]:
+        """Canonical name -> float32 NumPy array (see :mod:`common.spec`)."""
+
+    @abc.abstractmethod
+    def import_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy canonical weights into the network exactly."""
+
+    @abc.abstractmethod
+    def architecture(self) -> Tuple[str, int, int]:
+        """``(arch, in_channels, num_classes)`` of the network."""
+
+    @abc.abstractmethod
+    def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
+        """The framework's own fp32 ``size x size`` matrix multiply on the device, in GFLOP/s."""
+
+    def peak_memory_bytes(self) -> Optional[int]:
+        """Peak device memory where the framework reports it (GPUs); ``None`` elsewhere, and
+        bench then reports the process's peak resident memory."""
+        return None
+
+    @property
+    def sync_every(self) -> int:
+        """Steps between reads of the loss: every step on the CPU, where a read costs nothing;
+        every 50 on a GPU, where each read stalls the pipeline."""
+        return 1 if self.device_name == "cpu" else 50
 
 
 class BackendUnavailable(RuntimeError):
@@ -65,11 +163,11 @@ def load_backend(name: str):
     """Import and return the backend package for ``name`` ("torch", "tf" or "mx")."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    framework, module, extra = FRAMEWORKS[name]
+    package, framework, module, extra = BACKENDS[name]
     # The backend package comes first (not the framework): it may set the framework's
     # environment (threads, log level) before the framework's first import reads it.
     try:
-        return importlib.import_module(BACKENDS[name])
+        return importlib.import_module(package)
     except ImportError as error:
         missing = (error.name or "").split(".")[0]
         if missing != module and importlib.util.find_spec(module) is not None:

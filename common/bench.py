@@ -39,11 +39,9 @@ def time_steps(trainer, step, images, labels, steps: int, warmup: int = 0) -> fl
 
 
 def _peak_memory_mb(trainer) -> float:
-    device_peak = getattr(trainer, "peak_memory_bytes", None)
-    if callable(device_peak):
-        value = device_peak()
-        if value:
-            return value / 2**20
+    value = trainer.peak_memory_bytes()
+    if value:
+        return value / 2**20
     # Linux reports ru_maxrss in KiB: the resident peak of this process (host memory).
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -58,7 +58,7 @@ __all__ = [
     "synthetic_fashion_mnist",
     "BatchLoader",
     "ConvertedLoader",
-    "map_batches",
+    "chapter_loaders",
     "fashion_mnist_loader",
     "fashion_mnist_loaders",
 ]
@@ -818,9 +818,6 @@ class ConvertedLoader:
         return f"ConvertedLoader({self.loader!r}, {getattr(self.convert, '__name__', self.convert)!r})"
 
 
-def map_batches(loader: BatchLoader, convert: Callable) -> ConvertedLoader:
-    """``ConvertedLoader(loader, convert)``."""
-    return ConvertedLoader(loader, convert)
 
 
 #: Examples in the synthetic stand-ins for the two splits (the real sizes).
@@ -873,3 +870,23 @@ def fashion_mnist_loaders(batch_size: int, resize: Optional[int] = None, seed: i
                    download=download)
     return (fashion_mnist_loader("train", subset=subset, **options),
             fashion_mnist_loader("test", subset=test_subset, **options))
+
+
+
+def chapter_loaders(to_tensor: Callable, batch_size: int, resize: Optional[int] = None, *, seed: int = 0,
+                    data_dir=None, subset: Optional[int] = None, test_subset: Optional[int] = None,
+                    synthetic: bool = False) -> Tuple[ConvertedLoader, ConvertedLoader]:
+    """The chapter's ``load_data_fashion_mnist`` for a backend whose ``to_tensor(array)`` makes
+    its framework's tensor (images in its ``DATA_FORMAT``, on the default device).
+
+    ``(train_iter, test_iter)``: :func:`fashion_mnist_loaders`' batches (the same pixels in
+    the same order in every backend for ``seed``), each converted as it is taken.
+    ``subset`` / ``test_subset`` take class-stratified samples of the two splits.
+    """
+    train_loader, test_loader = fashion_mnist_loaders(batch_size, resize=resize, seed=seed, subset=subset,
+                                                      test_subset=test_subset, data_dir=data_dir, synthetic=synthetic)
+
+    def convert(images, labels):
+        return to_tensor(images), to_tensor(labels)
+
+    return ConvertedLoader(train_loader, convert), ConvertedLoader(test_loader, convert)

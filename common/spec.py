@@ -33,7 +33,11 @@ __all__ = [
     "training_flops_per_example",
     "forward_flops_per_example",
     "check_input_shape",
+    "conv_output_size",
     "tap_selection",
+    "DENSE_CONV_MAX_PIXEL_PAIRS",
+    "MATMUL_CONV_MAX_OUTPUT_PIXELS",
+    "MATMUL_CONV_MAX_IN_CHANNELS",
 ]
 
 #: BatchNorm epsilon in every backend (PyTorch's and Gluon's default; Keras' is 1e-3).
@@ -206,8 +210,32 @@ def count_parameters(arch="resnet18", in_channels=1, num_classes=10, trainable_o
     return total
 
 
-def _out_size(size, kernel, stride, padding):
-    return (size + 2 * padding - kernel) // stride + 1
+def conv_output_size(size, kernel, stride, padding):
+    """Output size of a convolution or pooling window: ``(size + 2 * padding - kernel) // stride + 1``.
+
+    Each argument is an int or a sequence of ints (one per spatial axis); the result is an
+    int, or a tuple when any argument is a sequence.
+    """
+    arguments = (size, kernel, stride, padding)
+    if all(np.ndim(value) == 0 for value in arguments):
+        return (int(size) + 2 * int(padding) - int(kernel)) // int(stride) + 1
+    length = max(len(value) for value in arguments if np.ndim(value) != 0)
+    n, k, s, p = ([int(v) for v in value] if np.ndim(value) != 0 else [int(value)] * length for value in arguments)
+    return tuple((n[i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(length))
+
+
+# Where the backends' fast paths (their kernels.py) take over from the framework's own layers.
+# Each path computes the same function as the layer it replaces (the oracle tests run both ways).
+
+#: A convolution whose input pixels times output pixels are at most this (2 x 2 -> 2 x 2,
+#: 2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1: layer3/layer4 at 28 x 28) runs as one dense layer with
+#: the kernel unfolded by :func:`tap_selection`.
+DENSE_CONV_MAX_PIXEL_PAIRS = 16
+#: A convolution with at most this many output pixels per map (layer4 at 96 x 96) takes the
+#: matrix-product (im2col) path for its weight gradient, or in TensorFlow for the whole layer.
+MATMUL_CONV_MAX_OUTPUT_PIXELS = 9
+#: ... and so does one with at most this many input channels (the one-channel stem).
+MATMUL_CONV_MAX_IN_CHANNELS = 4
 
 
 def tap_selection(size, kernel, stride, padding) -> np.ndarray:
@@ -222,7 +250,7 @@ def tap_selection(size, kernel, stride, padding) -> np.ndarray:
     ``padding`` are (height, width) pairs.
     """
     (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
-    out_h, out_w = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    out_h, out_w = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     i, j, a, b = np.meshgrid(np.arange(out_h), np.arange(out_w), np.arange(h), np.arange(w), indexing="ij")
     row, col = (a - i * sh + ph).ravel(), (b - j * sw + pw).ravel()
     valid = (row >= 0) & (row < kh) & (col >= 0) & (col < kw)
@@ -238,17 +266,17 @@ def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, n
     for a 224 x 224 input.
     """
     spec = get_spec(arch)
-    h = _out_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    w = _out_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    h = _out_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    w = _out_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    h = conv_output_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    w = conv_output_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
     if h < 1 or w < 1:
         raise ValueError(f"input {height}x{width} is too small for {spec.name}")
     shapes = [("stem", (spec.stem_channels, h, w))]
     channels = spec.stem_channels
     for stage_number, stage in enumerate(spec.stages, start=1):
-        h = _out_size(h, 3, stage.stride, 1)
-        w = _out_size(w, 3, stage.stride, 1)
+        h = conv_output_size(h, 3, stage.stride, 1)
+        w = conv_output_size(w, 3, stage.stride, 1)
         channels = stage.channels * spec.expansion
         shapes.append((f"layer{stage_number}", (channels, h, w)))
     shapes.append(("pool", (channels,)))
@@ -266,13 +294,13 @@ def forward_flops_per_example(arch="resnet18", in_channels=1, height=96, width=9
     flops = 0
 
     def conv(cin, cout, k, stride, pad, h, w):
-        ho, wo = _out_size(h, k, stride, pad), _out_size(w, k, stride, pad)
+        ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
         return 2 * cin * cout * k * k * ho * wo, ho, wo
 
     f, h, w = conv(in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_padding, height, width)
     flops += f
-    h = _out_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    w = _out_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
     for block in iter_blocks(spec):
         f1, h1, w1 = conv(block.in_channels, block.channels, 3, block.stride, 1, h, w)
         f2, _, _ = conv(block.channels, block.out_channels, 3, 1, 1, h1, w1)

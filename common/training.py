@@ -53,11 +53,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed, or one that would be overwritten."""
 
 
-def _sync_every(trainer) -> int:
-    # On the CPU reading a scalar costs nothing; on a GPU every read stalls the pipeline.
-    return int(getattr(trainer, "sync_every", 1 if str(trainer.device_name).startswith("cpu") else 50))
-
-
 def _progress(total, description, enabled):
     if not enabled:
         return None
@@ -81,7 +76,7 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
     naming the (1-based) epoch and step where it first appeared.
     """
     step_fn = trainer.train_step if train else trainer.eval_step
-    sync_every = _sync_every(trainer) if train else 10**9
+    sync_every = trainer.sync_every if train else 10**9
     bar = _progress(len(loader) if hasattr(loader, "__len__") else None, description, progress)
     loss_sum = correct = 0.0
     examples = 0
@@ -281,10 +276,19 @@ def _resume_state(out_dir, config: TrainConfig):
     return weights, state
 
 
-def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
+def _trainer_class(backend):
+    """A backend's short name ("torch") or its Trainer class -> the class."""
+    if isinstance(backend, str):
+        from .backend import load_backend
+
+        return load_backend(backend).Trainer
+    return backend
+
+
+def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
           out_dir=None, resume: bool = False, quiet: bool = False, progress: Optional[bool] = None,
           device=None, data_dir=None, synthetic: bool = False, print_fn=print, **overrides) -> List[dict]:
-    """Train ResNet on Fashion-MNIST with one backend (``trainer_class`` is its ``Trainer``).
+    """Train ResNet on Fashion-MNIST with one backend (its short name, or its ``Trainer`` class).
 
     The recipe is ``config`` or ``preset`` ("d2l": the chapter's; the default) with
     ``overrides`` (``epochs=1, resize=None, ...``, see :class:`common.hparams.TrainConfig`).
@@ -310,7 +314,7 @@ def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Opti
         config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
         test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
     )
-    trainer = trainer_class(net, arch=config.arch, lr=config.lr, device=device)
+    trainer = _trainer_class(backend)(net, arch=config.arch, lr=config.lr, device=device)
     trainer.import_weights(weights if weights is not None else init_weights(config.arch, config.seed))
     if start_epoch and not quiet:
         print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
@@ -318,15 +322,16 @@ def train(trainer_class, *, net=None, preset: Optional[str] = None, config: Opti
                history=history, step_losses=step_losses, quiet=quiet, progress=progress, print_fn=print_fn)
 
 
-def evaluate(trainer_class, *, weights, arch: str = "resnet18", resize: Optional[int] = 96, batch_size: int = 256,
+def evaluate(backend, *, weights, arch: str = "resnet18", resize: Optional[int] = 96, batch_size: int = 256,
              test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False, device=None,
              progress: bool = False) -> Dict[str, float]:
-    """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend."""
+    """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
+    (its short name, or its ``Trainer`` class)."""
     if not isinstance(weights, dict):
         weights = load_weights(weights, arch)
     test_loader = fashion_mnist_loader("test", batch_size, resize=resize, subset=test_subset, data_dir=data_dir,
                                        synthetic=synthetic)
-    trainer = trainer_class(None, arch=arch, device=device)
+    trainer = _trainer_class(backend)(None, arch=arch, device=device)
     trainer.import_weights(weights)
     return evaluate_loader(trainer, test_loader, progress=progress)
 
@@ -348,12 +353,21 @@ class _Epochs:
         return len(self.iterable)
 
 
-def train_ch6(trainer, train_iter, test_iter, num_epochs: int, print_fn=print) -> List[dict]:
-    """The chapter's ``train_ch6``: train, then print its two closing lines.
+def train_ch6(backend, net, train_iter, test_iter, num_epochs: int, lr: float, device=None,
+              print_fn=print) -> List[dict]:
+    """The chapter's ``train_ch6(net, train_iter, test_iter, num_epochs, lr, device)`` with one
+    backend (its short name, or its ``Trainer`` class): train, then print its closing lines.
 
-    ``loss ..., train acc ..., test acc ...`` and ``... examples/sec on <device>``, with
-    examples/sec measured as everywhere in this project (see the module docstring).
+    The chapter re-initialises the network Xavier-uniform; this imports
+    :func:`common.weights.init_weights` for seed 0 (Xavier-uniform too), so every backend
+    starts from the same numbers. Prints ``training on <device>``, then ``loss ..., train acc
+    ..., test acc ...`` and ``... examples/sec on <device>``, with examples/sec measured as
+    everywhere in this project (see the module docstring).
     """
+    trainer = _trainer_class(backend)(net, lr=lr, device=device)
+    arch, in_channels, num_classes = trainer.architecture()
+    trainer.import_weights(init_weights(arch, 0, in_channels, num_classes))
+    print_fn("training on", trainer.device_name)
     config = TrainConfig(epochs=num_epochs, lr=trainer.lr)
     history = fit(trainer, _Epochs(train_iter), _Epochs(test_iter), config, quiet=True, progress=False)
     last = history[-1]

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from common.backend import load_backend, physical_cpu_cores
+from common.backend import PLAIN_LAYERS_ENV, load_backend, physical_cpu_cores, plain_layers
 from common.spec import tap_selection
 
 
@@ -59,3 +59,19 @@ def test_mxnet_graph_builds_the_spec_tap_selection(backend_name, size, stride):
     expected = tap_selection(size, (3, 3), stride, (1, 1))
     np.testing.assert_array_equal(_tap_selection(mx.nd, size, (3, 3), stride, (1, 1)).asnumpy(), expected)
     np.testing.assert_array_equal(_tap_selection(mx.sym, size, (3, 3), stride, (1, 1)).eval()[0].asnumpy(), expected)
+
+
+@pytest.mark.parametrize("value, plain", [(None, False), ("0", False), ("1", True), ("", False)])
+def test_plain_layers_reads_the_environment(monkeypatch, value, plain):
+    if value is None:
+        monkeypatch.delenv(PLAIN_LAYERS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PLAIN_LAYERS_ENV, value)
+    assert plain_layers() is plain
+    assert plain_layers(True) is True and plain_layers(False) is False  # an argument wins
+
+
+def test_plain_layers_refuses_other_values(monkeypatch):
+    monkeypatch.setenv(PLAIN_LAYERS_ENV, "yes")
+    with pytest.raises(ValueError, match="RESNET_PLAIN_LAYERS must be 0 or 1"):
+        plain_layers()

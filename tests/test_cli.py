@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from common.backend import BACKENDS, FRAMEWORKS
+from common.backend import BACKENDS
 from common.cli import main
 from common.weights import init_weights, save_weights
 
@@ -51,12 +51,12 @@ def test_non_positive_sizes(capsys, flag, value):
 def test_missing_framework_is_one_line(capsys):
     # find_spec, not an import: importing a framework before its backend package would
     # skip the package's set-up (resnet_mx sets MXNet's threads before MXNet's first import).
-    missing = [name for name in BACKENDS if importlib.util.find_spec(FRAMEWORKS[name][1]) is None]
+    missing = [name for name in BACKENDS if importlib.util.find_spec(BACKENDS[name].module) is None]
     if not missing:
         pytest.skip("every framework imports here")
     code, _, err = run(capsys, "train", "--backend", missing[0], "--synthetic")
     assert code == 1
-    assert_one_line_error(err, "needs", FRAMEWORKS[missing[0]][0], "pip install")
+    assert_one_line_error(err, "needs", BACKENDS[missing[0]].framework, "pip install")
 
 
 def test_compare_writes_table_and_plot(capsys, tmp_path):
@@ -176,8 +176,7 @@ def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name):
     assert (out / "checkpoint.npz").read_bytes() == before
 
 
-def test_missing_data_is_one_line(capsys, tmp_path, backend_name, monkeypatch):
-    monkeypatch.setattr("common.data.DOWNLOAD_URLS", [], raising=False)
+def test_missing_data_is_one_line(capsys, tmp_path, backend_name):
     code, _, err = run(capsys, "train", "--backend", backend_name, "--data-dir", str(tmp_path / "absent"),
                        "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
     assert code == 1

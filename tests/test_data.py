@@ -20,7 +20,7 @@ import pytest
 from common import data
 from common.data import (
     CLASS_NAMES, BatchLoader, ConvertedLoader, DataError, find_data_dir, fashion_mnist_loaders,
-    interpolation_matrix, interpolation_taps, load_fashion_mnist, map_batches, read_idx, resize_images, subset_indices,
+    interpolation_matrix, interpolation_taps, load_fashion_mnist, read_idx, resize_images, subset_indices,
     synthetic_fashion_mnist, to_float,
 )
 
@@ -642,7 +642,7 @@ def test_prefetch_passes_errors_to_the_consumer(monkeypatch):
 
 def test_converted_loader_forwards_everything():
     loader = index_loader(10, 4, seed=1, prefetch=1)
-    converted = map_batches(loader, lambda images, labels: ("converted", images.shape, labels.tolist()))
+    converted = ConvertedLoader(loader, lambda images, labels: ("converted", images.shape, labels.tolist()))
     assert isinstance(converted, ConvertedLoader) and converted.loader is loader
     assert len(converted) == 3 and converted.num_examples == 10 and converted.batch_size == 4
     batches = list(converted)

@@ -47,6 +47,12 @@ def case(request):
     return weights, images
 
 
+@pytest.fixture(params=[False, True], ids=["kernels", "plain"])
+def plain(request):
+    """Build networks with the backend's fast kernels, and with the framework's own layers only."""
+    return request.param
+
+
 # --- the chapter's checks -------------------------------------------------------------
 
 def test_residual_keeps_shape(chapter):
@@ -122,19 +128,19 @@ def test_import_refuses_wrong_weights(backend, case):
 
 # --- the oracle's numbers --------------------------------------------------------------
 
-def test_eval_logits_match_oracle(backend, case):
+def test_eval_logits_match_oracle(backend, plain, case):
     weights, images = case
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     backend.import_weights(net, weights)
     expected = oracle.forward(weights, images, training=False)
     assert 0.5 < np.std(expected) < 2.0  # logits of order 1: the tolerance means something
     np.testing.assert_allclose(backend.forward(net, images, training=False), expected, rtol=0, atol=1e-4)
 
 
-def test_train_logits_and_running_statistics_match_oracle(backend, case):
+def test_train_logits_and_running_statistics_match_oracle(backend, plain, case):
     weights, images = case
     weights = scaled_for_unit_logits(weights, images, training=True)
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     backend.import_weights(net, weights)
     expected_logits, expected_state = oracle.forward(weights, images, training=True, return_state=True)
     assert 0.5 < np.std(expected_logits) < 2.0
@@ -150,9 +156,9 @@ def test_train_logits_and_running_statistics_match_oracle(backend, case):
             np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
-def test_eval_mode_leaves_running_statistics_alone(backend, case):
+def test_eval_mode_leaves_running_statistics_alone(backend, plain, case):
     weights, images = case
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     backend.import_weights(net, weights)
     backend.forward(net, images, training=False)
     for name, value in backend.export_weights(net).items():
@@ -160,7 +166,7 @@ def test_eval_mode_leaves_running_statistics_alone(backend, case):
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_nan_input_gives_nan_logits_as_the_oracle(backend, training):
+def test_nan_input_gives_nan_logits_as_the_oracle(backend, plain, training):
     # One NaN pixel: its example's logits are NaN in evaluation mode, every example's in
     # training mode (the batch statistics mix them); a backend must not turn it into numbers.
     weights = init_weights("resnet18", 0)
@@ -168,7 +174,7 @@ def test_nan_input_gives_nan_logits_as_the_oracle(backend, training):
     images[1, 0, 5, 7] = np.nan
     expected = np.isnan(oracle.forward(weights, images, training=training))
     assert expected.all(axis=1).tolist() == ([True] * 4 if training else [False, True, False, False])
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     backend.import_weights(net, weights)
     np.testing.assert_array_equal(np.isnan(backend.forward(net, images, training=training)), expected)
 
@@ -180,10 +186,10 @@ def load_expected():
         return json.load(handle)
 
 
-def test_one_training_step_matches_expected(backend):
+def test_one_training_step_matches_expected(backend, plain):
     expected = load_expected()["one_step"]
     images, labels = oracle.step_batch(**expected["batch"])
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     backend.import_weights(net, init_weights("resnet18", expected["seed"]))
     loss, gradients = backend.loss_and_gradients(net, images, labels)
     assert loss == pytest.approx(expected["loss"], rel=1e-4)
@@ -219,3 +225,10 @@ def test_network_rejects_wrong_layout(chapter):
     with pytest.raises(ValueError, match="expected") as info:
         chapter.call_resnet18_with_other_layout((2, 1, 28, 28))
     assert "channel" in str(info.value)
+
+
+def test_plain_networks_use_no_kernels(backend):
+    # RESNET_PLAIN_LAYERS / plain=True: the framework's own layers only; the default binds the
+    # backend's fast paths in (tests above hold both to the oracle).
+    assert backend.kernels.fast_layer_count(backend.resnet18(plain=True)) == 0
+    assert backend.kernels.fast_layer_count(backend.resnet18(plain=False)) > 0

@@ -19,7 +19,10 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ["torch", "tf", "mx"]
+sys.path.insert(0, REPO)
+
+from common.backend import BACKENDS  # noqa: E402  (framework-free)
+
 SIZES = [("96", 64), ("none", 256)]  # (resize, batch size): the two settings
 
 
@@ -102,7 +105,7 @@ def markdown(results, steps, warmup, rounds) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median counts")
     parser.add_argument("--warmup", type=int, default=2)
