@@ -1,53 +1,34 @@
-"""Training ResNet with MXNet Gluon: the :class:`Trainer` adapter and the chapter's entry points.
+"""Training with MXNet Gluon: the :class:`Trainer` that :mod:`common.training` drives, and the chapter's API.
 
-The loop, the metrics, the checkpoints and the timing live once in :mod:`common.training`;
-this module supplies MXNet's side of one step. The network runs hybridized with
-``static_alloc=True, static_shape=True`` (one cached graph, memory planned once); MXNet's
-engine is asynchronous, so a step returns as soon as its work is queued and the next batch
-is converted while the device computes.
+The network runs hybridized with ``static_alloc=True, static_shape=True`` (one cached graph,
+memory planned once); MXNet's engine is asynchronous, so a step returns as soon as its work
+is queued and the next batch is converted while the device computes.
 """
 from __future__ import annotations
 
 import re
 import time
+from typing import Dict, List, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.util import is_np_array
 
-from common import training
+from common import backend, training
+from common.backend import device_label
 from common.spec import trainable_parameter_names
-from common.weights import init_weights
 
 from .data import to_tensor
-from .model import (_architecture, _canonical_parameters, _context, _legacy_operators, _parameters, export_weights,
-                    import_weights, resnet)
+from .kernels import legacy_operators
+from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
 __all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
 
 def try_gpu(i=0):
-    """The chapter's ``try_gpu``: ``mx.gpu(i)`` if that GPU exists (a CUDA build of MXNet), else the CPU."""
+    """Return gpu(i) if exists, otherwise return cpu()."""
     return mx.gpu(i) if mx.context.num_gpus() >= i + 1 else mx.cpu()
-
-
-def _device_context(device) -> mx.Context:
-    """An ``mx.Context`` from None (a GPU if MXNet sees one), "cpu", "gpu:1", "cuda:0" or a Context."""
-    if device is None:
-        return try_gpu()
-    if isinstance(device, mx.Context):
-        return device
-    match = re.fullmatch(r"/?(cpu|gpu|cuda)(?:[:(](\d+)\)?)?", str(device).strip().lower())
-    if match is None:
-        raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('cuda:N') or an mx.Context, got {device!r}")
-    if match.group(1) == "cpu":
-        return mx.cpu()
-    index = int(match.group(2) or 0)
-    if mx.context.num_gpus() < index + 1:
-        raise ValueError(f"device {device!r}: MXNet sees {mx.context.num_gpus()} GPU(s) here "
-                         "(a GPU needs a CUDA build of mxnet); use 'cpu'")
-    return mx.gpu(index)
 
 
 def _place(net, ctx) -> None:
@@ -56,7 +37,7 @@ def _place(net, ctx) -> None:
     The chapter's network infers its shapes at the first call; one call on a small dummy
     batch finishes that now, so its weights can be imported at once.
     """
-    params = list(_parameters(net).values())
+    params = list(net.collect_params().values())
     for param in params:
         if param._data is None and not param._deferred_init:
             param.initialize(ctx=ctx)
@@ -71,7 +52,7 @@ def _place(net, ctx) -> None:
             param.reset_ctx(ctx)
 
 
-@_legacy_operators
+@legacy_operators
 def _correct(logits, labels):
     return (logits.argmax(axis=1) == labels.astype(np.float32)).sum()
 
@@ -81,8 +62,8 @@ def _scalar(value) -> float:
     return float(value.asnumpy().item())
 
 
-class Trainer:
-    """MXNet's side of :func:`common.training.fit`: see :mod:`common.backend`.
+class Trainer(backend.Trainer):
+    """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
     ``Sequential``, initialised or not).
@@ -92,8 +73,8 @@ class Trainer:
     framework = f"MXNet {mx.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
-        self.device = _device_context(device)
-        self.device_name = "cpu" if self.device.device_type == "cpu" else f"gpu:{self.device.device_id}"
+        self.device = self.resolve_device(device)
+        self.device_name = device_label(self.device.device_type, self.device.device_id)
         if net is None:
             net = resnet(arch, num_classes=num_classes, in_channels=in_channels)
         _place(net, self.device)
@@ -105,23 +86,46 @@ class Trainer:
         self.optimizer = gluon.Trainer(net.collect_params(), "sgd",
                                        {"learning_rate": lr, "momentum": 0.0, "wd": 0.0}, kvstore=None)
 
+    @staticmethod
+    def resolve_device(device) -> mx.Context:
+        """``None`` (a GPU if MXNet sees one, else the CPU), an mx.Context, or "cpu" / "gpu[:N]" / "cuda[:N]"."""
+        if device is None:
+            return try_gpu()
+        if isinstance(device, mx.Context):
+            return device
+        match = re.fullmatch(r"/?(cpu|gpu|cuda)(?:[:(](\d+)\)?)?", str(device).strip().lower())
+        if match is None:
+            raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('cuda:N') or an mx.Context, got {device!r}")
+        if match.group(1) == "cpu":
+            return mx.cpu()
+        index = int(match.group(2) or 0)
+        if mx.context.num_gpus() < index + 1:
+            raise ValueError(f"device {device!r}: MXNet sees {mx.context.num_gpus()} GPU(s) here "
+                             "(a GPU needs a CUDA build of mxnet); use 'cpu'")
+        return mx.gpu(index)
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.learning_rate)
 
     @lr.setter
-    def lr(self, value) -> None:
+    def lr(self, value: float) -> None:
         self.optimizer.set_learning_rate(float(value))
 
     def to_batch(self, images, labels):
-        """Device arrays from NCHW NumPy, or from the arrays :mod:`resnet_mx.data` made."""
-        x = images.as_in_context(self.device) if isinstance(images, mx.nd.NDArray) else to_tensor(images, self.device)
-        y = labels.as_in_context(self.device) if isinstance(labels, mx.nd.NDArray) else to_tensor(
-            np.asarray(labels), self.device)
-        return x, y
+        """NCHW NumPy (or arrays from :mod:`resnet_mx.data`) -> arrays on the device."""
+        if isinstance(images, mx.nd.NDArray):
+            images = images.as_in_context(self.device)
+        else:
+            images = to_tensor(images, self.device)
+        if isinstance(labels, mx.nd.NDArray):
+            labels = labels.as_in_context(self.device)
+        else:
+            labels = to_tensor(np.asarray(labels), self.device)
+        return images, labels
 
     def train_step(self, x, y):
-        """One SGD step; returns (summed loss, number correct) without waiting for them."""
+        """One SGD step; (loss summed over the batch, number correct) without waiting for them."""
         with autograd.record():
             logits = self.net(x)
             losses = self.loss(logits, y)
@@ -130,11 +134,12 @@ class Trainer:
         return losses.sum(), _correct(logits, y)
 
     def eval_step(self, x, y):
+        """(loss summed over the batch, number correct) in eval mode, without waiting for them."""
         logits = self.net(x)
         return self.loss(logits, y).sum(), _correct(logits, y)
 
-    def to_host(self, values):
-        """Python floats of step results: the one place that waits for the device.
+    def to_host(self, values) -> List[float]:
+        """Python floats: the one place that waits for the device.
 
         It waits for all queued work, the last step's backward pass and update included
         (reading the values alone would wait only for their forward pass), so time measured
@@ -143,58 +148,55 @@ class Trainer:
         mx.nd.waitall()
         return [_scalar(v) for v in values]
 
-    def matmul_gflops(self, size=2048, repeats=5) -> float:
-        """GFLOP/s of MXNet's own float32 ``size x size`` matrix product on the device (the peak
-        the benchmark compares against), after one warm-up product."""
+    def export_weights(self) -> Dict[str, np.ndarray]:
+        return export_weights(self.net)
+
+    def import_weights(self, weights) -> None:
+        import_weights(self.net, weights)
+
+    def architecture(self) -> Tuple[str, int, int]:
+        return architecture(self.net)
+
+    def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
+        """MXNet's own fp32 ``size x size`` matrix multiply on the device, in GFLOP/s (bench's peak)."""
         a = mx.nd.random.uniform(shape=(size, size), ctx=self.device)
         b = mx.nd.random.uniform(shape=(size, size), ctx=self.device)
-        mx.nd.dot(a, b).wait_to_read()
+        mx.nd.dot(a, b).wait_to_read()  # warm-up, and wait for it
         start = time.perf_counter()
         for _ in range(repeats):
             c = mx.nd.dot(a, b)
         c.wait_to_read()
         return 2.0 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
-    def export_weights(self):
-        return export_weights(self.net)
 
-    def import_weights(self, weights):
-        import_weights(self.net, weights)
+def loss_and_gradients(net, images, labels) -> Tuple[float, Dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy of a train-mode forward pass and its gradient per canonical name.
 
-
-def loss_and_gradients(net, images, labels):
-    """Mean cross-entropy and canonical name -> gradient (canonical layout), train mode.
-
-    Like one training forward and backward pass: BatchNorm uses batch statistics and
-    updates its running ones; no weights change.
+    Like a training step's first half: batch statistics (running ones updated), no update.
     """
-    ctx = _context(net)
+    params = canonical_variables(net)
+    ctx = next(iter(params.values())).list_ctx()[0]
     x, y = to_tensor(images, ctx), to_tensor(np.asarray(labels), ctx)
     with autograd.record():
         loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y).mean()
     loss.backward()
-    params = _canonical_parameters(net)
-    names = trainable_parameter_names(*_architecture(net))
+    names = trainable_parameter_names(*architecture(net))
     return _scalar(loss), {name: params[name].grad(ctx).asnumpy() for name in names}
 
 
 def train(**kwargs):
-    """:func:`common.training.train` with this backend."""
+    """:func:`common.training.train` with MXNet (same options, same history)."""
     return training.train(Trainer, **kwargs)
 
 
 def evaluate(**kwargs):
-    """:func:`common.training.evaluate` with this backend."""
+    """:func:`common.training.evaluate` with MXNet."""
     return training.evaluate(Trainer, **kwargs)
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None):
-    """The chapter's ``train_ch6`` (the network may be uninitialised, as the chapter's is).
+    """Train a model with a GPU (defined in Chapter 6): :func:`common.training.train_ch6` with MXNet.
 
-    The network starts from :func:`common.weights.init_weights` (seed 0), the chapter's
-    Xavier initialisation, so every backend starts from the same weights.
+    The network may be uninitialised, as the chapter's is.
     """
-    trainer = Trainer(net, lr=lr, device=device)
-    arch, in_channels, num_classes = _architecture(trainer.net)
-    trainer.import_weights(init_weights(arch, 0, in_channels, num_classes))
-    return training.train_ch6(trainer, train_iter, test_iter, num_epochs)
+    return training.train_ch6(Trainer, net, train_iter, test_iter, num_epochs, lr, device)

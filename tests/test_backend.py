@@ -54,11 +54,12 @@ def test_mxnet_graph_builds_the_spec_tap_selection(backend_name, size, stride):
         pytest.skip("MXNet's in-graph construction only")
     load_backend(backend_name)
     import mxnet as mx
-    from resnet_mx.model import _tap_selection
+    from resnet_mx import kernels
 
     expected = tap_selection(size, (3, 3), stride, (1, 1))
-    np.testing.assert_array_equal(_tap_selection(mx.nd, size, (3, 3), stride, (1, 1)).asnumpy(), expected)
-    np.testing.assert_array_equal(_tap_selection(mx.sym, size, (3, 3), stride, (1, 1)).eval()[0].asnumpy(), expected)
+    np.testing.assert_array_equal(kernels.tap_selection(mx.nd, size, (3, 3), stride, (1, 1)).asnumpy(), expected)
+    np.testing.assert_array_equal(kernels.tap_selection(mx.sym, size, (3, 3), stride, (1, 1)).eval()[0].asnumpy(),
+                                  expected)
 
 
 @pytest.mark.parametrize("value, plain", [(None, False), ("0", False), ("1", True), ("", False)])

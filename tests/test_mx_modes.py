@@ -63,6 +63,12 @@ def assert_mode(value, mode):
         assert not isinstance(value, mx.np.ndarray), type(value)
 
 
+@pytest.fixture(params=[False, True], ids=["kernels", "plain"])
+def plain(request):
+    """resnet_mx's network with its fast kernels, and with Gluon's own layers only."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=[64, 28], ids=["64px", "28px"])
 def case(request):
     # The inputs of test_model's oracle tests: at 28 x 28 layer3's maps are 2 x 2 and
@@ -75,14 +81,14 @@ def case(request):
 @pytest.fixture
 def matrix_products(mx_backend, monkeypatch):
     """Counts the calls of the convolutions' matrix-product path (imperative calls and traces)."""
-    conv = mx_backend.model._Conv2D
-    original, calls = conv._matrix_product, []
+    conv = mx_backend.kernels.TinyMapConv2D
+    original, calls = conv.matrix_product, []
 
     def counted(self, *args, **kwargs):
         calls.append(self)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(conv, "_matrix_product", counted)
+    monkeypatch.setattr(conv, "matrix_product", counted)
     return calls
 
 
@@ -196,11 +202,12 @@ def test_chapter_training_cell_in_numpy_mode(chapter, capsys):
 
 @pytest.mark.parametrize("hybridized", [False, True], ids=["imperative", "hybridized"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_logits_and_running_statistics_match_oracle(mx_backend, mode, case, training, hybridized, matrix_products):
+def test_logits_and_running_statistics_match_oracle(mx_backend, mode, plain, case, training, hybridized,
+                                                     matrix_products):
     backend = mx_backend
     weights, images = case
     weights = scaled_for_unit_logits(weights, images, training=training)
-    net = backend.resnet18()
+    net = backend.resnet18(plain=plain)
     if hybridized:
         net.hybridize(static_alloc=True, static_shape=True)
     backend.import_weights(net, weights)
@@ -209,7 +216,10 @@ def test_logits_and_running_statistics_match_oracle(mx_backend, mode, case, trai
     assert 0.5 < np.std(expected_logits) < 2.0
     logits = backend.forward(net, images, training=training)
     np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-4)
-    assert matrix_products, "the tiny-map convolutions did not take their matrix-product path"
+    if plain:
+        assert not matrix_products and backend.kernels.fast_layer_count(net) == 0
+    else:
+        assert matrix_products, "the tiny-map convolutions did not take their matrix-product path"
     exported = backend.export_weights(net)
     for name, value in weights.items():
         if training and name in expected_state:
@@ -220,21 +230,21 @@ def test_logits_and_running_statistics_match_oracle(mx_backend, mode, case, trai
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_nan_input_gives_nan_logits_as_the_oracle(mx_backend, mode, training):
+def test_nan_input_gives_nan_logits_as_the_oracle(mx_backend, mode, plain, training):
     weights = init_weights("resnet18", 0)
     images = np.random.default_rng(3).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
     images[1, 0, 5, 7] = np.nan
     expected = np.isnan(oracle.forward(weights, images, training=training))
-    net = mx_backend.resnet18()
+    net = mx_backend.resnet18(plain=plain)
     mx_backend.import_weights(net, weights)
     np.testing.assert_array_equal(np.isnan(mx_backend.forward(net, images, training=training)), expected)
 
 
-def test_network_returns_arrays_of_the_mode(mx_backend, mode):
+def test_network_returns_arrays_of_the_mode(mx_backend, mode, plain):
     import mxnet as mx
     from mxnet import autograd
 
-    net = mx_backend.resnet18()
+    net = mx_backend.resnet18(plain=plain)
     x = (mx.np if mode == "np" else mx.nd).zeros((2, 1, 28, 28))
     for hybridize in (False, True):
         net.hybridize(hybridize)
@@ -279,12 +289,12 @@ def test_trace_shapes(mx_backend, mode):
 
 # --- training in both modes ----------------------------------------------------------------
 
-def test_trainer_steps_are_the_oracles_steps(mx_backend, mode):
+def test_trainer_steps_are_the_oracles_steps(mx_backend, mode, plain):
     # As test_training's ten-step test: from its own current weights, each step of the Trainer
     # (hybridized, static graph) is the oracle's step: the loss within 1e-3, the update within
     # 1e-3 of its size.
     lr = 0.05
-    trainer = mx_backend.Trainer(lr=lr)
+    trainer = mx_backend.Trainer(mx_backend.resnet18(plain=plain), lr=lr)
     trainer.import_weights(init_weights("resnet18", 0))
     for step in range(3):
         images, labels = oracle.step_batch(seed=step, batch_size=8, size=28)
@@ -312,12 +322,12 @@ def test_trainer_steps_are_the_oracles_steps(mx_backend, mode):
     assert loss_sum == pytest.approx(want, rel=1e-4)
 
 
-def test_loss_and_gradients_are_the_oracles(mx_backend, mode):
+def test_loss_and_gradients_are_the_oracles(mx_backend, mode, plain):
     lr = 0.05
     weights = init_weights("resnet18", 0)
     images, labels = oracle.step_batch(seed=1, batch_size=8, size=28)
     want_loss, want_after = oracle.sgd_step(weights, images, labels, lr)
-    net = mx_backend.resnet18()
+    net = mx_backend.resnet18(plain=plain)
     mx_backend.import_weights(net, weights)
     loss, gradients = mx_backend.loss_and_gradients(net, images, labels)
     assert loss == pytest.approx(want_loss, rel=1e-4)

@@ -1,0 +1,356 @@
+"""What :mod:`resnet_mx.model` needs beyond Gluon's own layers: exact agreement and speed.
+
+Exact agreement (always on, also in the plain-layer network): :func:`batch_norm` is Gluon's
+BatchNorm with PyTorch's constants and running-statistics update, which a network collects
+with :func:`with_batch_statistics` and applies with :func:`forward_as_pytorch`; that also
+puts back the NaNs oneDNN's ReLU maps to 0.
+
+Speed (:func:`use_fast_layers`, left out by ``plain=True``): convolutions on tiny maps as
+matrix products (:class:`TinyMapConv2D`) and the global average pool as a plain mean. Each
+computes the same function as the layer it replaces; the oracle tests run both networks.
+
+Everything works in both of MXNet's array modes: legacy ``mx.nd`` and NumPy (``npx.set_np()``),
+in which Gluon passes ``mxnet.numpy`` arrays. The code below is written with legacy operators
+and runs on legacy views of those arrays there (:func:`legacy_operators`): the same operators,
+and numbers, in both modes.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from contextlib import contextmanager
+
+import mxnet as mx
+from mxnet import autograd
+from mxnet.gluon import nn
+from mxnet.util import is_np_array
+
+from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
+                         conv_output_size, stage_output_shapes)
+
+__all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
+           "TinyMapConv2D", "tap_selection", "legacy_operators"]
+
+# --- both array modes ------------------------------------------------------------------------
+
+#: The NumPy mode's array and symbol types (subclasses of the legacy ``NDArray`` and ``Symbol``).
+_NUMPY_TYPES = (mx.np.ndarray, mx.sym.np._Symbol)
+
+
+def _as_legacy(value):
+    """``value``'s NumPy-mode arrays (also inside lists and tuples) as legacy views of them."""
+    if isinstance(value, _NUMPY_TYPES):
+        return value.as_nd_ndarray()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_legacy(v) for v in value)
+    return value
+
+
+def _as_numpy(value):
+    """``value``'s arrays (also inside lists and tuples) as NumPy-mode views of them."""
+    if isinstance(value, (mx.nd.NDArray, mx.sym.Symbol)):
+        return value if isinstance(value, _NUMPY_TYPES) else value.as_np_ndarray()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_numpy(v) for v in value)
+    return value
+
+
+def legacy_operators(function):
+    """Let ``function``, written with MXNet's legacy operators, run in NumPy mode as well.
+
+    Under ``npx.set_np()`` Gluon hands blocks ``mxnet.numpy`` arrays (and symbols), which
+    legacy operators refuse. There ``function`` gets legacy views of its array arguments and
+    its array results come back as NumPy-mode views: the same memory and autograd history,
+    no copy, and the same operators (so the same numbers) in both modes.
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if not is_np_array():
+            return function(*args, **kwargs)
+        return _as_numpy(function(*_as_legacy(args), **{k: _as_legacy(v) for k, v in kwargs.items()}))
+
+    return wrapper
+
+
+# --- BatchNorm as PyTorch's --------------------------------------------------------------------
+
+_collectors = threading.local()
+
+
+@contextmanager
+def _collect_batch_statistics():
+    """While active, every :func:`batch_norm` layer traced appends ``(layer, mean, unbiased_var)``."""
+    stack = _collectors.__dict__.setdefault("stack", [])
+    collected: list = []
+    stack.append(collected)
+    try:
+        yield collected
+    finally:
+        stack.pop()
+
+
+def _current_collector():
+    stack = getattr(_collectors, "stack", None)
+    return stack[-1] if stack else None
+
+
+class _BatchNorm(nn.BatchNorm):
+    """Gluon's BatchNorm with the project's constants and PyTorch's running-statistics update.
+
+    Normalisation is Gluon's own operator (oneDNN kernels, biased batch variance, eps 1e-5);
+    Gluon's ``momentum`` 0.9 is PyTorch's 0.1 counted the other way round. But MXNet 1.9.1
+    moves the running statistics only in the backward pass and with the biased variance, so
+    a train-mode forward alone changes nothing and the running variance comes out smaller by
+    ``(n - 1) / n``. Inside a network's :func:`with_batch_statistics` forward the operator's
+    own update is switched off (momentum 1: ``running * 1 + batch * 0``, exact) and the layer
+    hands out the batch mean and the *unbiased* batch variance as extra graph outputs, which
+    :func:`forward_as_pytorch` applies as PyTorch does. Elsewhere (the chapter's own
+    ``Sequential``) it behaves as Gluon's.
+    """
+
+    def __init__(self, in_channels=0, **kwargs):
+        super().__init__(momentum=1.0 - BN_MOMENTUM, epsilon=BN_EPSILON, in_channels=in_channels, **kwargs)
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        collected = _current_collector()
+        if collected is None:
+            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        y, mean, unbiased_var = self._normalize(F, x, gamma, beta, running_mean, running_var)
+        collected.append((self, mean, unbiased_var))
+        return y
+
+    @legacy_operators
+    def _normalize(self, F, x, gamma, beta, running_mean, running_var):
+        """(output, batch mean, unbiased batch variance), the statistics without gradient."""
+        # The operator hands out its batch statistics for free: the mean and, as MXNet 1.x keeps
+        # it for its backward pass, 1 / sqrt(var + eps) (native and oneDNN kernels alike);
+        # F.moments would compute them again, at many times the cost of the BatchNorm.
+        y, mean, inverse_std = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd",
+                                           output_mean_var=True, **dict(self._kwargs, momentum=1.0))
+        biased_var = 1.0 / F.square(inverse_std) - self._kwargs["eps"]
+        count = F.cast(F.size_array(x), "float32") / F.cast(F.size_array(gamma), "float32")
+        unbiased_var = F.broadcast_mul(biased_var, count / (count - 1))
+        return y, F.BlockGrad(mean), F.BlockGrad(unbiased_var)
+
+
+def batch_norm(num_channels) -> nn.BatchNorm:
+    """BatchNorm over ``num_channels`` with PyTorch's epsilon, momentum and running statistics."""
+    return _BatchNorm(in_channels=num_channels)
+
+
+def with_batch_statistics(hybrid_forward):
+    """Decorates a network's ``hybrid_forward``: the :func:`batch_norm` layers it runs hand out
+    their batch statistics as extra outputs, after the network's own, for :func:`forward_as_pytorch`."""
+    @functools.wraps(hybrid_forward)
+    def wrapper(net, F, *args, **kwargs):
+        with _collect_batch_statistics() as collected:
+            out = hybrid_forward(net, F, *args, **kwargs)
+        net._running_statistics = [p for layer, _, _ in collected for p in (layer.running_mean, layer.running_var)]
+        return [out] + [s for _, mean, unbiased_var in collected for s in (mean, unbiased_var)]
+
+    return wrapper
+
+
+def forward_as_pytorch(net, forward, x):
+    """``forward(x)``, a network's Gluon forward (its ``hybrid_forward`` decorated with
+    :func:`with_batch_statistics`), as PyTorch runs it: in training mode the running statistics
+    move with this forward pass, and the logits are NaN where PyTorch's would be. Returns the logits.
+    """
+    if not isinstance(x, mx.nd.NDArray):
+        # Traced inside another block's graph: logits only, and the running statistics stay
+        # as they are (train the network itself, not a block around it).
+        return forward(x)[0]
+    training = autograd.is_training()
+    if training:
+        _check_batch_statistics(net.arch, x.shape, net.in_channels)
+    logits, *statistics = forward(x)
+    if training:
+        _update_running_statistics(net._running_statistics, statistics)
+    return _keep_nan(logits, x, statistics if training else ())
+
+
+def _check_batch_statistics(arch, shape, in_channels) -> None:
+    # PyTorch refuses a train-mode BatchNorm over one value per channel (its variance is 0/0).
+    smallest = min(h * w for _, (_, h, w) in stage_output_shapes(arch, in_channels, shape[2], shape[3])[:-2])
+    if shape[0] * smallest < 2:
+        raise ValueError(f"a training-mode forward needs more than 1 value per BatchNorm channel; got input "
+                         f"shape {tuple(shape)}: use a batch of at least 2 or larger images")
+
+
+def _update_running_statistics(running, statistics) -> None:
+    """PyTorch's ``running = (1 - momentum) * running + momentum * batch``, for each array.
+
+    ``running`` lists the Parameters (means and variances, interleaved) that ``statistics``
+    (arrays, the same order) update.
+    """
+    with autograd.pause():
+        for param, batch in zip(running, statistics):
+            value = param.data(batch.context)
+            value[:] = (1.0 - BN_MOMENTUM) * value + BN_MOMENTUM * batch
+
+
+@legacy_operators
+def _keep_nan(logits, x, statistics):
+    """``logits``, NaN where PyTorch's would be NaN because of a non-finite input or activation.
+
+    Gluon's ReLU is oneDNN's, which maps NaN to 0 where PyTorch's and TensorFlow's keep it,
+    so a NaN image or a diverging training step would come out as finite logits and a finite
+    loss. Every ReLU's input is a BatchNorm's output (plus a finite shortcut): in training
+    mode it is non-finite only if a batch statistic is, and in evaluation mode (finite running
+    statistics and weights, which ``import_weights`` checks) only if the input is. So the
+    logits get 0 times the sum of each example's input and, in training, of every batch
+    statistic: 0, or NaN exactly when PyTorch's would be (the example's row in evaluation, the
+    whole batch in training). The one case left out: finite weights so large that an
+    activation overflows in evaluation mode.
+    """
+    with autograd.pause():
+        guard = mx.nd.sum(x, axis=0, exclude=True).reshape((-1, 1)) * 0.0
+        if statistics:
+            guard = mx.nd.broadcast_add(guard, mx.nd.concat(*statistics, dim=0).sum() * 0.0)
+    return mx.nd.broadcast_add(logits, guard)
+
+
+# --- the fast layers ---------------------------------------------------------------------------
+
+class TinyMapConv2D(nn.Conv2D):
+    """Gluon's Conv2D with exact fast paths for maps of a few pixels (layer3/layer4 at 28 x 28,
+    layer4 at 96 x 96), where oneDNN runs far below its matrix-multiply speed.
+
+    There the same convolution runs as one matrix product, summing the same terms in another
+    order (:meth:`matrix_product`):
+
+    * input times output pixels at most ``DENSE_CONV_MAX_PIXEL_PAIRS`` (2 x 2 -> 2 x 2,
+      2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1): a dense layer from the flattened input map to the
+      flattened output map whose weight is the kernel times a constant 0/1 tap-selection
+      matrix (:func:`tap_selection`), so its gradient flows back to the kernel as a matrix
+      product too; taps that only ever meet padding get a zero gradient, as in the convolution;
+    * otherwise at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels: ``im2col`` patches
+      times the flattened kernel.
+
+    The input size is read from the data when run imperatively and from ``input_size`` (set
+    before each call by the network, see :func:`use_fast_layers`) when traced; unknown, the
+    layer is Gluon's Conv2D.
+    """
+
+    input_size = None
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        size = tuple(x.shape[2:]) if isinstance(x, mx.nd.NDArray) else self.input_size
+        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
+        if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
+            return super().hybrid_forward(F, x, weight, bias)
+        out = conv_output_size(size, kernel, stride, pad)
+        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
+        if pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS or out_pixels <= MATMUL_CONV_MAX_OUTPUT_PIXELS:
+            return self.matrix_product(F, x, weight, bias, size, out)
+        return super().hybrid_forward(F, x, weight, bias)
+
+    @legacy_operators
+    def matrix_product(self, F, x, weight, bias, size, out):
+        """The convolution from ``size`` to ``out`` as one matrix product (see the class)."""
+        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
+        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
+        if pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS:
+            taps = F.dot(F.reshape(weight, shape=(-1, kernel[0] * kernel[1])),  # (O*C, kh*kw)
+                         tap_selection(F, size, kernel, stride, pad))  # -> (O*C, out_pixels*pixels)
+            dense = F.reshape(F.transpose(F.reshape(taps, shape=(-4, self._channels, -1, -4, out_pixels, pixels)),
+                                          axes=(0, 2, 1, 3)), shape=(-3, -3))  # (O*out_pixels, C*pixels)
+            y = F.FullyConnected(x, dense, None if bias is None else F.repeat(bias, repeats=out_pixels),
+                                 num_hidden=self._channels * out_pixels, no_bias=bias is None, flatten=True)
+            return F.reshape(y, shape=(0, -1, out[0], out[1]))
+        patches = F.im2col(x, kernel=kernel, stride=stride, pad=pad)  # (N, C*kh*kw, Ho*Wo)
+        patches = F.reshape(F.transpose(patches, axes=(0, 2, 1)), shape=(-3, 0))  # (N*Ho*Wo, C*kh*kw)
+        y = F.FullyConnected(patches, F.reshape(weight, shape=(0, -1)), bias, num_hidden=self._channels,
+                             no_bias=bias is None)
+        y = F.transpose(F.reshape(y, shape=(-4, -1, out_pixels, 0)), axes=(0, 2, 1))
+        return F.reshape(y, shape=(0, 0, out[0], out[1]))
+
+
+def tap_selection(F, size, kernel, stride, padding):
+    """:func:`common.spec.tap_selection` built with ``F`` (``mx.nd`` or ``mx.sym``, legacy):
+    the (kh*kw, Ho*Wo*H*W) 0/1 matrix whose column (i, j, a, b) selects the kernel tap that
+    joins output pixel (i, j) to input pixel (a, b) of an H x W map, or none.
+
+    Built from ``arange`` in the graph itself (a few dozen numbers), so the layer needs no
+    extra input or parameter. Every value is a small integer, exact in float32.
+    """
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
+    out_h, out_w = conv_output_size(size, kernel, stride, padding)
+    column = F.arange(0, out_h * out_w * h * w)
+    b, a = column % w, F.floor(column / w) % h
+    j, i = F.floor(column / (w * h)) % out_w, F.floor(column / (w * h * out_w))
+    row, col = a - i * sh + ph, b - j * sw + pw  # the tap's position in the kernel
+    valid = (row >= 0) * (row < kh) * (col >= 0) * (col < kw)
+    tap = valid * (row * kw + col + 1) - 1  # -1 where no tap joins them: one_hot gives zeros
+    return F.transpose(F.one_hot(tap, depth=kh * kw))
+
+
+class _MeanPool2D(nn.GlobalAvgPool2D):
+    """GlobalAvgPool2D as a plain mean over H and W: the same numbers without that operator's
+    oneDNN kernel, which MXNet 1.9.1 runs pathologically slowly on large maps."""
+
+    def hybrid_forward(self, F, x):
+        return _mean_over_maps(F, x)
+
+
+@legacy_operators
+def _mean_over_maps(F, x):
+    return F.mean(x, axis=(2, 3), keepdims=True)
+
+
+class _TellsInputSizes:
+    """Mixed into a network by :func:`use_fast_layers`: before each call it tells each
+    :class:`TinyMapConv2D` the size of its input map, which a traced graph does not know, and
+    drops the cached graph traced for another size."""
+
+    _input_size = None
+
+    def forward(self, x):
+        size = None
+        if isinstance(x, mx.nd.NDArray) and x.ndim == 4 and x.shape[1] == self.in_channels:
+            size = tuple(x.shape[2:])  # else a symbol, or a shape the network itself refuses
+        if size != self._input_size:
+            self._input_size = size
+            self._clear_cached_op()
+            maps = [None] * (self.num_stages + 1)
+            if size is not None:
+                maps = [tuple(hw) for _, (_, *hw) in stage_output_shapes(self.arch, self.in_channels, *size)[:-2]]
+            for stage, (previous, current) in enumerate(zip(maps, maps[1:]), start=1):
+                for i, block in enumerate(getattr(self, f"layer{stage}")):
+                    block.conv1.input_size = previous if i == 0 else current
+                    block.conv2.input_size = current
+        return super().forward(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _telling_input_sizes(network_class):
+    return type(network_class.__name__, (_TellsInputSizes, network_class),
+                {"__module__": network_class.__module__, "__doc__": network_class.__doc__})
+
+
+def use_fast_layers(net):
+    """Bind the fast paths into ``net`` (a built ``ResNet``) in place; it computes the same function.
+
+    Each residual block's 3 x 3 convolutions become :class:`TinyMapConv2D` and the global
+    average pool a plain mean, by swapping the layer's class for a subclass whose
+    ``hybrid_forward`` differs (no parameter changes); the network learns to tell the
+    convolutions their input sizes. Returns ``net``.
+    """
+    for stage in range(1, net.num_stages + 1):
+        for block in getattr(net, f"layer{stage}"):
+            for conv in (block.conv1, block.conv2):
+                if type(conv) is nn.Conv2D:
+                    conv.__class__ = TinyMapConv2D
+    if type(net.avgpool) is nn.GlobalAvgPool2D:
+        net.avgpool.__class__ = _MeanPool2D
+    if not isinstance(net, _TellsInputSizes):
+        net.__class__ = _telling_input_sizes(type(net))
+    net.apply(lambda block: block._clear_cached_op() if isinstance(block, nn.HybridBlock) else None)
+    return net
+
+
+def fast_layer_count(net) -> int:
+    """How many layers of ``net`` run a fast path of this module."""
+    fast = []
+    net.apply(lambda block: fast.append(isinstance(block, (TinyMapConv2D, _MeanPool2D))))
+    return sum(fast)
