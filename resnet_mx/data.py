@@ -11,12 +11,12 @@ import mxnet as mx
 import numpy as np
 from mxnet.util import is_np_array
 
-from common.data import ConvertedLoader, fashion_mnist_loaders
+from common.data import chapter_loaders
 
 __all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
 
 
-def _default_context():
+def _default_device():
     return mx.gpu() if mx.context.num_gpus() > 0 else mx.cpu()
 
 
@@ -28,7 +28,7 @@ def to_tensor(array, device=None):
     The arrays are of the active array mode: ``mxnet.numpy`` ones under ``npx.set_np()``.
     """
     array = np.asarray(array)
-    ctx = device if device is not None else _default_context()
+    ctx = device if device is not None else _default_device()
     module = mx.np if is_np_array() else mx.nd
     if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
         return module.array(array, ctx=ctx, dtype=np.int32)
@@ -42,19 +42,8 @@ def to_numpy(tensor) -> np.ndarray:
 
 def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, subset=None, test_subset=None,
                             synthetic=False):
-    """The chapter's loader: ``(train_iter, test_iter)`` of NCHW float32 and int32 label arrays.
-
-    The batches are :func:`common.data.fashion_mnist_loaders`' (the same pixels in the same
-    order in every backend for ``seed``), converted with :func:`to_tensor` on the default
-    device as they are taken (so in the array mode active then). ``subset`` / ``test_subset``
-    take class-stratified samples of the two splits.
-    """
-    train_loader, test_loader = fashion_mnist_loaders(
-        batch_size, resize=resize, seed=seed, subset=subset, test_subset=test_subset, data_dir=data_dir,
-        synthetic=synthetic,
-    )
-
-    def convert(images, labels):
-        return to_tensor(images), to_tensor(labels)
-
-    return ConvertedLoader(train_loader, convert), ConvertedLoader(test_loader, convert)
+    """The chapter's loader: ``(train_iter, test_iter)`` of NCHW float32 and int32 label arrays on
+    the default device, :func:`common.data.chapter_loaders`' batches converted with :func:`to_tensor`
+    as they are taken (so in the array mode active then)."""
+    return chapter_loaders(to_tensor, batch_size, resize, seed=seed, data_dir=data_dir, subset=subset,
+                           test_subset=test_subset, synthetic=synthetic)

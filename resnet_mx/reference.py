@@ -8,17 +8,22 @@ Python float every step). The only tokens changed are those of the NumPy interfa
 (``npx.set_np()``) the current book writes, in their legacy NDArray form, so the benchmark
 leaves MXNet's array mode (global per thread) alone: ``npx.relu`` -> ``nd.relu``, ``float(x)`` ->
 ``float(x.asscalar())``, ``as_in_ctx`` -> ``as_in_context``. :class:`ReferenceTrainer` only
-wraps the code in the Trainer interface :mod:`common.bench` drives. Nothing else uses this
+wraps the code in the Trainer contract :mod:`common.bench` drives. Nothing else uses this
 module. (``tests/chapter_mx.py`` runs the chapter's cells in NumPy mode, as written.)
 """
 from __future__ import annotations
+
+from typing import Dict, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, init, nd
 from mxnet.gluon import nn
 
-from .train import Trainer, _device_context
+from common.backend import device_label
+
+from .model import export_weights, import_weights
+from .train import Trainer
 
 __all__ = ["ReferenceTrainer"]
 
@@ -76,17 +81,17 @@ def accuracy(y_hat, y):  #@save
     return float(cmp.astype(y.dtype).sum().asscalar())
 
 
-class ReferenceTrainer:
-    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+class ReferenceTrainer(Trainer):
+    """The book's net and ``train_ch6`` step behind the Trainer contract (see :mod:`common.backend`).
 
-    backend = Trainer.backend
-    framework = Trainer.framework
-    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+    Inherits the device choice and the yardsticks (matmul peak, peak memory); its own
+    constructor keeps the book's network, initialisation and optimizer. Weights go in and out
+    by :func:`resnet_mx.model.export_weights`' names, which also map the chapter's network.
+    """
 
     def __init__(self, device=None, lr=0.05):
-        self.device = ctx = _device_context(device)
-        self.device_name = "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
-        self.lr = lr
+        self.device = ctx = self.resolve_device(device)
+        self.device_name = device_label(ctx.device_type, ctx.device_id)
         net = chapter_net()
 
         # train_ch6, as the book writes it.
@@ -94,6 +99,16 @@ class ReferenceTrainer:
         self.net = net
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
         self.trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': lr})
+        with autograd.predict_mode():  # Gluon infers the shapes at the first call; the weights need them
+            net(nd.zeros((1, 1, 96, 96), ctx=ctx))
+
+    @property
+    def lr(self) -> float:
+        return float(self.trainer.learning_rate)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.trainer.set_learning_rate(float(value))
 
     def to_batch(self, images, labels):
         # The book's DataLoader yields CPU NDArrays (int32 labels); train_ch6 moves them.
@@ -109,7 +124,7 @@ class ReferenceTrainer:
         return l.sum(), accuracy(y_hat, y)
 
     def eval_step(self, X, y):
-        # evaluate_accuracy_gpu: predict mode; the loss is added for the interface.
+        # evaluate_accuracy_gpu: predict mode; the loss is added for the contract.
         X, y = X.as_in_context(self.device), y.as_in_context(self.device)
         y_hat = self.net(X)
         return self.loss(y_hat, y).sum(), accuracy(y_hat, y)
@@ -117,3 +132,12 @@ class ReferenceTrainer:
     def to_host(self, values):
         mx.nd.waitall()
         return [float(v.asscalar()) if isinstance(v, nd.NDArray) else float(v) for v in values]
+
+    def export_weights(self) -> Dict[str, np.ndarray]:
+        return export_weights(self.net)
+
+    def import_weights(self, weights) -> None:
+        import_weights(self.net, weights)
+
+    def architecture(self) -> Tuple[str, int, int]:
+        return "resnet18", 1, 10

@@ -281,6 +281,28 @@ def test_weights_move_between_modes(mx_backend, case):
     np.testing.assert_array_equal(mx_backend.forward(net, images), with_np[1])
 
 
+def test_chapter_reference_network_takes_canonical_weights(mx_backend):
+    # resnet_mx.reference keeps the chapter's own Residual (conv3, registered before its
+    # BatchNorms): the one canonical-name mapping reaches it too, and with the same weights its
+    # evaluation-mode logits are the oracle's (Gluon's BatchNorm, eps 1e-5, as everywhere).
+    from resnet_mx.reference import ReferenceTrainer
+
+    trainer = ReferenceTrainer(device="cpu")
+    weights = perturbed_weights()
+    trainer.import_weights(weights)
+    exported = trainer.export_weights()
+    assert list(exported) == list(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    images = np.random.default_rng(7).uniform(0.0, 1.0, (4, 1, 28, 28)).astype(np.float32)
+    weights = scaled_for_unit_logits(weights, images)
+    trainer.import_weights(weights)
+    x, y = trainer.to_batch(images, np.zeros(4, np.int64))
+    logits = trainer.net(x.as_in_context(trainer.device)).asnumpy()
+    np.testing.assert_allclose(logits, oracle.forward(weights, images), rtol=0, atol=1e-4)
+    assert trainer.architecture() == ("resnet18", 1, 10)
+
+
 def test_trace_shapes(mx_backend, mode):
     net = mx_backend.resnet18()
     traced = mx_backend.trace_shapes(net, np.zeros((1, 1, 224, 224), np.float32))
