@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.data import ConvertedLoader, fashion_mnist_loaders
+from common.data import chapter_loaders
 
 __all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
 
@@ -50,18 +50,7 @@ def to_numpy(tensor) -> np.ndarray:
 
 def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, subset=None, test_subset=None,
                             synthetic=False):
-    """The chapter's loader: ``(train_iter, test_iter)`` of NCHW tensors and int64 labels.
-
-    The batches are :func:`common.data.fashion_mnist_loaders`' (the same pixels in the same
-    order in every backend for ``seed``), converted with :func:`to_tensor` on the default
-    device. ``subset`` / ``test_subset`` take class-stratified samples of the two splits.
-    """
-    train_loader, test_loader = fashion_mnist_loaders(
-        batch_size, resize=resize, seed=seed, subset=subset, test_subset=test_subset, data_dir=data_dir,
-        synthetic=synthetic,
-    )
-
-    def convert(images, labels):
-        return to_tensor(images), to_tensor(labels)
-
-    return ConvertedLoader(train_loader, convert), ConvertedLoader(test_loader, convert)
+    """The chapter's loader: ``(train_iter, test_iter)`` of NCHW tensors and int64 labels on the
+    default device, :func:`common.data.chapter_loaders`' batches converted with :func:`to_tensor`."""
+    return chapter_loaders(to_tensor, batch_size, resize, seed=seed, data_dir=data_dir, subset=subset,
+                           test_subset=test_subset, synthetic=synthetic)
