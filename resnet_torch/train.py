@@ -12,7 +12,7 @@ from common import training
 from common.weights import init_weights
 
 from .data import to_tensor
-from .model import _architecture, _canonical_tensors, export_weights, import_weights, resnet
+from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
 __all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
@@ -154,7 +154,7 @@ def loss_and_gradients(net, images, labels) -> Tuple[float, Dict[str, np.ndarray
     was_training = net.training
     net.train()
     try:
-        trainable = {name: t for name, t in _canonical_tensors(net).items() if t.requires_grad}
+        trainable = {name: t for name, t in canonical_variables(net).items() if t.requires_grad}
         logits = net(to_tensor(np.asarray(images, np.float32), device))
         loss = nn.CrossEntropyLoss()(logits, to_tensor(np.asarray(labels), device))
         gradients = torch.autograd.grad(loss, list(trainable.values()))
@@ -180,7 +180,7 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None):
     (Xavier-uniform too), so every backend starts from the same numbers.
     """
     trainer = Trainer(net, lr=lr, device=device)
-    arch, in_channels, num_classes = _architecture(trainer.net)
+    arch, in_channels, num_classes = architecture(trainer.net)
     trainer.import_weights(init_weights(arch, 0, in_channels, num_classes))
     print("training on", trainer.device_name)
     return training.train_ch6(trainer, train_iter, test_iter, num_epochs)

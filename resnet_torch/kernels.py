@@ -1,0 +1,126 @@
+"""What exists for speed or exact agreement, bound into the chapter's network by name.
+
+PyTorch's own layers already compute the reference function (symmetric integer padding,
+BatchNorm with the project's constants, NaN kept by ReLU), so this module holds only faster
+convolutions for the shapes where oneDNN is slow on the CPU. :func:`use_fast_layers` binds them
+into a built network; they compute the same function as ``nn.Conv2d`` (the oracle tests run
+both ways), with the same parameters, so ``state_dict()`` and the weights do not change.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_IN_CHANNELS,
+                         MATMUL_CONV_MAX_OUTPUT_PIXELS, conv_output_size, tap_selection)
+
+__all__ = ["batch_norm", "use_fast_layers", "fast_layer_count"]
+
+
+def batch_norm(num_channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with the project's constants (PyTorch's defaults, written down)."""
+    return nn.BatchNorm2d(num_channels, eps=BN_EPSILON, momentum=BN_MOMENTUM)
+
+
+class _UnfoldWeightGradConv2d(torch.autograd.Function):
+    """A convolution whose weight gradient is a matrix product over unfolded (im2col) input.
+
+    The forward pass and the input gradient are oneDNN's; only the weight gradient differs.
+    Same sums, other order: the result agrees to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        out_channels = grad.shape[1]
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0), 1, (True, False, False))[0]
+        cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding, stride=ctx.stride)  # (N, C*k*k, L)
+        if x.shape[1] == 1:  # K = C*k*k is small: one product per example, summed
+            grad_weight = torch.matmul(grad.flatten(2), cols.transpose(1, 2)).sum(0)
+        else:  # one (O, N*L) x (N*L, C*k*k) product
+            grad_out = grad.transpose(0, 1).reshape(out_channels, -1)
+            grad_weight = grad_out @ cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        grad_bias = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight.view_as(weight), grad_bias, None, None
+
+
+#: (input size, kernel, stride, padding, device, dtype) -> tap-selection tensor.
+_SELECTIONS: Dict[tuple, torch.Tensor] = {}
+
+
+def _conv_as_dense(x, weight, bias, stride, padding):
+    """A convolution on a tiny map as one dense layer from the flattened input map to the
+    flattened output map, its weight the kernel times :func:`common.spec.tap_selection`.
+
+    Autograd takes the gradient to the kernel through that product, a matrix product too.
+    Taps that only ever meet padding get a zero gradient, as the convolution's do.
+    """
+    (out_channels, in_channels, kh, kw), (h, w) = weight.shape, x.shape[-2:]
+    key = ((h, w), (kh, kw), stride, padding, weight.device, weight.dtype)
+    selection = _SELECTIONS.get(key)
+    if selection is None:
+        # A normal tensor even when first met in inference mode (evaluation before training).
+        with torch.inference_mode(False):
+            selection = torch.from_numpy(tap_selection(*key[:4])).to(weight.device, weight.dtype)
+        _SELECTIONS[key] = selection
+    out_h, out_w = conv_output_size((h, w), (kh, kw), stride, padding)
+    out_pixels = out_h * out_w
+    dense = (weight.reshape(out_channels * in_channels, kh * kw) @ selection)  # (O*C, out_pixels*H*W)
+    dense = dense.reshape(out_channels, in_channels, out_pixels, h * w).transpose(1, 2)
+    dense = dense.reshape(out_channels * out_pixels, in_channels * h * w)
+    bias = None if bias is None else bias.repeat_interleave(out_pixels)
+    return F.linear(x.flatten(1), dense, bias).view(x.shape[0], out_channels, out_h, out_w)
+
+
+class _FastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with faster CPU paths for the shapes where oneDNN is slow; the same function.
+
+    * Input times output map of at most :data:`common.spec.DENSE_CONV_MAX_PIXEL_PAIRS` pixel
+      pairs (layer3/layer4 at 28 x 28): one dense layer with the kernel unfolded
+      (:func:`_conv_as_dense`), which skips the padding taps oneDNN multiplies.
+    * Few input channels (the stem) or a small output map (layer4 at 96 x 96): the weight
+      gradient by :class:`_UnfoldWeightGradConv2d`, where oneDNN's is much slower than its forward.
+    """
+
+    def forward(self, x):
+        if x.dim() != 4 or self.dilation != (1, 1) or self.groups != 1 or isinstance(self.padding, str):
+            return super().forward(x)
+        h, w = x.shape[-2:]
+        out_h, out_w = conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
+        if h * w * out_h * out_w <= DENSE_CONV_MAX_PIXEL_PAIRS and self.kernel_size != (1, 1):
+            return _conv_as_dense(x, self.weight, self.bias, self.stride, self.padding)
+        few_inputs_or_outputs = (self.in_channels <= MATMUL_CONV_MAX_IN_CHANNELS
+                                 or out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS)
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
+                and self.bias is not None and few_inputs_or_outputs):
+            return _UnfoldWeightGradConv2d.apply(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+
+def use_fast_layers(net: nn.Module) -> nn.Module:
+    """Bind the fast convolutions into ``net`` in place and return it.
+
+    Every ``nn.Conv2d`` becomes a :class:`_FastConv2d`: the same module with the same
+    parameters (no new state), whose forward takes a fast path where one applies.
+    """
+    for module in net.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = _FastConv2d
+    return net
+
+
+def fast_layer_count(net: nn.Module) -> int:
+    """How many layers of ``net`` run a fast path of this module."""
+    return sum(isinstance(module, _FastConv2d) for module in net.modules())
