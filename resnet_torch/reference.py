@@ -4,15 +4,22 @@
 d2l-en ``chapter_convolutional-modern/resnet.md`` (PyTorch tab) and ``train_ch6`` of
 ``d2l/torch.py`` (Xavier-uniform re-initialisation, ``torch.optim.SGD``, ``nn.CrossEntropyLoss``,
 ``d2l.accuracy`` turning the count into a Python float every step). :class:`ReferenceTrainer`
-only wraps them in the Trainer interface :mod:`common.bench` drives. Nothing else uses this module.
+only wraps them in the Trainer contract :mod:`common.bench` drives. Nothing else uses this module.
 """
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .train import Trainer, _resolve_device
+from common.backend import device_label
+from common.spec import parameter_shapes
+from common.weights import check_weights
+
+from .train import Trainer
 
 __all__ = ["ReferenceTrainer"]
 
@@ -70,17 +77,33 @@ def accuracy(y_hat, y):  #@save
     return float(cmp.type(y.dtype).sum())
 
 
-class ReferenceTrainer:
-    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+#: The chapter network's module names -> torchvision's, the canonical names of common.spec.
+_CANONICAL_PREFIXES = (("0.0.", "conv1."), ("0.1.", "bn1."), ("1.", "layer1."), ("2.", "layer2."),
+                       ("3.", "layer3."), ("4.", "layer4."), ("7.", "fc."))
 
-    backend = Trainer.backend
-    framework = Trainer.framework
-    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+
+def _canonical_variables(net) -> Dict[str, torch.Tensor]:
+    """Canonical name -> the chapter network's tensor, in canonical order (the chapter's
+    Residual registers conv3, the shortcut, before its BatchNorms)."""
+    renamed = {}
+    for key, tensor in net.state_dict(keep_vars=True).items():
+        for old, new in _CANONICAL_PREFIXES:
+            if key.startswith(old):
+                renamed[(new + key[len(old):]).replace(".conv3.", ".downsample.0.")] = tensor
+                break
+    return {name: renamed[name] for name in parameter_shapes("resnet18")}
+
+
+class ReferenceTrainer(Trainer):
+    """The book's net and ``train_ch6`` step behind the Trainer contract (see :mod:`common.backend`).
+
+    Inherits the device choice, the learning-rate property and the yardsticks (matmul peak, peak
+    memory); its own constructor keeps the book's network, initialisation, optimizer and precision.
+    """
 
     def __init__(self, device=None, lr=0.05):
-        self.device = _resolve_device(device)
-        self.device_name = str(self.device)
-        self.lr = lr
+        self.device = self.resolve_device(device)
+        self.device_name = device_label(self.device.type, self.device.index or 0)
         net = chapter_net()
 
         # train_ch6, as the book writes it.
@@ -108,7 +131,7 @@ class ReferenceTrainer:
             return l * X.shape[0], accuracy(y_hat, y)
 
     def eval_step(self, X, y):
-        # evaluate_accuracy_gpu: eval mode, no_grad; the loss is added for the interface.
+        # evaluate_accuracy_gpu: eval mode, no_grad; the loss is added for the contract.
         self.net.eval()
         with torch.no_grad():
             y_hat = self.net(X)
@@ -116,3 +139,16 @@ class ReferenceTrainer:
 
     def to_host(self, values):
         return [float(v) for v in values]
+
+    def export_weights(self) -> Dict[str, np.ndarray]:
+        return {name: tensor.detach().cpu().numpy().astype(np.float32, copy=True)
+                for name, tensor in _canonical_variables(self.net).items()}
+
+    def import_weights(self, weights) -> None:
+        check_weights(weights, "resnet18")
+        with torch.no_grad():
+            for name, tensor in _canonical_variables(self.net).items():
+                tensor.copy_(torch.from_numpy(np.ascontiguousarray(weights[name], dtype=np.float32)))
+
+    def architecture(self) -> Tuple[str, int, int]:
+        return "resnet18", 1, 10

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import training
-from common.weights import init_weights
+from common import backend, training
+from common.backend import device_label
 
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
@@ -24,31 +24,6 @@ def try_gpu(i=0):
     return torch.device("cpu")
 
 
-def _resolve_device(device) -> torch.device:
-    """``None`` (the first GPU if any, else the CPU), a torch.device, or "cpu" / "cuda[:N]" / "gpu[:N]"."""
-    if device is None:
-        return try_gpu()
-    if isinstance(device, torch.device):
-        resolved = device
-    else:
-        text = str(device).strip().lower()
-        if text.startswith("gpu"):
-            text = "cuda" + text[3:]
-        try:
-            resolved = torch.device(text)
-        except RuntimeError:
-            raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda":
-        index = 0 if resolved.index is None else resolved.index
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} is not available: PyTorch sees {torch.cuda.device_count()} "
-                             "CUDA device(s); use --device cpu")
-        return torch.device(f"cuda:{index}")
-    if resolved.type != "cpu":
-        raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-    return resolved
-
-
 def _full_precision() -> None:
     # TF32 rounds fp32 convolutions and matmuls to a 10-bit mantissa on Ampere and later GPUs;
     # off, so every backend computes in the same fp32 (PyTorch enables it for cuDNN by default).
@@ -56,12 +31,10 @@ def _full_precision() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-class Trainer:
-    """One network, its SGD optimizer and loss on one device; see :mod:`common.backend`.
+class Trainer(backend.Trainer):
+    """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
 
-    Memory layout: plain NCHW. channels_last was measured 1.5-2.5x slower for this network's
-    training step on the CPU (oneDNN, AVX2), and ``torch.compile`` took minutes to warm up on
-    2 cores without being faster, so neither is used.
+    Plain NCHW memory and eager mode: channels_last and ``torch.compile`` were slower here on the CPU.
     """
 
     backend = "torch"
@@ -69,14 +42,39 @@ class Trainer:
 
     def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
         _full_precision()
-        self.device = _resolve_device(device)
-        self.device_name = str(self.device)
+        self.device = self.resolve_device(device)
+        self.device_name = device_label(self.device.type, self.device.index or 0)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         self.net = (resnet(arch, num_classes, in_channels) if net is None else net).to(self.device)
         self.loss = nn.CrossEntropyLoss()  # mean over the batch, as in the chapter
         # No momentum, no weight decay: the chapter's plain SGD. foreach updates all tensors at once.
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, foreach=True)
+
+    @staticmethod
+    def resolve_device(device) -> torch.device:
+        """``None`` (the first GPU if any, else the CPU), a torch.device, or "cpu" / "cuda[:N]" / "gpu[:N]"."""
+        if device is None:
+            return try_gpu()
+        if isinstance(device, torch.device):
+            resolved = device
+        else:
+            text = str(device).strip().lower()
+            if text.startswith("gpu"):
+                text = "cuda" + text[3:]
+            try:
+                resolved = torch.device(text)
+            except RuntimeError:
+                raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+        if resolved.type == "cuda":
+            index = 0 if resolved.index is None else resolved.index
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device {device!r} is not available: PyTorch sees {torch.cuda.device_count()} "
+                                 "CUDA device(s); use --device cpu")
+            return torch.device(f"cuda:{index}")
+        if resolved.type != "cpu":
+            raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+        return resolved
 
     @property
     def lr(self) -> float:
@@ -123,6 +121,15 @@ class Trainer:
             return []
         return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).cpu().tolist()
 
+    def export_weights(self) -> Dict[str, np.ndarray]:
+        return export_weights(self.net)
+
+    def import_weights(self, weights) -> None:
+        import_weights(self.net, weights)
+
+    def architecture(self) -> Tuple[str, int, int]:
+        return architecture(self.net)
+
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
         """PyTorch's own fp32 ``size x size`` matrix multiply on the device, in GFLOP/s (bench's peak)."""
         a = torch.rand(size, size, device=self.device)
@@ -137,12 +144,6 @@ class Trainer:
     def peak_memory_bytes(self):
         """Peak device memory on a GPU; ``None`` on the CPU (bench then reports the process's)."""
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-
-    def export_weights(self) -> Dict[str, np.ndarray]:
-        return export_weights(self.net)
-
-    def import_weights(self, weights) -> None:
-        import_weights(self.net, weights)
 
 
 def loss_and_gradients(net, images, labels) -> Tuple[float, Dict[str, np.ndarray]]:
@@ -174,13 +175,5 @@ def evaluate(**kwargs):
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None):
-    """Train a model with a GPU (defined in Chapter 6), from the common seed-0 initial weights.
-
-    The chapter re-initialises with Xavier-uniform; this imports :func:`common.weights.init_weights`
-    (Xavier-uniform too), so every backend starts from the same numbers.
-    """
-    trainer = Trainer(net, lr=lr, device=device)
-    arch, in_channels, num_classes = architecture(trainer.net)
-    trainer.import_weights(init_weights(arch, 0, in_channels, num_classes))
-    print("training on", trainer.device_name)
-    return training.train_ch6(trainer, train_iter, test_iter, num_epochs)
+    """Train a model with a GPU (defined in Chapter 6): :func:`common.training.train_ch6` with PyTorch."""
+    return training.train_ch6(Trainer, net, train_iter, test_iter, num_epochs, lr, device)
