@@ -1,6 +1,8 @@
 """The chapter's PyTorch code (d2l-en, chapter_convolutional-modern/resnet.md), run against
 ``resnet_torch`` in place of ``d2l``: NCHW tensors, ``Residual(input_channels, num_channels,
-...)``, ``resnet_block(...)`` returning a list, and the chapter's ``nn.Sequential`` of b1..b5."""
+...)``, ``resnet_block(...)`` returning a list, and the chapter's ``nn.Sequential`` of b1..b5,
+built from ``resnet_torch``'s plain layers as the chapter writes it (no fast paths bound in).
+The training cell trains on a small synthetic subset (:func:`training_cell`)."""
 import torch
 from torch import nn
 
@@ -44,3 +46,17 @@ def call_resnet18_with_other_layout(shape_nchw):
     net = d2l.resnet18()
     n, c, h, w = shape_nchw
     return net(torch.zeros(n, h, w, c))
+
+
+def training_cell(num_epochs=1, batch_size=32, resize=96, subset=64, test_subset=32):
+    """The chapter's training cell on ``subset`` synthetic examples: (net, train_ch6's history).
+
+    The chapter trains 10 epochs on all of Fashion-MNIST (lr 0.05, batch 256, resize 96);
+    that takes hours on two CPU cores, so the epochs, batch and data are the arguments.
+    """
+    model = net()
+    lr = 0.05
+    train_iter, test_iter = d2l.load_data_fashion_mnist(batch_size, resize=resize, subset=subset,
+                                                        test_subset=test_subset, synthetic=True)
+    history = d2l.train_ch6(model, train_iter, test_iter, num_epochs, lr, d2l.try_gpu())
+    return model, history
