@@ -10,10 +10,9 @@ import os
 import numpy as np
 import pytest
 
+from helpers import real_data_dir
+
 BACKEND = os.environ.get("RESNET_BACKEND", "")
-
-EXPECTED_DIR = os.path.join(os.path.dirname(__file__), "expected")
-
 
 def pytest_report_header(config):
     return f"RESNET_BACKEND={BACKEND or '(none: backend tests skipped)'}"
@@ -46,25 +45,6 @@ def chapter(backend_name, backend):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-REAL_DATA_DIR = os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist"
-
-
-def real_data_dir():
-    """The real Fashion-MNIST directory, or skip (fail under RESNET_REQUIRE_REAL_DATA=1, as in CI)."""
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    present = all(
-        os.path.exists(os.path.join(REAL_DATA_DIR, n)) or os.path.exists(os.path.join(REAL_DATA_DIR, n + ".gz"))
-        for n in names
-    )
-    if present:
-        return REAL_DATA_DIR
-    reason = (f"real Fashion-MNIST not found in {REAL_DATA_DIR}: apt-get install dataset-fashion-mnist "
-              f"or set FASHION_MNIST_DIR")
-    if os.environ.get("RESNET_REQUIRE_REAL_DATA") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import importlib.util
 import io
-import json
 import os
 import struct
 import threading
@@ -24,13 +23,9 @@ from common.data import (
     synthetic_fashion_mnist, to_float,
 )
 
-from conftest import EXPECTED_DIR
+from helpers import REAL_DATA_DIR, have_real_data, load_expected
 
-REAL_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-HAVE_REAL_DATA = all(
-    os.path.isfile(os.path.join(REAL_DATA_DIR, name + ".gz")) or os.path.isfile(os.path.join(REAL_DATA_DIR, name))
-    for names in data.FILES.values() for name in names
-)
+HAVE_REAL_DATA = have_real_data()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -722,8 +717,7 @@ def test_first_batches_are_bit_identical_on_every_numpy_and_cpu(real_data):
     spec = importlib.util.spec_from_file_location("make_batch_digests", tool)
     make_batch_digests = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_batch_digests)
-    with open(os.path.join(EXPECTED_DIR, "batch_digests.json")) as handle:
-        expected = json.load(handle)["digests"]
+    expected = load_expected("batch_digests.json")["digests"]
     assert make_batch_digests.batch_digests(real_data) == expected
 
 

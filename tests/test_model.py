@@ -1,7 +1,4 @@
 """The model in every backend: the chapter's shapes, the spec's counts, the oracle's numbers."""
-import json
-import os
-
 import numpy as np
 import pytest
 
@@ -9,33 +6,7 @@ from common import oracle
 from common.spec import count_parameters, parameter_shapes, stage_output_shapes
 from common.weights import WeightsError, init_weights
 
-from conftest import EXPECTED_DIR
-
-
-def perturbed_weights(seed=0, in_channels=1, num_classes=10):
-    """Initial weights with every array disturbed, so no term of the function is trivial.
-
-    Non-zero biases and BatchNorm betas, gammas away from 1, random running statistics (so
-    eval mode differs from train mode), and a dense layer scaled so logits are of order 1.
-    """
-    rng = np.random.default_rng(seed + 100)
-    weights = init_weights("resnet18", seed, in_channels, num_classes)
-    for name, value in weights.items():
-        if name.endswith("running_var"):
-            weights[name] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
-        elif name.endswith("running_mean") or name.endswith("bias"):
-            weights[name] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
-        elif value.ndim == 1:  # BatchNorm gamma
-            weights[name] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
-    return weights
-
-
-def scaled_for_unit_logits(weights, images, training=False):
-    """Scale fc.weight so that the oracle's logits (eval or train mode) have a spread of about 1."""
-    logits = oracle.forward(weights, images, training=training)
-    weights = dict(weights)
-    weights["fc.weight"] = (weights["fc.weight"] / max(float(np.std(logits)), 1e-6)).astype(np.float32)
-    return weights
+from helpers import disturbed_weights, load_expected, scaled_for_unit_logits
 
 
 @pytest.fixture(scope="module", params=[64, 28], ids=["64px", "28px"])
@@ -43,7 +14,7 @@ def case(request):
     # 28 x 28 leaves layer4 with 1 x 1 feature maps, where backends may take special paths.
     rng = np.random.default_rng(7)
     images = rng.uniform(0.0, 1.0, (4, 1, request.param, request.param)).astype(np.float32)
-    weights = scaled_for_unit_logits(perturbed_weights(), images)
+    weights = scaled_for_unit_logits(disturbed_weights(), images)
     return weights, images
 
 
@@ -180,11 +151,6 @@ def test_nan_input_gives_nan_logits_as_the_oracle(backend, plain, training):
 
 
 # --- one training step, the same in every backend ----------------------------------------
-
-def load_expected():
-    with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
-        return json.load(handle)
-
 
 def test_one_training_step_matches_expected(backend, plain):
     expected = load_expected()["one_step"]

@@ -15,7 +15,7 @@ from common.data import fashion_mnist_loaders
 from common.spec import stage_output_shapes
 from common.weights import init_weights
 
-from test_model import perturbed_weights, scaled_for_unit_logits
+from helpers import disturbed_weights, scaled_for_unit_logits
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def case(request):
     # layer4's 1 x 1, where both matrix-product paths of resnet_mx's convolutions run.
     rng = np.random.default_rng(7)
     images = rng.uniform(0.0, 1.0, (4, 1, request.param, request.param)).astype(np.float32)
-    return perturbed_weights(), images
+    return disturbed_weights(), images
 
 
 @pytest.fixture
@@ -288,7 +288,7 @@ def test_chapter_reference_network_takes_canonical_weights(mx_backend):
     from resnet_mx.reference import ReferenceTrainer
 
     trainer = ReferenceTrainer(device="cpu")
-    weights = perturbed_weights()
+    weights = disturbed_weights()
     trainer.import_weights(weights)
     exported = trainer.export_weights()
     assert list(exported) == list(weights)

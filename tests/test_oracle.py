@@ -9,6 +9,8 @@ from common.spec import (BN_EPSILON, BN_MOMENTUM, ResNetSpec, StageSpec, is_buff
                          trainable_parameter_names)
 from common.weights import init_weights
 
+from helpers import disturbed_weights
+
 #: ResNet-18's layout and names with few channels: the same code paths as the real network
 #: (stem, identity and 1x1-conv shortcuts, head) at a fraction of the cost, which matters for
 #: finite differences. The full ResNet-18 is checked by the tests that name it.
@@ -20,28 +22,13 @@ NARROW = ResNetSpec(
 )
 
 
-def disturbed_weights(arch=NARROW, seed=0, in_channels=1, num_classes=10):
-    """float64 initial weights with non-zero biases and betas, gammas away from 1 and random
-    running statistics, so that no term of the function is trivially zero or one."""
-    rng = np.random.default_rng(seed + 50)
-    weights = {k: v.astype(np.float64) for k, v in init_weights(arch, seed, in_channels, num_classes).items()}
-    for name, value in weights.items():
-        if name.endswith("running_var"):
-            weights[name] = rng.uniform(0.5, 2.0, value.shape)
-        elif name.endswith("running_mean") or name.endswith("bias"):
-            weights[name] = rng.normal(0.0, 0.1, value.shape)
-        elif value.ndim == 1:  # BatchNorm gamma
-            weights[name] = rng.uniform(0.5, 1.5, value.shape)
-    return weights
-
-
 @pytest.fixture(scope="module")
 def small_case():
     # 64 x 64 leaves 2 x 2 pixels in layer4, so every BatchNorm sees 8 values per channel.
     rng = np.random.default_rng(11)
     images = rng.uniform(0.0, 1.0, (2, 1, 64, 64))
     labels = np.array([3, 7])
-    return disturbed_weights(), images, labels
+    return disturbed_weights(NARROW, dtype=np.float64), images, labels
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +40,7 @@ def small_gradients(small_case):
 @pytest.fixture(scope="module")
 def resnet18_gradients(small_case):
     _, images, labels = small_case
-    return oracle.loss_and_gradients(disturbed_weights("resnet18"), images, labels)
+    return oracle.loss_and_gradients(disturbed_weights(dtype=np.float64), images, labels)
 
 
 # --- layers against their direct definitions -------------------------------------------------

@@ -1,7 +1,6 @@
 """common.spec and common.weights: the tables every backend builds from, and the file format."""
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Training in every backend: the same steps, learning, checkpoints, resume, divergence."""
 import json
-import os
 import re
 
 import numpy as np
@@ -13,15 +12,14 @@ from common.spec import is_buffer
 from common.training import CHECKPOINT_NAME, METRICS_NAME, TrainingDiverged, fit
 from common.weights import init_weights, jittered_weights, load_weights, read_metadata
 
-from conftest import EXPECTED_DIR, real_data_dir
+from helpers import data_source, load_expected
 
 # Small enough for 2 CPU cores, large enough to learn something in one epoch.
 SMALL = dict(epochs=1, batch_size=32, lr=0.05, resize=None, subset=480, test_subset=200, seed=0)
 
 
 def _first_steps():
-    with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
-        expected = json.load(handle)["first_steps"]
+    expected = load_expected()["first_steps"]
     config = expected["config"]
     images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["seed"])
     loader = BatchLoader(images, labels, batch_size=config["batch_size"], shuffle=True, seed=config["seed"])
@@ -77,12 +75,8 @@ FIT_ONE_BATCH = dict(batch_size=64, lr=0.01, steps=30, jitters=(0, 1, 2), loss_b
 
 
 def test_sgd_fits_one_batch_from_any_rounding(backend):
-    try:
-        data = dict(data_dir=real_data_dir())
-    except pytest.skip.Exception:
-        data = dict(synthetic=True)
     loader, _ = fashion_mnist_loaders(FIT_ONE_BATCH["batch_size"], subset=FIT_ONE_BATCH["batch_size"], test_subset=10,
-                                      **data)
+                                      **data_source())
     images, labels = next(iter(loader))
     trainer = backend.Trainer(lr=FIT_ONE_BATCH["lr"])
     initial = init_weights("resnet18", 0)
@@ -107,8 +101,7 @@ def test_seeds_spread_like_the_oracles(backend):
     errors of their difference (Welch). A backend that computed another function or took
     other steps (another lr, loss scale or BatchNorm update) would land far outside.
     """
-    with open(os.path.join(EXPECTED_DIR, "training.json")) as handle:
-        expected = json.load(handle)["seed_spread"]
+    expected = load_expected()["seed_spread"]
     config = expected["config"]
     images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["data_seed"])
     trainer = backend.Trainer(lr=config["lr"])
@@ -129,10 +122,8 @@ def test_seeds_spread_like_the_oracles(backend):
 def small_run(backend, tmp_path_factory):
     """One epoch on a small real subset when the data is present, else on synthetic data."""
     out = tmp_path_factory.mktemp("run")
-    try:
-        data_dir, synthetic = real_data_dir(), False
-    except pytest.skip.Exception:
-        data_dir, synthetic = None, True
+    source = data_source()
+    data_dir, synthetic = source.get("data_dir"), source.get("synthetic", False)
     history = backend.train(out_dir=str(out), quiet=True, data_dir=data_dir, synthetic=synthetic, **SMALL)
     return history, out, data_dir, synthetic
 

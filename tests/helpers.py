@@ -1,0 +1,69 @@
+"""What several test files share: the checked-in expectations, the real data, and weights
+that leave no term of the network trivial. (Fixtures live in conftest.py, which tests do
+not import.)"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common import oracle
+from common.data import FILES
+from common.weights import init_weights
+
+EXPECTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "expected")
+
+REAL_DATA_DIR = os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist"
+
+
+def load_expected(name="training.json") -> dict:
+    """A file of ``tests/expected/`` (see the tools that write them)."""
+    with open(os.path.join(EXPECTED_DIR, name)) as handle:
+        return json.load(handle)
+
+
+def have_real_data() -> bool:
+    return all(os.path.exists(os.path.join(REAL_DATA_DIR, name)) or os.path.exists(os.path.join(REAL_DATA_DIR, name + ".gz"))
+               for names in FILES.values() for name in names)
+
+
+def real_data_dir():
+    """The real Fashion-MNIST directory, or skip (fail under RESNET_REQUIRE_REAL_DATA=1, as in CI)."""
+    if have_real_data():
+        return REAL_DATA_DIR
+    reason = (f"real Fashion-MNIST not found in {REAL_DATA_DIR}: apt-get install dataset-fashion-mnist "
+              f"or set FASHION_MNIST_DIR")
+    if os.environ.get("RESNET_REQUIRE_REAL_DATA") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def data_source() -> dict:
+    """``data_dir=`` the real data when it is here, else ``synthetic=True`` (never skips)."""
+    return dict(data_dir=REAL_DATA_DIR) if have_real_data() else dict(synthetic=True)
+
+
+def disturbed_weights(arch="resnet18", seed=0, in_channels=1, num_classes=10, dtype=np.float32):
+    """Initial weights with every array disturbed, so no term of the function is trivial.
+
+    Non-zero biases and BatchNorm betas, gammas away from 1 and random running statistics (so
+    eval mode differs from train mode).
+    """
+    rng = np.random.default_rng(seed + 100)
+    weights = {k: v.astype(dtype) for k, v in init_weights(arch, seed, in_channels, num_classes).items()}
+    for name, value in weights.items():
+        if name.endswith("running_var"):
+            weights[name] = rng.uniform(0.5, 2.0, value.shape).astype(dtype)
+        elif name.endswith("running_mean") or name.endswith("bias"):
+            weights[name] = rng.normal(0.0, 0.1, value.shape).astype(dtype)
+        elif value.ndim == 1:  # BatchNorm gamma
+            weights[name] = rng.uniform(0.5, 1.5, value.shape).astype(dtype)
+    return weights
+
+
+def scaled_for_unit_logits(weights, images, training=False):
+    """Scale fc.weight so that the oracle's logits (eval or train mode) have a spread of about 1."""
+    logits = oracle.forward(weights, images, training=training)
+    weights = dict(weights)
+    weights["fc.weight"] = (weights["fc.weight"] / max(float(np.std(logits)), 1e-6)).astype(np.float32)
+    return weights
