@@ -231,8 +231,9 @@ def conv_output_size(size, kernel, stride, padding):
 #: 2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1: layer3/layer4 at 28 x 28) runs as one dense layer with
 #: the kernel unfolded by :func:`tap_selection`.
 DENSE_CONV_MAX_PIXEL_PAIRS = 16
-#: A convolution with at most this many output pixels per map (layer4 at 96 x 96) takes the
-#: matrix-product (im2col) path for its weight gradient, or in TensorFlow for the whole layer.
+#: A convolution with at most this many output pixels per map (layer4 at 96 x 96) takes a
+#: matrix-product (im2col) path: for its weight gradient in PyTorch, for the whole layer in
+#: TensorFlow and MXNet.
 MATMUL_CONV_MAX_OUTPUT_PIXELS = 9
 #: ... and so does one with at most this many input channels (the one-channel stem).
 MATMUL_CONV_MAX_IN_CHANNELS = 4
