@@ -11,7 +11,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from common.data import ConvertedLoader, fashion_mnist_loaders
+from common.data import chapter_loaders
 
 __all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
 
@@ -46,16 +46,9 @@ def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, s
                             synthetic=False):
     """The chapter's loader: ``(train_iter, test_iter)`` of NHWC tensors and int64 labels.
 
-    The batches are :func:`common.data.fashion_mnist_loaders`' (the same pixels in the same
-    order in every backend for ``seed``), converted with :func:`to_tensor` on the default
-    device. ``subset`` / ``test_subset`` take class-stratified samples of the two splits.
+    The batches are :func:`common.data.chapter_loaders`' (the same pixels in the same order in
+    every backend for ``seed``), converted with :func:`to_tensor` on the default device.
+    ``subset`` / ``test_subset`` take class-stratified samples of the two splits.
     """
-    train_loader, test_loader = fashion_mnist_loaders(
-        batch_size, resize=resize, seed=seed, subset=subset, test_subset=test_subset, data_dir=data_dir,
-        synthetic=synthetic,
-    )
-
-    def convert(images, labels):
-        return to_tensor(images), to_tensor(labels)
-
-    return ConvertedLoader(train_loader, convert), ConvertedLoader(test_loader, convert)
+    return chapter_loaders(to_tensor, batch_size, resize, seed=seed, data_dir=data_dir, subset=subset,
+                           test_subset=test_subset, synthetic=synthetic)
