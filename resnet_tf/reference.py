@@ -9,14 +9,19 @@ is the compiled model's ``train_on_batch`` (Keras' own ``jit_compile="auto"``, w
 XLA on a CPU); the callback's ``net.evaluate`` is ``test_on_batch``. One change: Keras 3
 tracks a list attribute as a plain list, so ``ResnetBlock.call`` iterates
 ``self.residual_layers`` instead of the Keras 2 ``self.residual_layers.layers``.
-:class:`ReferenceTrainer` only wraps them in the Trainer interface :mod:`common.bench`
+:class:`ReferenceTrainer` only wraps them in the Trainer contract :mod:`common.bench`
 drives. Nothing else uses this module.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from .train import Trainer, _device_string
+from common.backend import device_label
+from common.spec import iter_blocks, parameter_shapes
+from common.weights import check_weights
+
+from .model import from_canonical_layout, to_canonical_layout
+from .train import Trainer, resolve_device
 
 __all__ = ["ReferenceTrainer"]
 
@@ -80,29 +85,29 @@ def net():
         tf.keras.layers.Dense(units=10)])
 
 
-class ReferenceTrainer:
-    """The book's net and ``train_ch6`` step behind the Trainer interface (see :mod:`common.backend`)."""
+class ReferenceTrainer(Trainer):
+    """The book's net and ``train_ch6`` step behind the Trainer contract (see :mod:`common.backend`).
 
-    backend = Trainer.backend
-    framework = Trainer.framework
-    matmul_gflops = Trainer.matmul_gflops  # the same yardstick as the project's Trainer
+    A :class:`resnet_tf.train.Trainer` for its learning rate, matmul yardstick and peak memory;
+    the network, the optimizer and the steps are the book's, built here instead of this
+    project's (so the base constructor is not called).
+    """
 
     def __init__(self, device=None, lr=0.05):
-        self._device = _device_string(device)
-        kind, index = self._device[1:].split(":")
-        self.device_name = "cpu" if kind == "CPU" else f"gpu:{index}"
-        self.lr = lr
+        self.device = resolve_device(device)
+        kind, index = self.device[1:].split(":")
+        self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
         # train_ch6, as the book writes it.
-        strategy = tf.distribute.OneDeviceStrategy(self._device)
-        with strategy.scope():
-            optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
+        self.strategy = tf.distribute.OneDeviceStrategy(self.device)
+        with self.strategy.scope():
+            self.optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
             loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             self.net = net()
-            self.net.compile(optimizer=optimizer, loss=loss, metrics=['accuracy'])
+            self.net.compile(optimizer=self.optimizer, loss=loss, metrics=['accuracy'])
 
     def to_batch(self, images, labels):
         # The book's loader yields NHWC tensors (its images are NCHW-free: one channel).
-        with tf.device(self._device):
+        with tf.device(self.device):
             return tf.constant(images.transpose(0, 2, 3, 1)), tf.constant(labels)
 
     def train_step(self, X, y):
@@ -116,3 +121,36 @@ class ReferenceTrainer:
 
     def to_host(self, values):
         return [float(v) for v in values]
+
+    def _canonical_variables(self):
+        """Canonical name -> variable of the book's net: its layers in canonical order (the
+        book's ``conv3`` is ``downsample.0``), each layer's variables in canonical order."""
+        if not self.net.built:
+            with self.strategy.scope():
+                self.net.build((None, None, None, 1))
+        layers = [layer for layer in self.net.layers if layer.weights]
+        blocks = [block for stage in layers[2:-1] for block in stage.residual_layers]
+        named = [("conv1", layers[0]), ("bn1", layers[1])]
+        for config, block in zip(iter_blocks("resnet18"), blocks):
+            named += [(f"{config.name}.{name}", getattr(block, name)) for name in ("conv1", "bn1", "conv2", "bn2")]
+            if block.conv3 is not None:
+                named.append((f"{config.name}.downsample.0", block.conv3))
+        named.append(("fc", layers[-1]))
+        names = list(parameter_shapes(*self.architecture()))
+        variables = {}
+        for prefix, layer in named:
+            own = [name for name in names if name.startswith(prefix + ".") and name.count(".") == prefix.count(".") + 1]
+            variables.update(zip(own, layer.weights))
+        return variables
+
+    def export_weights(self):
+        return {name: to_canonical_layout(variable.numpy()) for name, variable in self._canonical_variables().items()}
+
+    def import_weights(self, weights):
+        arch, in_channels, num_classes = self.architecture()
+        check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
+        for name, variable in self._canonical_variables().items():
+            variable.assign(from_canonical_layout(weights[name]))
+
+    def architecture(self):
+        return "resnet18", 1, 10  # the book's net(): one input channel, ten classes

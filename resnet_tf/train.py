@@ -3,8 +3,8 @@
 The loop, the metrics, the checkpoints and the timing live once in :mod:`common.training`;
 this module supplies TensorFlow's side of one step. Steps are ``tf.function`` graphs compiled
 with XLA (``jit_compile=True``), which fuses each convolution's bias add, BatchNorm, ReLU and
-residual add into a few kernels: the per-op overhead of hundreds of small ops per step is
-what makes eager or plain-graph TensorFlow slow at 28 x 28.
+residual add into a few kernels: eager or plain-graph TensorFlow pays per-op overhead on
+hundreds of small ops per step.
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import training
+from common import backend, training
+from common.backend import device_label
 from common.spec import trainable_parameter_names
-from common.weights import init_weights
 
 from .data import to_tensor
-from .model import _canonical_variables, _net_io, export_weights, import_weights, resnet
+from .model import architecture, canonical_variables, export_weights, import_weights, resnet, to_canonical_layout
 
-__all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "resolve_device", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
-#: Compile the steps with XLA. Measured on a 2-core CPU, XLA is faster than TensorFlow's
-#: graph executor and computes the same numbers within float32 rounding.
+#: Compile the steps with XLA: faster than TensorFlow's graph executor, the same numbers
+#: within float32 rounding.
 JIT_COMPILE = True
 
 
@@ -36,7 +36,7 @@ def try_gpu(i=0):
     return tf.device("/CPU:0")
 
 
-def _device_string(device) -> str:
+def resolve_device(device) -> str:
     """"/GPU:i" or "/CPU:0" from None (a GPU if TensorFlow sees one), "cpu", "gpu:1", "cuda:0",
     "/GPU:0" or the chapter's ``tf.device(...)``."""
     if device is None:
@@ -59,8 +59,8 @@ def _correct(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=labels.dtype), labels), tf.float32))
 
 
-class Trainer:
-    """TensorFlow's side of :func:`common.training.fit`: see :mod:`common.backend`.
+class Trainer(backend.Trainer):
+    """TensorFlow's side of :func:`common.training.fit` (the contract: :class:`common.backend.Trainer`).
 
     ``net`` may be a built network (a :class:`resnet_tf.model.ResNet` or the chapter's
     Sequential) or, as in the chapter's TensorFlow ``train_ch6``, a function that builds one.
@@ -70,10 +70,10 @@ class Trainer:
     framework = f"TensorFlow {tf.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
-        self._device = _device_string(device)
-        kind, index = self._device[1:].split(":")
-        self.device_name = "cpu" if kind == "CPU" else f"gpu:{index}"
-        with tf.device(self._device):
+        self.device = resolve_device(device)
+        kind, index = self.device[1:].split(":")
+        self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
+        with tf.device(self.device):
             if net is None:
                 net = resnet(arch, num_classes=num_classes, in_channels=in_channels)
             elif callable(net) and not isinstance(net, keras.layers.Layer):
@@ -110,18 +110,18 @@ class Trainer:
 
     def to_batch(self, images, labels):
         """Device tensors from NCHW NumPy, or from tensors :mod:`resnet_tf.data` made."""
-        with tf.device(self._device):
-            x = images if tf.is_tensor(images) else to_tensor(images, self._device)
-            y = labels if tf.is_tensor(labels) else to_tensor(np.asarray(labels, dtype=np.int64), self._device)
+        with tf.device(self.device):
+            x = images if tf.is_tensor(images) else to_tensor(images, self.device)
+            y = labels if tf.is_tensor(labels) else to_tensor(np.asarray(labels, dtype=np.int64), self.device)
         return x, y
 
     def train_step(self, x, y):
         """One SGD step; returns (summed loss, number correct) without waiting for them."""
-        with tf.device(self._device):
+        with tf.device(self.device):
             return self._train_step(x, y)
 
     def eval_step(self, x, y):
-        with tf.device(self._device):
+        with tf.device(self.device):
             return self._eval_step(x, y)
 
     def to_host(self, values):
@@ -130,9 +130,18 @@ class Trainer:
             return []
         return [float(v) for v in tf.stack(values).numpy()]
 
+    def export_weights(self):
+        return export_weights(self.net)
+
+    def import_weights(self, weights):
+        import_weights(self.net, weights)
+
+    def architecture(self):
+        return architecture(self.net)
+
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
         """TensorFlow's own fp32 ``size x size`` matrix multiply on the device, in GFLOP/s (bench's peak)."""
-        with tf.device(self._device):
+        with tf.device(self.device):
             a = tf.random.uniform((size, size))
             b = tf.random.uniform((size, size))
             tf.reduce_sum(tf.matmul(a, b)).numpy()  # warm-up, and wait for it
@@ -144,15 +153,9 @@ class Trainer:
 
     def peak_memory_bytes(self):
         """Peak device memory on a GPU; ``None`` on the CPU (bench then reports the process's)."""
-        if self._device.startswith("/GPU"):
-            return tf.config.experimental.get_memory_info(self._device[1:])["peak"]
+        if self.device.startswith("/GPU"):
+            return tf.config.experimental.get_memory_info(self.device[1:])["peak"]
         return None
-
-    def export_weights(self):
-        return export_weights(self.net)
-
-    def import_weights(self, weights):
-        import_weights(self.net, weights)
 
 
 def loss_and_gradients(net, images, labels):
@@ -161,19 +164,13 @@ def loss_and_gradients(net, images, labels):
     Like one training forward and backward pass: BatchNorm uses batch statistics and
     updates its running ones; no weights change.
     """
-    arch, in_channels, num_classes = _net_io(net)
-    variables = _canonical_variables(net)
-    names = trainable_parameter_names(arch, in_channels, num_classes)
+    variables = canonical_variables(net)
+    names = trainable_parameter_names(*architecture(net))
     x, y = to_tensor(images), to_tensor(np.asarray(labels, dtype=np.int64))
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(_cross_entropy(net(x, training=True), y))
-    gradients = tape.gradient(loss, [variables[name][0] for name in names])
-    result = {}
-    for name, gradient in zip(names, gradients):
-        to_canonical = variables[name][1]
-        value = np.asarray(gradient.numpy(), dtype=np.float32)
-        result[name] = np.ascontiguousarray(to_canonical(value) if to_canonical else value)
-    return float(loss.numpy()), result
+    gradients = tape.gradient(loss, [variables[name] for name in names])
+    return float(loss.numpy()), {name: to_canonical_layout(g.numpy()) for name, g in zip(names, gradients)}
 
 
 def train(**kwargs):
@@ -187,12 +184,6 @@ def evaluate(**kwargs):
 
 
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device=None):
-    """The chapter's ``train_ch6``: ``net`` is the chapter's net-building function or a network.
-
-    The network starts from :func:`common.weights.init_weights` (seed 0), the chapter's
-    Xavier initialisation, so every backend starts from the same weights.
-    """
-    trainer = Trainer(net, lr=lr, device=device)
-    arch, in_channels, num_classes = _net_io(trainer.net)
-    trainer.import_weights(init_weights(arch, 0, in_channels, num_classes))
-    return training.train_ch6(trainer, train_iter, test_iter, num_epochs)
+    """The chapter's ``train_ch6`` (:func:`common.training.train_ch6` with this backend): ``net``
+    is the chapter's net-building function or a network."""
+    return training.train_ch6(Trainer, net, train_iter, test_iter, num_epochs, lr, device)

@@ -1,0 +1,214 @@
+"""What the TensorFlow network needs beyond Keras' stock layers, kept out of :mod:`resnet_tf.model`.
+
+For exact agreement with the other backends and the NumPy oracle, the chapter's code uses
+three helpers by name:
+
+* :func:`conv2d`: ``keras.layers.Conv2D`` padded explicitly and symmetrically, as PyTorch pads
+  (Keras' ``padding='same'`` pads a stride-2 convolution on an even size by (0, 1)).
+* :func:`batch_norm`: BatchNorm with PyTorch's epsilon and momentum that updates its running
+  variance with the unbiased batch variance (Keras' layer: epsilon 1e-3, the biased variance).
+* :func:`max_pool2d`: max pooling padded symmetrically with -inf that propagates NaN
+  (TensorFlow's max pool skips NaN) and passes a tie's gradient to the first maximum.
+
+For speed, :func:`use_fast_layers` turns every :func:`conv2d` of a built network into one that
+runs ``tf.nn.conv2d`` with the padding given per side, or, on tiny maps and few input
+channels, a matrix product: the same function, faster under XLA.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common.spec import (BN_EPSILON, BN_MOMENTUM, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
+                         conv_output_size)
+
+__all__ = ["conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
+           "SymmetricMaxPool2D", "FastConv2D"]
+
+
+def _padded(shape, padding):
+    """An NHWC shape with ``padding`` added to both sides of height and width."""
+    return tuple(None if d is None or i not in (1, 2) else d + 2 * padding for i, d in enumerate(shape))
+
+
+def _pad(x, padding, value=0.0):
+    return tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
+
+
+class SymmetricConv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` (kernel HWIO, bias) on the input zero-padded by ``padding`` on every side."""
+
+    def __init__(self, filters, kernel_size, strides=1, padding=0, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
+        self.symmetric_padding = padding
+
+    def call(self, inputs):
+        return super().call(_pad(inputs, self.symmetric_padding) if self.symmetric_padding else inputs)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded(input_shape, self.symmetric_padding))
+
+
+def conv2d(filters, kernel_size, strides=1, padding=0):
+    """The chapter's ``Conv2D(filters, kernel_size, strides)`` with ``padding`` pixels on every side."""
+    return SymmetricConv2D(filters, kernel_size, strides=strides, padding=padding)
+
+
+class BatchNorm(keras.layers.Layer):
+    """BatchNorm as PyTorch computes it: epsilon 1e-5, momentum 0.1 in PyTorch's convention.
+
+    Normalises with the biased batch variance and updates ``moving_variance`` with the
+    unbiased one, as ``torch.nn.BatchNorm2d`` does. Plain ops (moments, then one multiply-add)
+    that XLA fuses with the neighbouring bias add, ReLU and residual add; the gradient is
+    automatic differentiation's, the exact BatchNorm gradient.
+    """
+
+    def build(self, input_shape):
+        channels = (int(input_shape[-1]),)
+        self.gamma = self.add_weight(name="gamma", shape=channels, initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=channels, initializer="zeros")
+        self.moving_mean = self.add_weight(name="moving_mean", shape=channels, initializer="zeros", trainable=False)
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=channels, initializer="ones", trainable=False
+        )
+
+    def call(self, inputs, training=False):
+        if training:
+            mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])  # the biased variance
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), inputs.dtype)
+            self.moving_mean.assign((1.0 - BN_MOMENTUM) * self.moving_mean + BN_MOMENTUM * mean)
+            self.moving_variance.assign((1.0 - BN_MOMENTUM) * self.moving_variance
+                                        + BN_MOMENTUM * variance * (count / (count - 1.0)))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(variance + BN_EPSILON)
+        return inputs * scale + (self.beta - mean * scale)
+
+
+def batch_norm():
+    """The chapter's ``BatchNormalization()`` with PyTorch's constants and running variance."""
+    return BatchNorm()
+
+
+class SymmetricMaxPool2D(keras.layers.MaxPool2D):
+    """Max pooling on the input padded with -inf by ``padding`` on every side, NaN propagated.
+
+    Computed separably, as running maxima of strided slices along the width, then the height:
+    ``tf.maximum`` propagates NaN and passes a tie's gradient to its first argument, so, as in
+    PyTorch, the first maximum of each window in row-major order receives it. Under XLA this
+    also avoids the select-and-scatter that ``tf.nn.max_pool2d``'s gradient lowers to.
+    """
+
+    def __init__(self, pool_size, strides, padding=0, **kwargs):
+        super().__init__(pool_size, strides=strides, padding="valid", **kwargs)
+        self.symmetric_padding = padding
+
+    def call(self, inputs):
+        (kernel, _), (stride, _), padding = self.pool_size, self.strides, self.symmetric_padding
+        x = _pad(inputs, padding, -np.inf) if padding else inputs
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:  # shapes unknown while tracing symbolically
+            return super().call(x)
+        out_h, out_w = conv_output_size((height, width), kernel, stride, padding)
+        rows = None
+        for j in range(kernel):
+            column = x[:, :, j:j + stride * (out_w - 1) + 1:stride, :]
+            rows = column if rows is None else tf.maximum(rows, column)
+        outputs = None
+        for i in range(kernel):
+            row = rows[:, i:i + stride * (out_h - 1) + 1:stride, :, :]
+            outputs = row if outputs is None else tf.maximum(outputs, row)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded(input_shape, self.symmetric_padding))
+
+
+def max_pool2d(pool_size, strides, padding=0):
+    """The chapter's ``MaxPool2D(pool_size, strides)`` with ``padding`` pixels (-inf) on every side."""
+    return SymmetricMaxPool2D(pool_size, strides, padding)
+
+
+# --- speed ------------------------------------------------------------------------------
+
+def _tap_sees_input(tap, out_size, in_size, stride, padding):
+    return any(0 <= stride * o + tap - padding < in_size for o in range(out_size))
+
+
+def _conv_as_matmul(x, kernel, stride, padding):
+    """Convolution as im2col (strided slices of the padded input) times the kernel matrix.
+
+    The same sums as the convolution. Kernel taps that only ever see padding (8 of 9 on a
+    1x1 map) contribute exact zeros and are left out; their gradient is exactly zero too.
+    """
+    size, _, channels, filters = kernel.shape
+    height, width = int(x.shape[1]), int(x.shape[2])
+    out_h, out_w = conv_output_size((height, width), size, stride, padding)
+    taps = [
+        (i, j)
+        for i in range(size)
+        if _tap_sees_input(i, out_h, height, stride, padding)
+        for j in range(size)
+        if _tap_sees_input(j, out_w, width, stride, padding)
+    ]
+    if padding:
+        x = _pad(x, padding)
+    columns = tf.concat(
+        [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :] for i, j in taps],
+        axis=-1,
+    )
+    matrix = tf.reshape(tf.stack([kernel[i, j] for i, j in taps]), [len(taps) * channels, filters])
+    outputs = tf.matmul(tf.reshape(columns, [-1, len(taps) * channels]), matrix)
+    return tf.reshape(outputs, [-1, out_h, out_w, filters])
+
+
+class FastConv2D(SymmetricConv2D):
+    """:class:`SymmetricConv2D` computed by ``tf.nn.conv2d`` with the padding given per side (no ``tf.pad``
+    op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
+    ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul`: TensorFlow's and
+    XLA's convolution kernels are slow on 2x2 and 1x1 maps and on the one-channel stem."""
+
+    def _as_matmul(self, shape):
+        height, width, channels = shape[1], shape[2], shape[3]
+        if height is None or width is None:
+            return False
+        (kernel, _), (stride, _) = self.kernel_size, self.strides
+        out_h, out_w = conv_output_size((height, width), kernel, stride, self.symmetric_padding)
+        return out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS or channels <= MATMUL_CONV_MAX_IN_CHANNELS
+
+    def call(self, inputs):
+        p = self.symmetric_padding
+        if self._as_matmul(inputs.shape):
+            outputs = _conv_as_matmul(inputs, self.kernel, self.strides[0], p)
+        else:
+            padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+            outputs = tf.nn.conv2d(inputs, self.kernel, self.strides, padding, data_format="NHWC")
+        return tf.nn.bias_add(outputs, self.bias, data_format="NHWC")
+
+
+#: Each plain layer with a fast twin -> the twin (same variables, same function).
+_FAST_LAYERS = {SymmetricConv2D: FastConv2D}
+
+
+def _sublayers(net):
+    # Keras has no public recursive walk over a layer's sublayers (Model.layers is one level).
+    return net._flatten_layers(include_self=True, recursive=True)
+
+
+def use_fast_layers(net):
+    """Bind the fast paths into the built network ``net`` in place and return it.
+
+    Each :func:`conv2d` layer becomes its fast twin by a change of class: the same variables,
+    the same function, another computation. Call it before the first traced step.
+    """
+    for layer in _sublayers(net):
+        fast = _FAST_LAYERS.get(type(layer))
+        if fast is not None:
+            layer.__class__ = fast
+    return net
+
+
+def fast_layer_count(net) -> int:
+    """How many layers of ``net`` run a fast path."""
+    return sum(type(layer) in _FAST_LAYERS.values() for layer in _sublayers(net))
