@@ -1,6 +1,8 @@
 """The chapter's TensorFlow code (d2l-en, chapter_convolutional-modern/resnet.md), run against
 ``resnet_tf`` in place of ``d2l``: NHWC tensors, ``Residual(num_channels, ...)``,
-``ResnetBlock(num_channels, num_residuals, first_block)`` and the chapter's ``net()``."""
+``ResnetBlock(num_channels, num_residuals, first_block)`` and the chapter's ``net()``, built
+from ``resnet_tf``'s plain layers as the chapter writes it (no fast paths bound in).
+The training cell trains on a small synthetic subset (:func:`training_cell`)."""
 import tensorflow as tf
 
 import resnet_tf as d2l
@@ -55,3 +57,19 @@ def chapter_net_output_shapes(input_shape_nchw):
 def call_resnet18_with_other_layout(shape_nchw):
     net = d2l.resnet18()
     return net(tf.zeros(shape_nchw))
+
+
+def training_cell(num_epochs=1, batch_size=32, resize=96, subset=64, test_subset=32):
+    """The chapter's training cell on ``subset`` synthetic examples: (net, train_ch6's history).
+
+    The chapter trains 10 epochs on all of Fashion-MNIST (lr 0.05, batch 256, resize 96);
+    that takes hours on two CPU cores, so the epochs, batch and data are the arguments. The
+    chapter passes ``net`` itself, which ``train_ch6`` calls; here the network it builds, to
+    return it.
+    """
+    model = net()
+    lr = 0.05
+    train_iter, test_iter = d2l.load_data_fashion_mnist(batch_size, resize=resize, subset=subset,
+                                                        test_subset=test_subset, synthetic=True)
+    history = d2l.train_ch6(model, train_iter, test_iter, num_epochs, lr, d2l.try_gpu())
+    return model, history
