@@ -24,7 +24,9 @@ from common.spec import (BN_EPSILON, BN_MOMENTUM, MATMUL_CONV_MAX_IN_CHANNELS, M
                          conv_output_size)
 
 __all__ = ["conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
-           "SymmetricMaxPool2D", "FastConv2D"]
+           "SymmetricMaxPool2D"]
+# The layer classes are public: Keras names a layer after its class, and a name starting with
+# an underscore is no valid name scope.
 
 
 def _padded(shape, padding):
@@ -163,7 +165,7 @@ def _conv_as_matmul(x, kernel, stride, padding):
     return tf.reshape(outputs, [-1, out_h, out_w, filters])
 
 
-class FastConv2D(SymmetricConv2D):
+class _FastConv2D(SymmetricConv2D):
     """:class:`SymmetricConv2D` computed by ``tf.nn.conv2d`` with the padding given per side (no ``tf.pad``
     op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
     ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul`: TensorFlow's and
@@ -188,7 +190,7 @@ class FastConv2D(SymmetricConv2D):
 
 
 #: Each plain layer with a fast twin -> the twin (same variables, same function).
-_FAST_LAYERS = {SymmetricConv2D: FastConv2D}
+_FAST_LAYERS = {SymmetricConv2D: _FastConv2D}
 
 
 def _sublayers(net):

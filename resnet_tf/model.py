@@ -1,12 +1,12 @@
 """ResNet in TensorFlow/Keras 3: the chapter's blocks and network, built from :mod:`common.spec`.
 
-Where Keras' own layer computes another function than the other backends (``padding='same'``,
+Where a Keras layer computes another function than the other backends (``padding='same'``,
 Keras' BatchNorm, a max pool that skips NaN), the chapter's code calls a helper of
-:mod:`resnet_tf.kernels` by name; :func:`resnet` also binds the kernels' fast convolutions in,
-unless asked for plain layers (:func:`common.backend.plain_layers`).
+:mod:`resnet_tf.kernels` by name; :func:`resnet` binds the kernels' fast paths in unless plain.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, Iterator, List, Mapping, Tuple
 
 import keras
@@ -30,10 +30,7 @@ DATA_FORMAT = "NHWC"
 
 
 class Residual(keras.layers.Layer):
-    """The Residual block of ResNet (the chapter's signature, torchvision's names).
-
-    The chapter's ``conv3``, the 1x1 strided convolution on the shortcut, is ``downsample``.
-    """
+    """The Residual block of ResNet."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
         super().__init__(**kwargs)
@@ -42,9 +39,10 @@ class Residual(keras.layers.Layer):
         self.bn1 = batch_norm()
         self.conv2 = conv2d(num_channels, kernel_size=3, padding=1)
         self.bn2 = batch_norm()
-        self.downsample = None
-        if use_1x1conv:
+        if use_1x1conv:  # the chapter's conv3, under torchvision's name
             self.downsample = keras.Sequential([conv2d(num_channels, kernel_size=1, strides=strides)])
+        else:
+            self.downsample = None
 
     def build(self, input_shape):
         # From the shapes, not by tracing call symbolically (Keras' default): much faster.
@@ -60,8 +58,7 @@ class Residual(keras.layers.Layer):
         Y = self.bn2(self.conv2(Y), training=training)
         if self.downsample is not None:
             X = self.downsample(X)
-        Y += X
-        return keras.activations.relu(Y)
+        return keras.activations.relu(Y + X)
 
 
 class ResnetBlock(keras.layers.Layer):
@@ -110,7 +107,7 @@ class ResNet(keras.Model):
             stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block](block))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", blocks)
-        self.num_stages = len(stages)
+        self.stage_names = [f"layer{number}" for number in stages]
         self.fc = keras.layers.Dense(num_classes)
         # Every variable now (no shape depends on height and width): weights import before a batch.
         self.build((None, None, None, in_channels))
@@ -127,20 +124,16 @@ class ResNet(keras.Model):
         x = keras.activations.relu(self.bn1(self.conv1(x), training=training))
         return self.maxpool(x)
 
+    def _stage(self, blocks, x, training):
+        for block in blocks:
+            x = block(x, training=training)
+        return x
+
     def stages(self):
         """(name, function(x, training)) for each stage of :func:`common.spec.stage_output_shapes`."""
-
-        def stage(blocks):
-            def run(x, training):
-                for block in blocks:
-                    x = block(x, training=training)
-                return x
-
-            return run
-
-        layers = [(f"layer{i}", stage(getattr(self, f"layer{i}"))) for i in range(1, self.num_stages + 1)]
-        return ([("stem", self._stem)] + layers
-                + [("pool", lambda x, training: tf.reduce_mean(x, axis=[1, 2])), ("fc", lambda x, training: self.fc(x))])
+        layers = [(name, partial(self._stage, getattr(self, name))) for name in self.stage_names]
+        pool, fc = (lambda x, training: tf.reduce_mean(x, axis=[1, 2])), (lambda x, training: self.fc(x))
+        return [("stem", self._stem)] + layers + [("pool", pool), ("fc", fc)]
 
     def __call__(self, inputs, *args, **kwargs):
         # Checked here, not in call: Keras wraps what call raises in a many-line report.
@@ -179,15 +172,11 @@ def architecture(net) -> Tuple[str, int, int]:
 
 
 def _named_layers(net) -> Iterator[Tuple[str, keras.layers.Layer]]:
-    """(canonical prefix, layer) for every layer with weights, in canonical order.
-
-    The canonical names are the attribute paths of :class:`ResNet` (``layer2.0.downsample.0``).
-    The chapter's ``tf.keras.Sequential`` (stem layers, :class:`ResnetBlock` x N, pool, dense)
-    maps by position, so ``train_ch6`` can start it from the common initial weights too.
-    """
+    """(canonical prefix, layer) for every layer with weights, in canonical order: the attribute
+    paths of :class:`ResNet` (``layer2.0.downsample.0``); the chapter's Sequential by position."""
     if isinstance(net, ResNet):
         stem, head = [net.conv1, net.bn1], net.fc
-        stages = [getattr(net, f"layer{i}") for i in range(1, net.num_stages + 1)]
+        stages = [getattr(net, name) for name in net.stage_names]
     else:
         layers = [layer for layer in getattr(net, "layers", []) if layer.weights]
         stages = [layer.residual_layers for layer in layers[2:-1] if isinstance(layer, ResnetBlock)]
