@@ -8,8 +8,9 @@ supplies the framework's side:
 
 ``model.py``
     ``DATA_FORMAT`` ("NCHW" or "NHWC": the layout the network takes), the chapter's blocks
-    (``Residual``, ``resnet_block``), ``resnet(arch, num_classes, in_channels)`` and
-    ``resnet18(num_classes=10, in_channels=1)``, ``export_weights(net)`` /
+    (``Residual``, ``resnet_block``) first, ``resnet(arch, num_classes, in_channels, plain=None)``
+    and ``resnet18(num_classes=10, in_channels=1, plain=None)`` (see :func:`plain_layers`),
+    ``architecture(net)``, ``canonical_variables(net)``, ``export_weights(net)`` /
     ``import_weights(net, weights)`` in canonical names and layouts (see
     :mod:`common.spec`), ``forward(net, images, training=False)`` (NCHW NumPy in, NumPy
     logits out; ``training=True`` uses batch statistics and updates the running ones) and
@@ -18,14 +19,16 @@ supplies the framework's side:
     ``to_tensor(array, device=None)`` and ``to_numpy(tensor)``, the one place where canonical
     NCHW NumPy batches become the framework's tensors in ``DATA_FORMAT`` and back, and the
     chapter's ``load_data_fashion_mnist(batch_size, resize=None)``.
+``kernels.py``
+    What exists for speed or exact agreement: the helpers the chapter's code uses by name where
+    the framework's own layer does not compute the reference function (``batch_norm``, ...),
+    ``use_fast_layers(net)`` (binds the fast paths into a built network; the same function)
+    and ``fast_layer_count(net)``.
 ``train.py``
-    ``try_gpu(i=0)``; ``Trainer`` (below), the adapter that :func:`common.training.fit` drives;
-    ``loss_and_gradients(net, images, labels)``; ``train(...)`` and ``evaluate(...)``
-    (:func:`common.training.train` / :func:`common.training.evaluate` with this backend);
-    and the chapter's ``train_ch6(net, train_iter, test_iter, num_epochs, lr, device)``.
-
-``Trainer``
-    A subclass of :class:`Trainer` below, the adapter that :func:`common.training.fit` drives.
+    ``try_gpu(i=0)``; ``Trainer``, a subclass of :class:`Trainer` below, the adapter that
+    :func:`common.training.fit` drives; ``loss_and_gradients(net, images, labels)``;
+    ``train(...)``, ``evaluate(...)`` and the chapter's ``train_ch6(net, train_iter, test_iter,
+    num_epochs, lr, device)``: :mod:`common.training`'s with this backend.
 
 ``reference.py``
     ``ReferenceTrainer(device=None)``: the chapter's own, unmodified network and training step
