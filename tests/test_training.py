@@ -194,21 +194,23 @@ def test_resume_ends_with_the_same_weights(backend, tmp_path):
 
 
 class _PoisonedLoader:
-    """A training loader whose batch ``step`` of epoch ``epoch`` (0-based) is NaN."""
+    """A loader whose ``pass_``-th iteration (0-based: the epoch) has NaN images, in batch
+    ``step`` only or, with ``step=None``, in every batch."""
 
-    def __init__(self, loader, epoch, step):
-        self.loader, self.poison_epoch, self.poison_step = loader, epoch, step
+    def __init__(self, loader, pass_, step=None):
+        self.loader, self.poison_pass, self.poison_step, self.passes = loader, pass_, step, 0
 
     def set_epoch(self, epoch):
-        self.epoch = epoch
         self.loader.set_epoch(epoch)
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
+        poisoned = self.passes == self.poison_pass
+        self.passes += 1
         for step, (images, labels) in enumerate(self.loader):
-            if self.epoch == self.poison_epoch and step == self.poison_step:
+            if poisoned and self.poison_step in (None, step):
                 images = np.full_like(images, np.nan)
             yield images, labels
 
@@ -225,22 +227,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
         assert np.all(np.isfinite(value)), name
 
 
-class _NaNOnEpoch:
-    """A test loader whose images are NaN from its ``epoch``-th pass (0-based) on."""
-
-    def __init__(self, loader, epoch):
-        self.loader, self.poison_from, self.passes = loader, epoch, 0
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        poisoned = self.passes >= self.poison_from
-        self.passes += 1
-        for images, labels in self.loader:
-            yield (np.full_like(images, np.nan) if poisoned else images), labels
-
-
 def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
     # A finite training loss does not make a usable network: the eval-mode forward can overflow alone.
     config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2))
@@ -248,7 +234,7 @@ def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, 
     trainer = backend.Trainer(lr=config.lr)
     trainer.import_weights(init_weights("resnet18", 0))
     with pytest.raises(TrainingDiverged, match=r"test loss is nan after epoch 2.*last good checkpoint"):
-        fit(trainer, train_loader, _NaNOnEpoch(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
+        fit(trainer, train_loader, _PoisonedLoader(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
     assert json.loads((tmp_path / METRICS_NAME).read_text())["epochs_completed"] == 1
 
