@@ -118,8 +118,13 @@ def main(argv=None) -> int:
             for reference in ([False] if args.no_reference else [False, True]):
                 results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds, reference))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    kept = ""  # the file's own sections ("## ...") after the table are kept as they are
+    if os.path.exists(args.out):
+        with open(args.out) as handle:
+            text = handle.read()
+        kept = text[text.index("\n## "):] if "\n## " in text else ""
     with open(args.out, "w") as handle:
-        handle.write(markdown(results, args.steps, args.warmup, args.rounds))
+        handle.write(markdown(results, args.steps, args.warmup, args.rounds) + kept)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
         json.dump(results, handle, indent=2)
     print(open(args.out).read())
