@@ -21,7 +21,7 @@ from common.spec import iter_blocks, parameter_shapes
 from common.weights import check_weights
 
 from .model import from_canonical_layout, to_canonical_layout
-from .train import Trainer, resolve_device
+from .train import Trainer
 
 __all__ = ["ReferenceTrainer"]
 
@@ -94,7 +94,7 @@ class ReferenceTrainer(Trainer):
     """
 
     def __init__(self, device=None, lr=0.05):
-        self.device = resolve_device(device)
+        self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
         # train_ch6, as the book writes it.

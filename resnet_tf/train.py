@@ -22,7 +22,7 @@ from common.spec import trainable_parameter_names
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet, to_canonical_layout
 
-__all__ = ["try_gpu", "resolve_device", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
 #: Compile the steps with XLA: faster than TensorFlow's graph executor, the same numbers
 #: within float32 rounding.
@@ -34,20 +34,6 @@ def try_gpu(i=0):
     if len(tf.config.list_physical_devices("GPU")) >= i + 1:
         return tf.device(f"/GPU:{i}")
     return tf.device("/CPU:0")
-
-
-def resolve_device(device) -> str:
-    """"/GPU:i" or "/CPU:0" from None (a GPU if TensorFlow sees one), "cpu", "gpu:1", "cuda:0",
-    "/GPU:0" or the chapter's ``tf.device(...)``."""
-    if device is None:
-        device = try_gpu()
-    name = getattr(device, "_device_name", device)
-    match = re.search(r"(cpu|gpu|cuda)(?::(\d+))?$", name.lower()) if isinstance(name, str) else None
-    if match is None:
-        raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('/GPU:N', 'cuda:N') or tf.device(...), got {device!r}")
-    if match.group(1) == "cpu":
-        return "/CPU:0"
-    return f"/GPU:{int(match.group(2) or 0)}"
 
 
 def _cross_entropy(logits, labels):
@@ -70,7 +56,7 @@ class Trainer(backend.Trainer):
     framework = f"TensorFlow {tf.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
-        self.device = resolve_device(device)
+        self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
         with tf.device(self.device):
@@ -86,6 +72,20 @@ class Trainer(backend.Trainer):
         # reduce_retracing: the last, smaller batch of an epoch reuses the traced graph.
         self._train_step = tf.function(self._train, jit_compile=JIT_COMPILE, reduce_retracing=True)
         self._eval_step = tf.function(self._eval, jit_compile=JIT_COMPILE, reduce_retracing=True)
+
+    @staticmethod
+    def resolve_device(device) -> str:
+        """"/GPU:i" or "/CPU:0" from None (a GPU if TensorFlow sees one), "cpu", "gpu:1", "cuda:0",
+        "/GPU:0" or the chapter's ``tf.device(...)``."""
+        if device is None:
+            device = try_gpu()
+        name = getattr(device, "_device_name", device)
+        match = re.search(r"(cpu|gpu|cuda)(?::(\d+))?$", name.lower()) if isinstance(name, str) else None
+        if match is None:
+            raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('/GPU:N', 'cuda:N') or tf.device(...), got {device!r}")
+        if match.group(1) == "cpu":
+            return "/CPU:0"
+        return f"/GPU:{int(match.group(2) or 0)}"
 
     @property
     def lr(self) -> float:
