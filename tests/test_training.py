@@ -261,6 +261,16 @@ def test_chapter_train_ch6_prints_the_chapter_lines(backend, capsys):
     assert re.fullmatch(r"\d+\.\d examples/sec on .+", lines[-1]), lines
 
 
+@pytest.mark.filterwarnings("ignore:All children of this Sequential")  # Gluon's advice on the chapter's nn.Sequential
+def test_the_chapters_training_cell_runs(backend, chapter, capsys):
+    # The chapter's own network (tests/chapter_<backend>.py) through d2l.train_ch6, at 28 x 28 on 64 synthetic images.
+    net, history = chapter.training_cell(resize=None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("training on") and re.fullmatch(r"\d+\.\d examples/sec on .+", lines[-1]), lines
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    assert list(backend.export_weights(net)) == list(init_weights("resnet18", 0))
+
+
 def test_gradients_cover_exactly_the_trainable_parameters(backend):
     net = backend.resnet18()
     images, labels = oracle.step_batch(seed=1, batch_size=4, size=32)
