@@ -117,6 +117,7 @@ def first_divergent_step(losses_a: Sequence[float], losses_b: Sequence[float], r
 
 
 def _by_backend(runs: Sequence[dict]) -> Dict[str, List[dict]]:
+    """Runs (or their table rows) grouped by backend, in order of first appearance."""
     groups: Dict[str, List[dict]] = {}
     for run in runs:
         groups.setdefault(run["backend"], []).append(run)
@@ -137,9 +138,7 @@ def seed_summary(rows: Sequence[dict]) -> str:
     """Per backend: runs, then mean ± sample standard deviation of each final figure; and per
     pair of backends how far apart their mean test accuracies are, in standard errors of that
     difference. Empty unless some backend has runs with two or more seeds."""
-    groups: Dict[str, List[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["backend"], []).append(row)
+    groups = _by_backend(rows)
     if all(len(group) < 2 for group in groups.values()):
         return ""
     lines = ["| backend | runs (seeds) | " + " | ".join(f"{title}, mean ± std" for _, title in SUMMARY_COLUMNS) + " |",
