@@ -12,7 +12,7 @@ loops over :func:`iter_blocks` do not change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,9 @@ __all__ = [
     "get_spec",
     "iter_blocks",
     "parameter_shapes",
+    "CANONICAL_PARTS",
+    "CHAPTER_BLOCK_PARTS",
+    "canonical_names",
     "trainable_parameter_names",
     "is_buffer",
     "count_parameters",
@@ -186,6 +189,50 @@ def parameter_shapes(arch="resnet18", in_channels=1, num_classes=10) -> Dict[str
     shapes["fc.weight"] = (num_classes, spec.feature_channels)
     shapes["fc.bias"] = (num_classes,)
     return shapes
+
+
+V = TypeVar("V")
+
+#: The frameworks' names for a layer's arrays (Keras', Gluon's) -> the canonical (torchvision's).
+CANONICAL_PARTS = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                   "moving_variance": "running_var"}
+#: Block type -> the chapter's names inside a block that torchvision names otherwise.
+CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}}
+
+
+def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channels=1, num_classes=10,
+                    shape: Callable[[V], Sequence[int]] = lambda value: tuple(value.shape)) -> Dict[str, V]:
+    """Canonical name -> array of a network given as its units: the mapping every backend uses.
+
+    ``units`` are the network's layers with weights and its residual blocks, in the order they
+    run (stem convolution, stem BatchNorm, each block, classifier), each as *name within the
+    unit -> array* in the framework's own words (``weight``, ``gamma``, ``conv1.kernel``,
+    ``conv3.weight``). A unit's position gives its prefix (``layer2.0``); its names are renamed
+    part by part with :data:`CANONICAL_PARTS` and :data:`CHAPTER_BLOCK_PARTS`. So a ResNet, the chapter's ``Sequential`` and the
+    book's own code (with ``conv3``) map alike. ``shape(array)`` is its shape in canonical
+    layout; unknown dimensions (None, 0 or -1: not yet inferred) pass the check.
+    """
+    spec = get_spec(arch)
+    shapes = parameter_shapes(spec, in_channels, num_classes)
+    prefixes = ["conv1", "bn1"] + [block.name for block in iter_blocks(spec)] + ["fc"]
+    how = "build it with resnet() or the chapter's Residual and resnet_block"
+    if len(units) != len(prefixes):
+        raise ValueError(f"the network has {len(units)} layers with weights and residual blocks, {spec.name} has "
+                         f"{len(prefixes)} (stem convolution and BatchNorm, {len(prefixes) - 3} blocks, dense); {how}")
+    renames = {**CANONICAL_PARTS, **CHAPTER_BLOCK_PARTS.get(spec.block, {})}
+    named = {}
+    for prefix, unit in zip(prefixes, units):
+        for key, value in unit.items():
+            named[".".join([prefix] + [renames.get(part, part) for part in key.split(".")])] = value
+    unexpected, missing = [n for n in named if n not in shapes], [n for n in shapes if n not in named]
+    if unexpected or missing:
+        raise ValueError(f"the network's weights do not map to {spec.name}'s: unexpected {unexpected[:3]}, "
+                         f"missing {missing[:3]}; {how}")
+    for name, want in shapes.items():
+        have = tuple(shape(named[name]))
+        if len(have) != len(want) or not all(d in (None, 0, -1, w) for d, w in zip(have, want)):
+            raise ValueError(f"network weight '{name}' has shape {have}, {spec.name}'s is {want}; {how}")
+    return {name: named[name] for name in shapes}
 
 
 def is_buffer(name: str) -> bool:

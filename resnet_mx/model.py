@@ -6,7 +6,7 @@ supplies the BatchNorm that agrees with PyTorch's and, bound in by :func:`resnet
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, Iterator, List, Mapping, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -15,7 +15,7 @@ from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
 from common.backend import plain_layers
-from common.spec import check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
 from common.weights import check_weights
 
 from .kernels import batch_norm, forward_as_pytorch, use_fast_layers, with_batch_statistics
@@ -173,36 +173,24 @@ def architecture(net) -> Tuple[str, int, int]:
     return "resnet18", convs[0].shape[1], dense[-1].shape[0]
 
 
-#: Gluon's and the chapter's names -> torchvision's, part by part.
-_CANONICAL_PARTS = {"gamma": "weight", "beta": "bias", "conv3": "downsample.0"}
-#: The layers with weights of the chapter's Sequential (b1's two, the four stages, the head), in order.
-_CHAPTER_LAYERS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+def _units(block) -> Iterator[Dict[str, gluon.Parameter]]:
+    """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
+    each as its Gluon structural names; see :func:`common.spec.canonical_names`."""
+    children = block._children  # Gluon 1.x has no public child iterator
+    if children and not {"conv1", "conv2"} <= children.keys():
+        for child in children.values():
+            yield from _units(child)
+        return
+    params = _parameters(block)
+    if params:
+        yield params
 
 
 def canonical_variables(net) -> Dict[str, gluon.Parameter]:
-    """Canonical name -> the net's Parameter, in spec order (the one mapping, written once).
-
-    Gluon's structural names, renamed part by part: a :class:`ResNet`'s differ only in BatchNorm's
-    ``gamma``/``beta``; the chapter's own ``Sequential`` numbers its layers (``5.0.conv3.weight``),
-    in the order of :data:`_CHAPTER_LAYERS`. Shapes not yet inferred pass the check.
-    """
-    params = _parameters(net)
-    layers = {}
-    if not isinstance(net, ResNet):
-        layers = dict(zip(dict.fromkeys(key.split(".", 1)[0] for key in params), _CHAPTER_LAYERS))
-    named = {}
-    for key, param in params.items():
-        head, *rest = key.split(".")
-        named[".".join(_CANONICAL_PARTS.get(part, part) for part in [layers.get(head, head)] + rest)] = param
-    shapes = parameter_shapes(*architecture(net))
-    if sorted(named) != sorted(shapes):
-        raise ValueError(f"{type(net).__name__}'s weights ({len(named)} arrays) are not ResNet's ({len(shapes)}); "
-                         "build it with resnet18() or the chapter's Residual/resnet_block")
-    for name, shape in shapes.items():
-        have = named[name].shape
-        if len(have) != len(shape) or not all(d in (0, -1, s) for d, s in zip(have, shape)):
-            raise ValueError(f"network weight '{name}' has shape {tuple(have)}, ResNet's is {shape}")
-    return {name: named[name] for name in shapes}
+    """Canonical name -> the net's Parameter, in spec order: a :class:`ResNet`, the chapter's
+    ``Sequential`` of this or the book's ``Residual``, by :func:`common.spec.canonical_names`.
+    Shapes not yet inferred pass the check."""
+    return canonical_names(list(_units(net)), *architecture(net))
 
 
 def export_weights(net) -> Dict[str, np.ndarray]:

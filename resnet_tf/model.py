@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.backend import plain_layers
-from common.spec import check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
 from common.weights import check_weights
 
 from . import kernels
@@ -167,45 +167,61 @@ def architecture(net) -> Tuple[str, int, int]:
     """(arch, in_channels, num_classes) of a ResNet, or of the chapter's Sequential ResNet-18."""
     if isinstance(net, ResNet):
         return net.arch, net.in_channels, net.num_classes
-    layers = dict(_named_layers(net))
-    return "resnet18", int(layers["conv1"].kernel.shape[2]), int(layers["fc"].kernel.shape[1])
+    units = list(_units(net))
+    if len(units) < 2:
+        raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
+    return "resnet18", int(units[0]["kernel"].shape[2]), int(units[-1]["kernel"].shape[1])
 
 
-def _named_layers(net) -> Iterator[Tuple[str, keras.layers.Layer]]:
-    """(canonical prefix, layer) for every layer with weights, in canonical order: the attribute
-    paths of :class:`ResNet` (``layer2.0.downsample.0``); the chapter's Sequential by position."""
-    if isinstance(net, ResNet):
-        stem, head = [net.conv1, net.bn1], net.fc
-        stages = [getattr(net, name) for name in net.stage_names]
-    else:
-        layers = [layer for layer in getattr(net, "layers", []) if layer.weights]
-        stages = [layer.residual_layers for layer in layers[2:-1] if isinstance(layer, ResnetBlock)]
-        if len(layers) < 4 or len(stages) != len(layers) - 3:
-            raise ValueError(f"cannot map {type(net).__name__} to canonical ResNet weights: expected a ResNet, or "
-                             "the chapter's Sequential (conv, batch norm, ..., ResnetBlock x N, ..., Dense)")
-        stem, head = layers[:2], layers[-1]
-    yield "conv1", stem[0]
-    yield "bn1", stem[1]
-    for number, blocks in enumerate(stages, start=1):
-        for index, block in enumerate(blocks):
-            prefix = f"layer{number}.{index}"
-            for name in ("conv1", "bn1", "conv2", "bn2"):
-                yield f"{prefix}.{name}", getattr(block, name)
-            if block.downsample is not None:
-                for position, layer in enumerate(block.downsample.layers):
-                    yield f"{prefix}.downsample.{position}", layer
-    yield "fc", head
+def _sublayers(layer) -> Dict[str, keras.layers.Layer]:
+    """A layer's own sublayers by attribute name (a list's items as ``name.0``, ...), in assignment
+    order; a Sequential's by position (Keras has no public walk that names them)."""
+    if isinstance(layer, keras.Sequential):
+        return {str(index): sublayer for index, sublayer in enumerate(layer.layers)}
+    named = {}
+    for name, value in vars(layer).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, keras.layers.Layer):
+            named[name] = value
+        elif isinstance(value, (list, tuple)):
+            named.update((f"{name}.{i}", item) for i, item in enumerate(value) if isinstance(item, keras.layers.Layer))
+    return named
 
 
-#: Keras variable name -> canonical (torchvision) suffix.
-_CANONICAL_SUFFIXES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
-                       "moving_mean": "running_mean", "moving_variance": "running_var"}
+def _variables(layer, prefix="") -> Dict[str, tf.Variable]:
+    """A layer's variables by structural name within it (``conv1.kernel``, ``downsample.0.kernel``)."""
+    sublayers = _sublayers(layer)
+    if not sublayers:
+        return {prefix + variable.name: variable for variable in layer.weights}
+    named = {}
+    for name, sublayer in sublayers.items():
+        named.update(_variables(sublayer, f"{prefix}{name}."))
+    return named
+
+
+def _units(layer) -> Iterator[Dict[str, tf.Variable]]:
+    """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
+    each as its structural names; see :func:`common.spec.canonical_names`."""
+    sublayers = _sublayers(layer)
+    if sublayers and not {"conv1", "conv2"} <= sublayers.keys():
+        for sublayer in sublayers.values():
+            yield from _units(sublayer)
+        return
+    variables = _variables(layer)
+    if variables:
+        yield variables
+
+
+def _canonical_shape(variable) -> Tuple[int, ...]:
+    shape = tuple(variable.shape)
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
 
 
 def canonical_variables(net) -> Dict[str, tf.Variable]:
-    """Canonical name -> the network's variable (the one mapping, written once), in spec order."""
-    return {f"{prefix}.{_CANONICAL_SUFFIXES[variable.name]}": variable
-            for prefix, layer in _named_layers(net) for variable in layer.weights}
+    """Canonical name -> the net's variable, in spec order: a :class:`ResNet`, the chapter's
+    Sequential of this or the book's ``Residual``, by :func:`common.spec.canonical_names`."""
+    return canonical_names(list(_units(net)), *architecture(net), shape=_canonical_shape)
 
 
 def to_canonical_layout(array: np.ndarray) -> np.ndarray:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.backend import device_label
-from common.spec import iter_blocks, parameter_shapes
-from common.weights import check_weights
 
-from .model import from_canonical_layout, to_canonical_layout
+from .model import export_weights, import_weights
 from .train import Trainer
 
 __all__ = ["ReferenceTrainer"]
@@ -122,35 +120,17 @@ class ReferenceTrainer(Trainer):
     def to_host(self, values):
         return [float(v) for v in values]
 
-    def _canonical_variables(self):
-        """Canonical name -> variable of the book's net: its layers in canonical order (the
-        book's ``conv3`` is ``downsample.0``), each layer's variables in canonical order."""
-        if not self.net.built:
+    def _built(self):
+        if not self.net.built:  # the book's net has no variables before its first batch
             with self.strategy.scope():
                 self.net.build((None, None, None, 1))
-        layers = [layer for layer in self.net.layers if layer.weights]
-        blocks = [block for stage in layers[2:-1] for block in stage.residual_layers]
-        named = [("conv1", layers[0]), ("bn1", layers[1])]
-        for config, block in zip(iter_blocks("resnet18"), blocks):
-            named += [(f"{config.name}.{name}", getattr(block, name)) for name in ("conv1", "bn1", "conv2", "bn2")]
-            if block.conv3 is not None:
-                named.append((f"{config.name}.downsample.0", block.conv3))
-        named.append(("fc", layers[-1]))
-        names = list(parameter_shapes(*self.architecture()))
-        variables = {}
-        for prefix, layer in named:
-            own = [name for name in names if name.startswith(prefix + ".") and name.count(".") == prefix.count(".") + 1]
-            variables.update(zip(own, layer.weights))
-        return variables
+        return self.net
 
     def export_weights(self):
-        return {name: to_canonical_layout(variable.numpy()) for name, variable in self._canonical_variables().items()}
+        return export_weights(self._built())
 
     def import_weights(self, weights):
-        arch, in_channels, num_classes = self.architecture()
-        check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
-        for name, variable in self._canonical_variables().items():
-            variable.assign(from_canonical_layout(weights[name]))
+        import_weights(self._built(), weights)
 
     def architecture(self):
         return "resnet18", 1, 10  # the book's net(): one input channel, ten classes

@@ -6,7 +6,7 @@ Module names are torchvision's (``conv1``, ``bn1``, ``layer2.0.downsample.0``, `
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.backend import plain_layers
-from common.spec import check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
 from common.weights import check_weights
 
 from . import kernels
@@ -150,28 +150,23 @@ def architecture(net) -> Tuple[str, int, int]:
     return "resnet18", convs[0].in_channels, linears[-1].out_features
 
 
-def canonical_variables(net) -> Dict[str, torch.Tensor]:
-    """Canonical name -> the net's parameter or buffer tensor (the one mapping, written once).
+def _units(module) -> Iterator[Dict[str, torch.Tensor]]:
+    """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
+    each as its state-dict entries; see :func:`common.spec.canonical_names`."""
+    children = dict(module.named_children())
+    if children and not {"conv1", "conv2"} <= children.keys():
+        for child in children.values():
+            yield from _units(child)
+        return
+    state = {k: v for k, v in module.state_dict(keep_vars=True).items() if not k.endswith("num_batches_tracked")}
+    if state:
+        yield state
 
-    For :class:`ResNet` the state-dict keys are the canonical names. The chapter's own
-    network (``nn.Sequential(b1, ..., b5, pool, flatten, linear)`` of this ``Residual``) has
-    keys such as ``0.0.weight`` or ``2.0.downsample.0.bias`` holding the same tensors in the
-    same order, so its entries are matched by position, checking each kind and shape.
-    """
-    state = {k: v for k, v in net.state_dict(keep_vars=True).items() if not k.endswith("num_batches_tracked")}
-    shapes = parameter_shapes(*architecture(net))
-    if list(state) == list(shapes):
-        return state
-    if len(state) != len(shapes):
-        raise ValueError(f"{type(net).__name__} has {len(state)} weight arrays, ResNet needs {len(shapes)}; "
-                         "build it with resnet18() or the chapter's Residual/resnet_block")
-    mapping = {}
-    for (key, tensor), (name, shape) in zip(state.items(), shapes.items()):
-        if key.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1] or tuple(tensor.shape) != shape:
-            raise ValueError(f"network entry '{key}' {tuple(tensor.shape)} does not line up with canonical "
-                             f"'{name}' {shape}; build it with resnet18() or the chapter's Residual/resnet_block")
-        mapping[name] = tensor
-    return mapping
+
+def canonical_variables(net) -> Dict[str, torch.Tensor]:
+    """Canonical name -> the net's parameter or buffer tensor, in spec order: a :class:`ResNet`, the
+    chapter's ``nn.Sequential`` of this or the book's ``Residual``, by :func:`common.spec.canonical_names`."""
+    return canonical_names(list(_units(net)), *architecture(net))
 
 
 def export_weights(net) -> Dict[str, np.ndarray]:

@@ -16,9 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.backend import device_label
-from common.spec import parameter_shapes
-from common.weights import check_weights
 
+from .model import export_weights, import_weights
 from .train import Trainer
 
 __all__ = ["ReferenceTrainer"]
@@ -77,23 +76,6 @@ def accuracy(y_hat, y):  #@save
     return float(cmp.type(y.dtype).sum())
 
 
-#: The chapter network's module names -> torchvision's, the canonical names of common.spec.
-_CANONICAL_PREFIXES = (("0.0.", "conv1."), ("0.1.", "bn1."), ("1.", "layer1."), ("2.", "layer2."),
-                       ("3.", "layer3."), ("4.", "layer4."), ("7.", "fc."))
-
-
-def _canonical_variables(net) -> Dict[str, torch.Tensor]:
-    """Canonical name -> the chapter network's tensor, in canonical order (the chapter's
-    Residual registers conv3, the shortcut, before its BatchNorms)."""
-    renamed = {}
-    for key, tensor in net.state_dict(keep_vars=True).items():
-        for old, new in _CANONICAL_PREFIXES:
-            if key.startswith(old):
-                renamed[(new + key[len(old):]).replace(".conv3.", ".downsample.0.")] = tensor
-                break
-    return {name: renamed[name] for name in parameter_shapes("resnet18")}
-
-
 class ReferenceTrainer(Trainer):
     """The book's net and ``train_ch6`` step behind the Trainer contract (see :mod:`common.backend`).
 
@@ -141,14 +123,10 @@ class ReferenceTrainer(Trainer):
         return [float(v) for v in values]
 
     def export_weights(self) -> Dict[str, np.ndarray]:
-        return {name: tensor.detach().cpu().numpy().astype(np.float32, copy=True)
-                for name, tensor in _canonical_variables(self.net).items()}
+        return export_weights(self.net)
 
     def import_weights(self, weights) -> None:
-        check_weights(weights, "resnet18")
-        with torch.no_grad():
-            for name, tensor in _canonical_variables(self.net).items():
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(weights[name], dtype=np.float32)))
+        import_weights(self.net, weights)
 
     def architecture(self) -> Tuple[str, int, int]:
         return "resnet18", 1, 10

@@ -126,6 +126,16 @@ def chapter_net_output_shapes(input_shape_nchw):
     return shapes
 
 
+def built_net(book=False):
+    """The chapter's Sequential above, or the book's own code (resnet_mx.reference), weights created."""
+    from resnet_mx import reference
+
+    model = reference.chapter_net() if book else chapter_net()
+    model.initialize()
+    model(mx.nd.zeros((1, 1, 28, 28)))  # Gluon infers the shapes at the first call
+    return model
+
+
 def call_resnet18_with_other_layout(shape_nchw):
     n, c, h, w = shape_nchw
     with numpy_mode():

@@ -54,6 +54,15 @@ def chapter_net_output_shapes(input_shape_nchw):
     return shapes
 
 
+def built_net(book=False):
+    """The chapter's Sequential above, or the book's own code (resnet_tf.reference), weights created."""
+    from resnet_tf import reference
+
+    model = reference.net() if book else net()
+    model.build((None, None, None, 1))
+    return model
+
+
 def call_resnet18_with_other_layout(shape_nchw):
     net = d2l.resnet18()
     return net(tf.zeros(shape_nchw))

@@ -42,6 +42,13 @@ def chapter_net_output_shapes(input_shape_nchw):
     return shapes
 
 
+def built_net(book=False):
+    """The chapter's Sequential above, or the book's own code (resnet_torch.reference), weights created."""
+    from resnet_torch import reference
+
+    return reference.chapter_net() if book else net()
+
+
 def call_resnet18_with_other_layout(shape_nchw):
     net = d2l.resnet18()
     n, c, h, w = shape_nchw

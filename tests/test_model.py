@@ -150,6 +150,29 @@ def test_nan_input_gives_nan_logits_as_the_oracle(backend, plain, training):
     np.testing.assert_array_equal(np.isnan(backend.forward(net, images, training=training)), expected)
 
 
+# --- the one canonical-name mapping ---------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:All children of this Sequential")  # Gluon's advice on the chapter's nn.Sequential
+@pytest.mark.parametrize("book", [False, True], ids=["chapter", "book"])
+def test_the_chapters_networks_take_canonical_weights(backend, backend_name, chapter, book):
+    # The chapter's Sequential of this Residual and the book's own code (its shortcut named conv3)
+    # map to the canonical names by the same mechanism as ResNet; where they compute the
+    # oracle's function, the imported weights give its logits.
+    weights = disturbed_weights()
+    net = chapter.built_net(book=book)
+    backend.import_weights(net, weights)
+    exported = backend.export_weights(net)
+    assert list(exported) == list(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    if backend_name == "tf":
+        return  # the chapter's b1 in TensorFlow: 'same' padding and Keras' BatchNorm (eps 1e-3), another function
+    images = np.random.default_rng(5).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    weights = scaled_for_unit_logits(weights, images)
+    backend.import_weights(net, weights)
+    np.testing.assert_allclose(backend.forward(net, images), oracle.forward(weights, images), rtol=0, atol=1e-4)
+
+
 # --- one training step, the same in every backend ----------------------------------------
 
 def test_one_training_step_matches_expected(backend, plain):

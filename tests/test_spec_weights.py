@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import (check_input_shape, count_parameters, get_spec, iter_blocks, parameter_shapes,
+from common.spec import (canonical_names, check_input_shape, count_parameters, get_spec, iter_blocks, parameter_shapes,
                          stage_output_shapes, tap_selection, trainable_parameter_names, training_flops_per_example)
 from common.weights import (FORMAT_TAG, WeightsError, check_weights, init_weights, load_weights, read_metadata,
                             save_weights)
@@ -30,6 +30,57 @@ def test_canonical_names_are_torchvision_names():
     assert shapes["fc.weight"] == (10, 512)
     assert len(trainable_parameter_names()) == 4 + 8 * 8 + 3 * 2 + 2  # stem, 8 blocks, 3 shortcuts, fc
     assert len(trainable_parameter_names()) == len([n for n in shapes if "running" not in n])
+
+
+def _units_in_other_words(shapes, rename):
+    """parameter_shapes as the units canonical_names takes, each array named by ``rename``."""
+    prefixes = ["conv1", "bn1"] + [block.name for block in iter_blocks()] + ["fc"]
+    return [{rename(name)[len(prefix) + 1:]: np.zeros(shape) for name, shape in reversed(shapes.items())
+             if name.startswith(prefix + ".")} for prefix in prefixes]
+
+
+def _as_keras_and_the_book(name):
+    # The book's shortcut is conv3; Keras says kernel, gamma, beta, moving_mean, moving_variance.
+    head, _, last = name.replace("downsample.0", "conv3").rpartition(".")
+    words = {"weight": "gamma", "bias": "beta"} if ".bn" in f".{head}" else {"weight": "kernel"}
+    words.update(running_mean="moving_mean", running_var="moving_variance")
+    return f"{head}.{words.get(last, last)}"
+
+
+def test_canonical_names_map_units_in_any_frameworks_words():
+    shapes = parameter_shapes("resnet18", 1, 10)
+    for rename in (lambda name: name, _as_keras_and_the_book):
+        units = _units_in_other_words(shapes, rename)
+        named = canonical_names(units)
+        assert list(named) == list(shapes)  # spec order, whatever order a unit lists its arrays in
+        assert {name: value.shape for name, value in named.items()} == shapes
+    keras_bn = _units_in_other_words(shapes, _as_keras_and_the_book)[1]
+    assert sorted(keras_bn) == ["beta", "gamma", "moving_mean", "moving_variance"]
+    assert "conv3.kernel" in _units_in_other_words(shapes, _as_keras_and_the_book)[4]
+    # Unknown dimensions (0, -1, None: not yet inferred, as Gluon's deferred init) pass.
+    units = _units_in_other_words(shapes, lambda name: name)
+    units[0]["weight"] = np.zeros((64, 0, 7, 7))
+    assert canonical_names(units)["conv1.weight"].shape == (64, 0, 7, 7)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda units: units.pop(5), "has 10 layers with weights and residual blocks, resnet18 has 11"),
+    (lambda units: units[2].update({"conv4.weight": units[2].pop("conv2.weight")}),
+     "unexpected ['layer1.0.conv4.weight'], missing ['layer1.0.conv2.weight']"),
+    (lambda units: units[-1].update(weight=np.zeros((10, 256))), "'fc.weight' has shape (10, 256), resnet18's is (10, 512)"),
+    (lambda units: units.insert(3, units.pop(2)), None),  # two blocks of one stage: same shapes, either order
+    (lambda units: units.__setitem__(slice(7, 10, 2), units[9:6:-2]),
+     "'layer3.1.conv1.weight' has shape (512, 512, 3, 3), resnet18's is (256, 256, 3, 3)"),
+])
+def test_canonical_names_say_what_does_not_map(change, words):
+    units = _units_in_other_words(parameter_shapes("resnet18", 1, 10), lambda name: name)
+    change(units)
+    if words is None:
+        canonical_names(units)  # position is all there is to tell layer1.0 from layer1.1
+        return
+    with pytest.raises(ValueError) as error:
+        canonical_names(units)
+    assert words in str(error.value) and "build it with resnet()" in str(error.value)
 
 
 def test_blocks_follow_the_chapter():
