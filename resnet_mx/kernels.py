@@ -25,11 +25,16 @@ from mxnet import autograd
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
+from common import autotune
+from common.autotune import NATIVE
 from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
                          conv_output_size, stage_output_shapes)
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
            "TinyMapConv2D", "tap_selection", "legacy_operators"]
+
+#: What an autotuned choice is measured for (with the machine): this MXNet.
+FRAMEWORK = f"MXNet {mx.__version__}"
 
 # --- both array modes ------------------------------------------------------------------------
 
@@ -233,6 +238,8 @@ class TinyMapConv2D(nn.Conv2D):
     """
 
     input_size = None
+    #: The batch size the network last told (see :class:`_TellsInputSizes`); autotuning measures at it.
+    input_batch = None
 
     def hybrid_forward(self, F, x, weight, bias=None):
         size = tuple(x.shape[2:]) if isinstance(x, mx.nd.NDArray) else self.input_size
@@ -242,8 +249,33 @@ class TinyMapConv2D(nn.Conv2D):
         out = conv_output_size(size, kernel, stride, pad)
         pixels, out_pixels = size[0] * size[1], out[0] * out[1]
         if pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS or out_pixels <= MATMUL_CONV_MAX_OUTPUT_PIXELS:
-            return self.matrix_product(F, x, weight, bias, size, out)
+            batch = x.shape[0] if isinstance(x, mx.nd.NDArray) else self.input_batch or 64
+            # One graph serves training and inference: the choice is measured on a training step.
+            site = (f"conv {self.weight.shape[1]}->{self._channels} k{kernel[0]} s{stride[0]} p{pad[0]} on "
+                    f"{size[0]}x{size[1]}, train")
+            path = autotune.choose(FRAMEWORK, site, ["matrix_product", NATIVE],
+                                   lambda path: self._timed_run(path, (batch, self.weight.shape[1]) + size, size, out))
+            if path == "matrix_product":
+                return self.matrix_product(F, x, weight, bias, size, out)
         return super().hybrid_forward(F, x, weight, bias)
+
+    def _timed_run(self, path, shape, size, out):
+        """One forward and backward pass of this convolution taken by ``path``, on fresh arrays."""
+        x = mx.nd.random.uniform(shape=shape)
+        weight = mx.nd.random.uniform(shape=(self._channels, shape[1]) + self._kwargs["kernel"])
+        bias = mx.nd.zeros((self._channels,))
+        for array in (x, weight, bias):
+            array.attach_grad()
+
+        def run():
+            with autograd.record():
+                if path == "matrix_product":
+                    y = TinyMapConv2D.matrix_product.__wrapped__(self, mx.nd, x, weight, bias, size, out)
+                else:
+                    y = mx.nd.Convolution(x, weight, bias, **self._kwargs)
+            y.backward()
+            mx.nd.waitall()
+        return run
 
     @legacy_operators
     def matrix_product(self, F, x, weight, bias, size, out):
@@ -315,10 +347,12 @@ class _TellsInputSizes:
             maps = [None] * (self.num_stages + 1)
             if size is not None:
                 maps = [tuple(hw) for _, (_, *hw) in stage_output_shapes(self.arch, self.in_channels, *size)[:-2]]
+            batch = x.shape[0] if size is not None else None
             for stage, (previous, current) in enumerate(zip(maps, maps[1:]), start=1):
                 for i, block in enumerate(getattr(self, f"layer{stage}")):
                     block.conv1.input_size = previous if i == 0 else current
                     block.conv2.input_size = current
+                    block.conv1.input_batch = block.conv2.input_batch = batch
         return super().forward(x)
 
 

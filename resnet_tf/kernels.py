@@ -16,17 +16,49 @@ channels, a matrix product: the same function, faster under XLA.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from common import autotune
+from common.autotune import NATIVE
+
 from common.spec import (BN_EPSILON, BN_MOMENTUM, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
                          conv_output_size)
 
-__all__ = ["conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
+__all__ = ["FRAMEWORK", "tracing", "compiler", "conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
            "SymmetricMaxPool2D"]
 # The layer classes are public: Keras names a layer after its class, and a name starting with
 # an underscore is no valid name scope.
+
+
+#: What an autotuned choice is measured for (with the machine): this TensorFlow.
+FRAMEWORK = f"TensorFlow {tf.__version__}"
+
+_tracing = threading.local()
+
+
+@contextmanager
+def tracing(compiler_name: str, batch: int):
+    """Layers called inside run as a step compiled by ``compiler_name`` ("xla" or "graph") of
+    ``batch`` examples would: how BatchNorm is computed and what autotuning measures."""
+    previous = getattr(_tracing, "state", None)
+    _tracing.state = (compiler_name, batch)
+    try:
+        yield
+    finally:
+        _tracing.state = previous
+
+
+def compiler() -> str:
+    """"xla" or "graph" inside :func:`tracing`, "eager" when running eagerly, else "xla"."""
+    state = getattr(_tracing, "state", None)
+    if state is not None:
+        return state[0]
+    return "eager" if tf.executing_eagerly() else "xla"
 
 
 def _padded(shape, padding):
@@ -61,9 +93,9 @@ class BatchNorm(keras.layers.Layer):
     """BatchNorm as PyTorch computes it: epsilon 1e-5, momentum 0.1 in PyTorch's convention.
 
     Normalises with the biased batch variance and updates ``moving_variance`` with the
-    unbiased one, as ``torch.nn.BatchNorm2d`` does. Plain ops (moments, then one multiply-add)
-    that XLA fuses with the neighbouring bias add, ReLU and residual add; the gradient is
-    automatic differentiation's, the exact BatchNorm gradient.
+    unbiased one, as ``torch.nn.BatchNorm2d`` does. Under XLA, plain ops (moments, then one
+    multiply-add) that XLA fuses with the neighbouring bias add, ReLU and residual add (the
+    gradient is automatic differentiation's); otherwise TensorFlow's fused kernel.
     """
 
     def build(self, input_shape):
@@ -76,6 +108,8 @@ class BatchNorm(keras.layers.Layer):
         )
 
     def call(self, inputs, training=False):
+        if compiler() != "xla":
+            return self._fused(inputs, training)
         if training:
             mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])  # the biased variance
             count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), inputs.dtype)
@@ -86,6 +120,20 @@ class BatchNorm(keras.layers.Layer):
             mean, variance = self.moving_mean, self.moving_variance
         scale = self.gamma * tf.math.rsqrt(variance + BN_EPSILON)
         return inputs * scale + (self.beta - mean * scale)
+
+    def _fused(self, inputs, training):
+        """The same BatchNorm as one ``FusedBatchNormV3`` (oneDNN's kernel outside XLA, which
+        expands it in extra passes): it normalises with the biased batch variance and, given
+        ``exponential_avg_factor``, updates the running variance with the unbiased one. The raw
+        op, as ``tf.nn.fused_batch_norm`` would raise epsilon to 1.001e-5."""
+        outputs, running_mean, running_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=self.gamma, offset=self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=BN_EPSILON, exponential_avg_factor=BN_MOMENTUM if training else 1.0, data_format="NHWC",
+            is_training=bool(training))
+        if training:
+            self.moving_mean.assign(running_mean)
+            self.moving_variance.assign(running_variance)
+        return outputs
 
 
 def batch_norm():
@@ -168,8 +216,9 @@ def _conv_as_matmul(x, kernel, stride, padding):
 class _FastConv2D(SymmetricConv2D):
     """:class:`SymmetricConv2D` computed by ``tf.nn.conv2d`` with the padding given per side (no ``tf.pad``
     op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
-    ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul`: TensorFlow's and
-    XLA's convolution kernels are slow on 2x2 and 1x1 maps and on the one-channel stem."""
+    ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul` where
+    :func:`common.autotune.choose` measures that faster on this machine (TensorFlow's and XLA's
+    convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem)."""
 
     def _as_matmul(self, shape):
         height, width, channels = shape[1], shape[2], shape[3]
@@ -180,13 +229,61 @@ class _FastConv2D(SymmetricConv2D):
         return out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS or channels <= MATMUL_CONV_MAX_IN_CHANNELS
 
     def call(self, inputs):
-        p = self.symmetric_padding
         if self._as_matmul(inputs.shape):
-            outputs = _conv_as_matmul(inputs, self.kernel, self.strides[0], p)
+            state = getattr(_tracing, "state", None)
+            batch = inputs.shape[0] or (state[1] if state else 64)
+            shape = (batch,) + tuple(inputs.shape[1:])
+            (kernel, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
+            site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {compiler()} train"
+            how = compiler()
+            path = _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
+                                                          lambda path: _timed_run(self, path, shape, how)))
+            if path == "matmul":
+                return self._compute("matmul", inputs, self.kernel, self.bias)
+        return self._compute(NATIVE, inputs, self.kernel, self.bias)
+
+    def _compute(self, path, inputs, kernel, bias):
+        p = self.symmetric_padding
+        if path == "matmul":
+            outputs = _conv_as_matmul(inputs, kernel, self.strides[0], p)
         else:
             padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
-            outputs = tf.nn.conv2d(inputs, self.kernel, self.strides, padding, data_format="NHWC")
-        return tf.nn.bias_add(outputs, self.bias, data_format="NHWC")
+            outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
+        return tf.nn.bias_add(outputs, bias, data_format="NHWC")
+
+
+def _on_own_thread(function):
+    """``function()`` run on a thread of its own, where no step is being traced and no gradient
+    tape records (both are per thread): how a layer measures its paths while a step traces."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = function()
+        except BaseException as error:  # re-raised on the caller's thread
+            result["error"] = error
+    thread = threading.Thread(target=target, name="autotune")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _timed_run(layer, path, shape, how):
+    """One forward and backward pass of ``layer`` taken by ``path`` on fresh tensors, compiled
+    as the step is (``how``: "xla", "graph" or "eager")."""
+    x = tf.random.uniform(shape)
+    kernel, bias = tf.random.uniform(layer.kernel.shape), tf.zeros(layer.bias.shape)
+
+    def step(x, kernel, bias):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            loss = tf.reduce_sum(layer._compute(path, x, kernel, bias))
+        return tape.gradient(loss, [x, kernel, bias])
+    if how != "eager":
+        step = tf.function(step, jit_compile=how == "xla")
+    return lambda: [gradient.numpy() for gradient in step(x, kernel, bias)]
 
 
 #: Each plain layer with a fast twin -> the twin (same variables, same function).

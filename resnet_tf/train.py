@@ -1,10 +1,10 @@
 """Training ResNet with TensorFlow: the :class:`Trainer` adapter and the chapter's entry points.
 
 The loop, the metrics, the checkpoints and the timing live once in :mod:`common.training`;
-this module supplies TensorFlow's side of one step. Steps are ``tf.function`` graphs compiled
-with XLA (``jit_compile=True``), which fuses each convolution's bias add, BatchNorm, ReLU and
-residual add into a few kernels: eager or plain-graph TensorFlow pays per-op overhead on
-hundreds of small ops per step.
+this module supplies TensorFlow's side of one step. Steps are ``tf.function`` graphs, compiled
+with XLA (which fuses each convolution's bias add, BatchNorm, ReLU and residual add into a few
+kernels) or run by TensorFlow's graph executor (oneDNN's kernels, BatchNorm fused), whichever
+:mod:`common.autotune` measures faster for the network on this machine.
 """
 from __future__ import annotations
 
@@ -15,19 +15,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import backend, training
+from common import autotune, backend, training
 from common.backend import device_label
 from common.spec import trainable_parameter_names
 
+from . import kernels
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet, to_canonical_layout
 
 __all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
-
-#: Compile the steps with XLA: faster than TensorFlow's graph executor, the same numbers
-#: within float32 rounding.
-JIT_COMPILE = True
-
 
 def try_gpu(i=0):
     """The chapter's ``try_gpu``: ``tf.device('/GPU:i')`` if that GPU exists, else the CPU."""
@@ -69,9 +65,8 @@ class Trainer(backend.Trainer):
             self.net = net
             self.optimizer = keras.optimizers.SGD(learning_rate=lr)  # no momentum, no weight decay
             self.optimizer.build(net.trainable_variables)
-        # reduce_retracing: the last, smaller batch of an epoch reuses the traced graph.
-        self._train_step = tf.function(self._train, jit_compile=JIT_COMPILE, reduce_retracing=True)
-        self._eval_step = tf.function(self._eval, jit_compile=JIT_COMPILE, reduce_retracing=True)
+        self._compiled = {}  # (compiler, train?) -> the step as a tf.function
+        self.compiler = None  # "xla" or "graph", chosen at the first step (see _step)
 
     @staticmethod
     def resolve_device(device) -> str:
@@ -115,14 +110,46 @@ class Trainer(backend.Trainer):
             y = labels if tf.is_tensor(labels) else to_tensor(np.asarray(labels, dtype=np.int64), self.device)
         return x, y
 
+    def _function(self, compiler, training):
+        key = (compiler, training)
+        if key not in self._compiled:
+            # reduce_retracing: the last, smaller batch of an epoch reuses the traced graph.
+            self._compiled[key] = tf.function(self._train if training else self._eval,
+                                              jit_compile=compiler == "xla", reduce_retracing=True)
+        return self._compiled[key]
+
+    def _choose_compiler(self, x, y, training):
+        """XLA or TensorFlow's graph executor for the steps, whichever runs this network's step
+        faster on this machine (:func:`common.autotune.choose`; XLA is the fast path). Measuring
+        a training step trains: the network and optimizer are put back as they were."""
+        site = f"{'train' if training else 'eval'} step {architecture(self.net)[0]} on {tuple(x.shape)}"
+        state = [variable.numpy() for variable in self.net.variables + self.optimizer.variables]
+
+        def make_run(compiler):
+            def run():
+                with kernels.tracing(compiler, int(x.shape[0])):
+                    self.to_host(list(self._function(compiler, training)(x, y)))
+            return run
+        try:
+            return autotune.choose(kernels.FRAMEWORK, site, ["xla", autotune.NATIVE], make_run)
+        finally:
+            for variable, value in zip(self.net.variables + self.optimizer.variables, state):
+                variable.assign(value)
+
+    def _step(self, x, y, training):
+        with tf.device(self.device):
+            if self.compiler is None:
+                chosen = self._choose_compiler(x, y, training)
+                self.compiler = "graph" if chosen == autotune.NATIVE else chosen
+            with kernels.tracing(self.compiler, int(x.shape[0])):
+                return self._function(self.compiler, training)(x, y)
+
     def train_step(self, x, y):
         """One SGD step; returns (summed loss, number correct) without waiting for them."""
-        with tf.device(self.device):
-            return self._train_step(x, y)
+        return self._step(x, y, True)
 
     def eval_step(self, x, y):
-        with tf.device(self.device):
-            return self._eval_step(x, y)
+        return self._step(x, y, False)
 
     def to_host(self, values):
         """Python floats of step results: the one place that waits for the device."""

@@ -14,10 +14,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common import autotune
+from common.autotune import NATIVE
 from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_IN_CHANNELS,
                          MATMUL_CONV_MAX_OUTPUT_PIXELS, conv_output_size, tap_selection)
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count"]
+
+#: What an autotuned choice is measured for (with the machine): this PyTorch.
+FRAMEWORK = f"PyTorch {torch.__version__}"
 
 
 def batch_norm(num_channels: int) -> nn.BatchNorm2d:
@@ -84,14 +89,45 @@ def _conv_as_dense(x, weight, bias, stride, padding):
     return F.linear(x.flatten(1), dense, bias).view(x.shape[0], out_channels, out_h, out_w)
 
 
+def _unfold_weight_grad_conv(x, weight, bias, stride, padding):
+    return _UnfoldWeightGradConv2d.apply(x, weight, bias, stride, padding)
+
+
+def _native_conv(x, weight, bias, stride, padding):
+    return F.conv2d(x, weight, bias, stride, padding)
+
+
+#: The ways :class:`_FastConv2d` can compute a convolution, fast ones in order of preference.
+_PATHS = {"dense": _conv_as_dense, "unfold_weight_grad": _unfold_weight_grad_conv, NATIVE: _native_conv}
+
+
+def _timed_run(path, x, weight, bias, stride, padding, training):
+    """A call of ``path`` on fresh tensors shaped as the site's, forward and (training) backward."""
+    x = torch.rand_like(x)
+    weight = weight.detach().clone().requires_grad_(training)
+    bias = None if bias is None else bias.detach().clone().requires_grad_(training)
+
+    def run():
+        with torch.inference_mode(False), torch.set_grad_enabled(training):
+            y = _PATHS[path](x, weight, bias, stride, padding)
+            if training:
+                y.sum().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+    return run
+
+
 class _FastConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with faster CPU paths for the shapes where oneDNN is slow; the same function.
+    """``nn.Conv2d`` with faster paths for the shapes where oneDNN can be slow; the same function.
 
     * Input times output map of at most :data:`common.spec.DENSE_CONV_MAX_PIXEL_PAIRS` pixel
       pairs (layer3/layer4 at 28 x 28): one dense layer with the kernel unfolded
       (:func:`_conv_as_dense`), which skips the padding taps oneDNN multiplies.
     * Few input channels (the stem) or a small output map (layer4 at 96 x 96): the weight
-      gradient by :class:`_UnfoldWeightGradConv2d`, where oneDNN's is much slower than its forward.
+      gradient by :class:`_UnfoldWeightGradConv2d`.
+
+    Where one applies, :func:`common.autotune.choose` picks between it and oneDNN's own
+    convolution by timing both once per machine, shape and PyTorch version.
     """
 
     def forward(self, x):
@@ -99,14 +135,21 @@ class _FastConv2d(nn.Conv2d):
             return super().forward(x)
         h, w = x.shape[-2:]
         out_h, out_w = conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
+        training = torch.is_grad_enabled() and self.weight.requires_grad
+        paths = []
         if h * w * out_h * out_w <= DENSE_CONV_MAX_PIXEL_PAIRS and self.kernel_size != (1, 1):
-            return _conv_as_dense(x, self.weight, self.bias, self.stride, self.padding)
-        few_inputs_or_outputs = (self.in_channels <= MATMUL_CONV_MAX_IN_CHANNELS
-                                 or out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS)
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
-                and self.bias is not None and few_inputs_or_outputs):
-            return _UnfoldWeightGradConv2d.apply(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
+            paths.append("dense")
+        elif (x.device.type == "cpu" and training and self.bias is not None
+              and (self.in_channels <= MATMUL_CONV_MAX_IN_CHANNELS or out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS)):
+            paths.append("unfold_weight_grad")
+        if not paths:
+            return super().forward(x)
+        paths.append(NATIVE)
+        site = (f"conv {self.in_channels}->{self.out_channels} k{self.kernel_size[0]} s{self.stride[0]} "
+                f"p{self.padding[0]} on {tuple(x.shape)} {x.device.type} {'train' if training else 'eval'}")
+        args = (self.weight, self.bias, self.stride, self.padding)
+        path = autotune.choose(FRAMEWORK, site, paths, lambda path: _timed_run(path, x, *args, training))
+        return _PATHS[path](x, *args)
 
 
 def use_fast_layers(net: nn.Module) -> nn.Module:

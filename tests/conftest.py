@@ -13,6 +13,9 @@ import pytest
 from helpers import real_data_dir
 
 BACKEND = os.environ.get("RESNET_BACKEND", "")
+# Every fast path, always, unless the environment says otherwise: a test must not depend on what
+# a measurement picked on this machine (tests/test_autotune.py measures in a cache of its own).
+os.environ.setdefault("RESNET_FAST_PATHS", "fast")
 
 def pytest_report_header(config):
     return f"RESNET_BACKEND={BACKEND or '(none: backend tests skipped)'}"

@@ -66,6 +66,23 @@ def test_first_ten_steps_are_the_oracles_steps(backend):
     np.testing.assert_allclose(losses[:agree], expected["losses"][:agree], rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("fast_paths", ["fast", "native"])
+def test_a_training_step_is_the_oracles_on_either_side_of_every_fast_path(backend, monkeypatch, fast_paths):
+    # RESNET_FAST_PATHS=fast takes every fast path (XLA in TensorFlow), native none (TensorFlow's
+    # graph executor with its fused BatchNorm): an autotuned run mixes the two, layer by layer.
+    monkeypatch.setenv("RESNET_FAST_PATHS", fast_paths)
+    expected, config, loader = _first_steps()
+    images, labels = next(iter(loader))
+    trainer = backend.Trainer(lr=config["lr"])
+    before = init_weights("resnet18", config["seed"])
+    trainer.import_weights(before)
+    want_loss, want_after = oracle.sgd_step(before, images, labels, config["lr"])
+    loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
+    assert trainer.to_host([loss_sum])[0] / len(labels) == pytest.approx(want_loss, abs=1e-3)
+    after = trainer.export_weights()
+    assert _update_norm(after, want_after) <= 1e-3 * _update_norm(after, before)
+
+
 #: Learning, checked where the outcome does not depend on rounding: plain SGD on one fixed
 #: batch drives its loss from about 3.5 to about 0.002 within 30 steps from any start near the
 #: initial weights (tools/learning_stability.py --one-batch measures it), whereas what one

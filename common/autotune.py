@@ -1,0 +1,145 @@
+"""Fast paths chosen by a short measurement on the machine at hand, as cuDNN's autotuning does.
+
+A backend's fast path (a convolution as a matrix product, XLA for the whole step, ...) wins on
+one CPU and can lose on another: what was measured on an AVX2 EPYC does not hold on AVX-512.
+So where a backend has more than one exact way to compute a layer, it asks :func:`choose` with
+the candidates for that layer and shape; on first use each is timed a few times and the fastest
+is kept, in memory and in a JSON cache per machine (CPU model, vector extensions, cores) and
+framework version, so the next process does not measure again. Every candidate computes the
+same function (the oracle tests run each way), so the choice changes speed only.
+
+``RESNET_FAST_PATHS`` forces the choice: ``auto`` (the default) measures, ``fast`` always takes
+the backend's fast path, ``native`` always the framework's own layer. ``RESNET_AUTOTUNE_CACHE``
+names the cache file (default ``$XDG_CACHE_HOME/resnet-fmnist/autotune.json``).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, Optional, Sequence
+
+from .machine import cpu_info
+
+__all__ = ["FAST_PATHS_ENV", "CACHE_ENV", "NATIVE", "fast_paths_mode", "cache_path", "machine_key", "choose",
+           "time_call", "clear_memory", "summary"]
+
+FAST_PATHS_ENV = "RESNET_FAST_PATHS"
+CACHE_ENV = "RESNET_AUTOTUNE_CACHE"
+#: The name of the framework's own path among a site's candidates.
+NATIVE = "native"
+_MODES = ("auto", "fast", "native")
+
+#: (framework, site) -> choice, for this process.
+_MEMORY: Dict[tuple, str] = {}
+
+
+def fast_paths_mode() -> str:
+    """``auto``, ``fast`` or ``native``, from ``RESNET_FAST_PATHS`` (unset or empty: ``auto``)."""
+    value = os.environ.get(FAST_PATHS_ENV, "").strip().lower() or "auto"
+    if value not in _MODES:
+        raise ValueError(f"{FAST_PATHS_ENV}={os.environ[FAST_PATHS_ENV]!r}: use auto (measure once per machine), "
+                         "fast (always the fast paths) or native (always the framework's own layers)")
+    return value
+
+
+def cache_path() -> str:
+    path = os.environ.get(CACHE_ENV)
+    if path:
+        return path
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "resnet-fmnist", "autotune.json")
+
+
+@functools.lru_cache(maxsize=None)
+def machine_key(framework: str) -> str:
+    """What a measured choice holds for: this CPU, its cores, and the framework's version."""
+    info = cpu_info()
+    return f"{info['model']} | {','.join(info['vector_extensions'])} | {info['cores']} cores | {framework}"
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            table = json.load(handle)
+        if not isinstance(table, dict):
+            raise ValueError("not a JSON object")
+        return table
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError) as error:
+        warnings.warn(f"ignoring the autotuning cache {path} ({error}); it is measured again and rewritten")
+        return {}
+
+
+def _store(path: str, machine: str, site: str, entry: dict) -> None:
+    """Add one choice to the cache file: re-read, merge, replace atomically (a concurrent
+    process's entries are kept; a failed write leaves the old file)."""
+    try:
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        table = _read(path)
+        table.setdefault(machine, {})[site] = entry
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".autotune-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(table, out, indent=1, sort_keys=True)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as error:  # a read-only home: the choice still holds for this process
+        warnings.warn(f"could not write the autotuning cache {path} ({error})")
+
+
+def time_call(run: Callable[[], None], repeats: int = 3) -> float:
+    """Best seconds of ``repeats`` calls of ``run`` (which waits for its own result), after one warm-up."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def choose(framework: str, site: str, paths: Sequence[str], make_run: Callable[[str], Callable[[], None]],
+           repeats: int = 3, timer: Callable[[Callable[[], None], int], float] = time_call) -> str:
+    """The path to take at ``site`` (a string naming the layer and its shapes), one of ``paths``.
+
+    ``paths`` lists the fast paths in order of preference, then :data:`NATIVE`, the framework's
+    own. Only in ``auto`` mode, and only for a site this machine and framework have not measured,
+    is anything timed: ``make_run(path)`` returns a zero-argument callable that runs the layer
+    once that way on inputs of the site's shapes and waits for the result.
+    """
+    mode = fast_paths_mode()
+    if mode == "native" or len(paths) == 1:
+        return NATIVE if NATIVE in paths else paths[0]
+    if mode == "fast":
+        return next((path for path in paths if path != NATIVE), NATIVE)
+    file, machine = cache_path(), machine_key(framework)
+    remembered = _MEMORY.get((file, machine, site))
+    if remembered in paths:
+        return remembered
+    entry = _read(file).get(machine, {}).get(site)
+    if isinstance(entry, dict) and entry.get("choice") in paths:
+        _MEMORY[file, machine, site] = entry["choice"]
+        return entry["choice"]
+    seconds = {path: timer(make_run(path), repeats) for path in paths}
+    choice = min(seconds, key=seconds.get)
+    _MEMORY[file, machine, site] = choice
+    _store(file, machine, site, {"choice": choice, "ms": {p: round(s * 1e3, 3) for p, s in seconds.items()}})
+    return choice
+
+
+def clear_memory() -> None:
+    """Forget this process's choices (the cache file stays): the next :func:`choose` reads it again."""
+    _MEMORY.clear()
+
+
+def summary(framework: str) -> Optional[dict]:
+    """This machine's measured choices for ``framework``, as stored (None before any)."""
+    return _read(cache_path()).get(machine_key(framework))
