@@ -119,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first (default 2)")
     bench.add_argument("--reference", action="store_true",
                        help="time the chapter's own code for this framework instead of this project's")
+    bench.add_argument("--peak-gflops", type=_positive_float, default=None,
+                       help="the machine's fp32 peak to measure against (default: measured, see 'peak')")
     bench.add_argument("--out", default=None, help="also write the JSON to this file")
+
+    peak = commands.add_parser("peak", help="the machine's fp32 peak GFLOP/s (measured and theoretical) as JSON")
+    _add_backend(peak)
     return parser
 
 
@@ -177,11 +182,21 @@ def _bench(args):
     from .weights import atomic_write
 
     result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
-                       warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference)
+                       warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
+                       peak_gflops=args.peak_gflops)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:
         atomic_write(args.out, lambda handle: handle.write(text.encode()))
+    return 0
+
+
+def _peak(args):
+    from .backend import load_backend
+    from .bench import measure_peak
+
+    trainer = load_backend(args.backend).Trainer(device=args.device)
+    sys.stdout.write(json.dumps(measure_peak(trainer), indent=2) + "\n")
     return 0
 
 
@@ -198,7 +213,8 @@ def _expected_errors():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"train": _train, "evaluate": _evaluate, "compare": _compare, "bench": _bench}[args.command]
+    handler = {"train": _train, "evaluate": _evaluate, "compare": _compare, "bench": _bench,
+               "peak": _peak}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -204,13 +204,22 @@ def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, conten
 
 def test_bench_reports_json(capsys, backend_name):
     code, out, err = run(capsys, "bench", "--backend", backend_name, "--batch-size", "4", "--resize", "32",
-                         "--steps", "1", "--warmup", "1", "--rounds", "3")
+                         "--steps", "1", "--warmup", "1", "--rounds", "3", "--peak-gflops", "100")
     assert code == 0, err
     result = json.loads(out)
-    for key in ("backend", "framework", "device", "batch_size", "resize", "train_examples_per_sec",
-                "inference_examples_per_sec", "train_gflops", "matmul_gflops", "fraction_of_matmul",
-                "peak_memory_mb"):
+    for key in ("backend", "framework", "device", "cpu", "batch_size", "resize", "train_examples_per_sec",
+                "inference_examples_per_sec", "train_gflops", "peak", "train_share_of_peak", "peak_memory_mb"):
         assert key in result, key
-    assert result["train_examples_per_sec"] > 0 and result["matmul_gflops"] > 0
+    assert result["train_examples_per_sec"] > 0 and result["peak"] == {"gflops": 100.0, "by": "given"}
+    assert result["train_share_of_peak"] == pytest.approx(result["train_gflops"] / 100, abs=1e-3)
     rounds = result["train_examples_per_sec_rounds"]
     assert len(rounds) == 3 and sorted(rounds)[1] == pytest.approx(result["train_examples_per_sec"], rel=1e-3)
+
+
+def test_peak_reports_the_best_matmul_of_numpy_and_the_framework(capsys, backend_name):
+    code, out, err = run(capsys, "peak", "--backend", backend_name)
+    assert code == 0, err
+    peak = json.loads(out)
+    assert len(peak["table"]) == 2 and any(name.startswith("NumPy") for name in peak["table"])
+    best = max(g for row in peak["table"].values() for g in row.values())
+    assert peak["gflops"] == best > 0 and str(peak["size"]) in peak["table"][peak["by"]]

@@ -247,3 +247,42 @@ def test_check_weights_infers_channels_and_classes():
     check_weights(init_weights(seed=0, in_channels=3, num_classes=7))
     with pytest.raises(WeightsError, match="num_classes|fc"):
         check_weights(init_weights(seed=0, in_channels=3, num_classes=7), num_classes=10)
+
+
+# --- the machine's peak (common.machine) ------------------------------------------------------
+
+def _cpuinfo(tmp_path, flags, mhz="2100.000", model="Some CPU"):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: {model}\ncpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n\n"
+                    f"processor\t: 1\nmodel name\t: other\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, lanes, per_core_cycle", [
+    ("sse2 avx avx2 fma", 8, 32),  # AVX2: 8 lanes x 2 (multiply-add) x 2 FMA units
+    ("sse2 avx avx2 fma avx512f avx512bw", 16, 64),
+    ("sse2", 4, 8),  # no FMA: one multiply and one add unit counted as one
+])
+def test_theoretical_peak_from_lanes_fma_and_clock(tmp_path, monkeypatch, flags, lanes, per_core_cycle):
+    from common import machine
+
+    monkeypatch.setattr(machine, "_max_clock_ghz", lambda fields: float(fields["cpu MHz"]) / 1e3)
+    info = machine.cpu_info(_cpuinfo(tmp_path, flags))
+    assert info["model"] == "Some CPU" and info["fp32_lanes"] == lanes
+    assert machine.theoretical_peak_gflops(info) == pytest.approx(info["cores"] * per_core_cycle * 2.1, abs=0.05)
+    assert machine.describe(info).startswith(f"Some CPU, {info['cores']} cores, ")
+
+
+def test_theoretical_peak_is_unknown_without_a_clock(tmp_path, monkeypatch):
+    from common import machine
+
+    monkeypatch.setattr(machine, "_max_clock_ghz", lambda fields: None)
+    assert machine.theoretical_peak_gflops(machine.cpu_info(_cpuinfo(tmp_path, "avx2 fma"))) is None
+
+
+def test_best_matmul_is_the_best_of_every_size_and_implementation():
+    from common.machine import best_matmul_gflops
+
+    peak = best_matmul_gflops({"a": lambda n: n / 10, "b": lambda n: 150.0 if n == 1024 else 1.0}, sizes=(512, 1024))
+    assert (peak["gflops"], peak["by"], peak["size"]) == (150.0, "b", 1024)
+    assert peak["table"] == {"a": {"512": 51.2, "1024": 102.4}, "b": {"512": 1.0, "1024": 150.0}}

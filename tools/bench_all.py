@@ -4,45 +4,57 @@
     python tools/bench_all.py --steps 3 --rounds 3 --backends torch mx
 
 Each figure comes from one `resnet-fmnist bench` process, run in the backend's own tox
-environment (`tox exec -e <backend>`), so training GFLOP/s and the framework's own matmul
-GFLOP/s are measured side by side in the same process; quote the ratios, which survive a
-noisy machine better than the absolute numbers.
+environment (`tox exec -e <backend>`), against one yardstick: the machine's fp32 peak,
+measured once at the start (`resnet-fmnist peak` in every environment, the best wins).
+docs/benchmarks.md keeps one section per machine (CPU model, cores, vector extensions).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
+import re
 import subprocess
 import sys
 import tempfile
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from common.backend import BACKENDS  # noqa: E402  (framework-free)
+from common.machine import describe  # noqa: E402
 
 SIZES = [("96", 64), ("none", 256)]  # (resize, batch size): the issue's two settings
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def measure_peak(backend):
+    """``resnet-fmnist peak`` in the backend's environment: NumPy's and the framework's best matmul."""
+    command = ["tox", "exec", "-qq", "-e", backend, "--", "resnet-fmnist", "peak", "--backend", backend]
+    print("$", " ".join(command), file=sys.stderr, flush=True)
+    completed = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        return None
+    return json.loads(completed.stdout)
 
 
-def run_one(backend, resize, batch_size, steps, warmup, rounds, reference):
+def machine_peak(peaks):
+    """The best of every environment's measured peak: the one yardstick of the run."""
+    peaks = [p for p in peaks if p]
+    best = max(peaks, key=lambda p: p["gflops"])
+    table = {}
+    for peak in peaks:
+        table.update(peak["table"])
+    return {"gflops": best["gflops"], "by": best["by"], "size": best["size"], "table": table,
+            "theoretical_gflops": best.get("theoretical_gflops")}
+
+
+def run_one(backend, resize, batch_size, steps, warmup, rounds, reference, peak_gflops):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     command = ["tox", "exec", "-qq", "-e", backend, "--", "resnet-fmnist", "bench", "--backend", backend,
                "--resize", resize, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
-               "--rounds", str(rounds), "--out", out]
+               "--rounds", str(rounds), "--peak-gflops", str(peak_gflops), "--out", out]
     if reference:
         command.append("--reference")
     print("$", " ".join(command), file=sys.stderr, flush=True)
@@ -62,23 +74,40 @@ def _size(r) -> str:
     return f"{resize} x {resize}, {r['batch_size']}" if resize not in (None, "none") else f"28 x 28, {r['batch_size']}"
 
 
-def markdown(results, steps, warmup, rounds) -> str:
+METHOD = """\
+One `resnet-fmnist bench` process per row, on one fixed batch: warm-up steps, then rounds of
+timed steps, of which the median round counts. Train GFLOP/s counts the convolutions and the
+dense layer once from `common/spec.py` (forward x 3), the same for every backend. "of peak"
+divides it by the machine's fp32 peak, one number per machine for every row: the best
+matrix product found at sizes 512 to 3072 by NumPy's BLAS and by each framework
+(`resnet-fmnist peak`), measured once at the start of the run; the theoretical peak (cores x
+fp32 lanes x 2 x 2 FMA units x clock, `common/machine.py`) is shown beside it. "of fastest" is
+the row's training img/s over the fastest backend's (this project's code) at that size, "x
+chapter" over the chapter's own code for the same framework. Fast paths are autotuned
+(`RESNET_FAST_PATHS=auto`, see `common/autotune.py`): each bench process measures its choices
+first if the machine's cache does not hold them yet, outside the timed steps.
+
+`python tools/bench_all.py` adds or replaces the section of the machine it runs on and keeps
+every other machine's.
+"""
+
+
+def section(results, peak, steps, warmup, rounds) -> str:
+    cpu = results[0].get("cpu") or describe()
+    theoretical = f", theoretical {peak['theoretical_gflops']:.0f}" if peak.get("theoretical_gflops") else ""
     lines = [
-        "# Benchmarks",
+        f"<!-- machine: {cpu} -->",
+        f"### {cpu}",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs, no GPU. One `resnet-fmnist bench` process per row, "
-        f"on one fixed batch: {warmup} warm-up steps, then {rounds} rounds of {steps} timed steps, of which the "
-        f"median round counts. Each training round follows its own matmul measurement, and \"of matmul\" "
-        f"is the median of the rounds' ratios.",
-        "Train GFLOP/s counts the convolutions and the dense layer once from `common/spec.py` "
-        "(forward x 3); \"of matmul\" divides it by the framework's own 2048 x 2048 fp32 matmul "
-        "GFLOP/s measured in the same process (the median is shown). \"of fastest\" is the row's training img/s over the "
-        "fastest backend's (this project's code) at that size; \"x chapter\" over the chapter's own "
-        "code for the same framework.",
+        f"Measured {time.strftime('%Y-%m-%d')}; {warmup} warm-up steps, {rounds} rounds of {steps} steps. "
+        f"Machine fp32 peak {peak['gflops']:.0f} GFLOP/s ({peak['by']}, {peak['size']} x {peak['size']}){theoretical}.",
+        "Best matmul GFLOP/s by size: " + "; ".join(
+            f"{name} " + ", ".join(f"{size}: {g:.0f}" for size, g in row.items()) for name, row in peak["table"].items())
+        + ".",
         "",
-        "| backend | code | input, batch | train img/s | of fastest | x chapter | train GFLOP/s | matmul GFLOP/s "
-        "| of matmul | inference img/s | peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | code | input, batch | train img/s | of fastest | x chapter | train GFLOP/s | of peak "
+        "| inference img/s | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ok = [r for r in results if "error" not in r]
     fastest = {}
@@ -89,7 +118,7 @@ def markdown(results, steps, warmup, rounds) -> str:
     for r in results:
         size = _size(r)
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['code']} | {size} | failed (exit {r['error']}) | | | | | | | |")
+            lines.append(f"| {r['backend']} | {r['code']} | {size} | failed (exit {r['error']}) | | | | | | |")
             continue
         eps = r["train_examples_per_sec"]
         of_fastest = f"{eps / fastest[size]:.2f}" if r["code"] == "resnet-fmnist" and fastest.get(size) else ""
@@ -97,10 +126,25 @@ def markdown(results, steps, warmup, rounds) -> str:
                       if r["code"] == "resnet-fmnist" and (r["backend"], size) in chapter else "")
         lines.append(
             f"| {r['backend']} | {r['code']} | {size} | {eps:.1f} | {of_fastest} | {vs_chapter} "
-            f"| {r['train_gflops']:.1f} | {r['matmul_gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% "
+            f"| {r['train_gflops']:.1f} | {100 * r['train_share_of_peak']:.0f}% "
             f"| {r['inference_examples_per_sec']:.1f} | {r['peak_memory_mb']:.0f} |"
         )
+    lines.append("<!-- /machine -->")
     return "\n".join(lines) + "\n"
+
+
+_SECTION = re.compile(r"<!-- machine: (.*?) -->\n.*?<!-- /machine -->\n", re.S)
+
+
+def merge(text: str, new_section: str) -> str:
+    """``text`` (the current file) with ``new_section`` in place of its machine's, every other
+    machine's section and the sections after the tables (``## ...``) kept."""
+    key = _SECTION.match(new_section).group(1)
+    sections = [m.group(0) for m in _SECTION.finditer(text) if m.group(1) != key]
+    last = max([m.end() for m in _SECTION.finditer(text)] or [0])
+    rest = text[last:]
+    kept = rest[rest.index("\n## ") + 1:] if "\n## " in rest else ""
+    return "# Benchmarks\n\n" + METHOD + "\n" + "\n".join([new_section] + sections) + "\n" + kept
 
 
 def main(argv=None) -> int:
@@ -112,21 +156,19 @@ def main(argv=None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the chapter's own code")
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     args = parser.parse_args(argv)
+    peak = machine_peak([measure_peak(backend) for backend in args.backends])
     results = []
     for resize, batch_size in SIZES:
         for backend in args.backends:
             for reference in ([False] if args.no_reference else [False, True]):
-                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds, reference))
+                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds, reference,
+                                       peak["gflops"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    kept = ""  # the file's own sections ("## ...") after the table are kept as they are
-    if os.path.exists(args.out):
-        with open(args.out) as handle:
-            text = handle.read()
-        kept = text[text.index("\n## "):] if "\n## " in text else ""
+    text = open(args.out).read() if os.path.exists(args.out) else ""
     with open(args.out, "w") as handle:
-        handle.write(markdown(results, args.steps, args.warmup, args.rounds) + kept)
+        handle.write(merge(text, section(results, peak, args.steps, args.warmup, args.rounds)))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
-        json.dump(results, handle, indent=2)
+        json.dump({"peak": peak, "results": results}, handle, indent=2)
     print(open(args.out).read())
     return 0
 
