@@ -238,25 +238,24 @@ class TinyMapConv2D(nn.Conv2D):
     """
 
     input_size = None
-    #: The batch size the network last told (see :class:`_TellsInputSizes`); autotuning measures at it.
-    input_batch = None
+    #: How the network said to compute this layer ("matrix_product" or "native"; see
+    #: :class:`_TellsInputSizes`); where no network said, the matrix product.
+    path = "matrix_product"
+
+    def takes_matrix_product(self, size):
+        """Whether a fast path exists for an input map of ``size``; returns (yes, output size)."""
+        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
+        if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
+            return False, None
+        out = conv_output_size(size, kernel, stride, pad)
+        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
+        return pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS or out_pixels <= MATMUL_CONV_MAX_OUTPUT_PIXELS, out
 
     def hybrid_forward(self, F, x, weight, bias=None):
         size = tuple(x.shape[2:]) if isinstance(x, mx.nd.NDArray) else self.input_size
-        kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
-        if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
-            return super().hybrid_forward(F, x, weight, bias)
-        out = conv_output_size(size, kernel, stride, pad)
-        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
-        if pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS or out_pixels <= MATMUL_CONV_MAX_OUTPUT_PIXELS:
-            batch = x.shape[0] if isinstance(x, mx.nd.NDArray) else self.input_batch or 64
-            # One graph serves training and inference: the choice is measured on a training step.
-            site = (f"conv {self.weight.shape[1]}->{self._channels} k{kernel[0]} s{stride[0]} p{pad[0]} on "
-                    f"{size[0]}x{size[1]}, train")
-            path = autotune.choose(FRAMEWORK, site, ["matrix_product", NATIVE],
-                                   lambda path: self._timed_run(path, (batch, self.weight.shape[1]) + size, size, out))
-            if path == "matrix_product":
-                return self.matrix_product(F, x, weight, bias, size, out)
+        fast, out = self.takes_matrix_product(size)
+        if fast and self.path == "matrix_product":
+            return self.matrix_product(F, x, weight, bias, size, out)
         return super().hybrid_forward(F, x, weight, bias)
 
     def _timed_run(self, path, shape, size, out):
@@ -347,13 +346,33 @@ class _TellsInputSizes:
             maps = [None] * (self.num_stages + 1)
             if size is not None:
                 maps = [tuple(hw) for _, (_, *hw) in stage_output_shapes(self.arch, self.in_channels, *size)[:-2]]
-            batch = x.shape[0] if size is not None else None
             for stage, (previous, current) in enumerate(zip(maps, maps[1:]), start=1):
                 for i, block in enumerate(getattr(self, f"layer{stage}")):
                     block.conv1.input_size = previous if i == 0 else current
                     block.conv2.input_size = current
-                    block.conv1.input_batch = block.conv2.input_batch = batch
+            if size is not None:
+                self._choose_paths(size, x.shape[0])
         return super().forward(x)
+
+    def _choose_paths(self, size, batch):
+        """One path for every convolution on tiny maps at this input size, measured over all of
+        them at once (:func:`common.autotune.choose`; one graph serves training and inference,
+        so a training step is timed). Not one choice per layer: with layer4's first convolution
+        a matrix product and the next ones oneDNN's (96 x 96), MXNet 1.9.1 fails ("could not
+        create a primitive descriptor for a reorder primitive")."""
+        convs = [conv for stage in range(1, self.num_stages + 1) for block in getattr(self, f"layer{stage}")
+                 for conv in (block.conv1, block.conv2) if conv.takes_matrix_product(conv.input_size)[0]]
+        if not convs:
+            return
+        site = f"tiny-map convolutions of {self.arch} on {size[0]}x{size[1]}, train"
+
+        def make_run(path):
+            runs = [conv._timed_run(path, (batch, conv.weight.shape[1]) + conv.input_size, conv.input_size,
+                                    conv.takes_matrix_product(conv.input_size)[1]) for conv in convs]
+            return lambda: [run() for run in runs]
+        path = autotune.choose(FRAMEWORK, site, ["matrix_product", NATIVE], make_run)
+        for conv in convs:
+            conv.path = path
 
 
 @functools.lru_cache(maxsize=None)

@@ -144,7 +144,8 @@ def batch_norm():
 class SymmetricMaxPool2D(keras.layers.MaxPool2D):
     """Max pooling on the input padded with -inf by ``padding`` on every side, NaN propagated.
 
-    Computed separably, as running maxima of strided slices along the width, then the height:
+    Outside XLA, TensorFlow's max pool with NaN put back. Under XLA, computed separably, as
+    running maxima of strided slices along the width, then the height:
     ``tf.maximum`` propagates NaN and passes a tie's gradient to its first argument, so, as in
     PyTorch, the first maximum of each window in row-major order receives it. Under XLA this
     also avoids the select-and-scatter that ``tf.nn.max_pool2d``'s gradient lowers to.
@@ -160,6 +161,12 @@ class SymmetricMaxPool2D(keras.layers.MaxPool2D):
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:  # shapes unknown while tracing symbolically
             return super().call(x)
+        if compiler() != "xla":
+            # TensorFlow's own kernel (oneDNN's, which also passes a tie's gradient to the first
+            # maximum); it skips NaN, so a window holding one is set to NaN after it.
+            outputs = tf.nn.max_pool2d(x, kernel, stride, "VALID")
+            has_nan = tf.nn.max_pool2d(tf.cast(tf.math.is_nan(x), x.dtype), kernel, stride, "VALID")
+            return tf.where(has_nan > 0, tf.constant(np.nan, x.dtype), outputs)
         out_h, out_w = conv_output_size((height, width), kernel, stride, padding)
         rows = None
         for j in range(kernel):
@@ -240,15 +247,19 @@ class _FastConv2D(SymmetricConv2D):
                                                           lambda path: _timed_run(self, path, shape, how)))
             if path == "matmul":
                 return self._compute("matmul", inputs, self.kernel, self.bias)
-        return self._compute(NATIVE, inputs, self.kernel, self.bias)
+        return self._compute(NATIVE, inputs, self.kernel, self.bias, compiler())
 
-    def _compute(self, path, inputs, kernel, bias):
-        p = self.symmetric_padding
+    def _compute(self, path, inputs, kernel, bias, how="xla"):
+        (size, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
         if path == "matmul":
-            outputs = _conv_as_matmul(inputs, kernel, self.strides[0], p)
-        else:
+            outputs = _conv_as_matmul(inputs, kernel, stride, p)
+        elif how == "xla" or not p:  # XLA takes the padding per side; no tf.pad op
             padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
             outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
+        elif stride == 1 and size == 2 * p + 1:  # 'SAME' pads (p, p) here: oneDNN's own kernel
+            outputs = tf.nn.conv2d(inputs, kernel, self.strides, "SAME", data_format="NHWC")
+        else:  # oneDNN has no kernel for explicit padding: pad, then a 'VALID' convolution
+            outputs = tf.nn.conv2d(_pad(inputs, p), kernel, self.strides, "VALID", data_format="NHWC")
         return tf.nn.bias_add(outputs, bias, data_format="NHWC")
 
 
@@ -279,7 +290,7 @@ def _timed_run(layer, path, shape, how):
     def step(x, kernel, bias):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel, bias])
-            loss = tf.reduce_sum(layer._compute(path, x, kernel, bias))
+            loss = tf.reduce_sum(layer._compute(path, x, kernel, bias, how))
         return tape.gradient(loss, [x, kernel, bias])
     if how != "eager":
         step = tf.function(step, jit_compile=how == "xla")

@@ -125,7 +125,9 @@ class Trainer(backend.Trainer):
         site = f"{'train' if training else 'eval'} step {architecture(self.net)[0]} on {tuple(x.shape)}"
         state = [variable.numpy() for variable in self.net.variables + self.optimizer.variables]
 
-        def make_run(compiler):
+        def make_run(path):
+            compiler = "graph" if path == autotune.NATIVE else path
+
             def run():
                 with kernels.tracing(compiler, int(x.shape[0])):
                     self.to_host(list(self._function(compiler, training)(x, y)))
