@@ -95,25 +95,22 @@ def _store(path: str, machine: str, site: str, entry: dict) -> None:
         warnings.warn(f"could not write the autotuning cache {path} ({error})")
 
 
-def time_call(run: Callable[[], None], repeats: int = 3) -> float:
-    """Best seconds of ``repeats`` calls of ``run`` (which waits for its own result), after one warm-up."""
+def time_call(run: Callable[[], None]) -> float:
+    """Seconds one call of ``run`` (which waits for its own result) takes."""
+    start = time.perf_counter()
     run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.perf_counter() - start
 
 
 def choose(framework: str, site: str, paths: Sequence[str], make_run: Callable[[str], Callable[[], None]],
-           repeats: int = 3, timer: Callable[[Callable[[], None], int], float] = time_call) -> str:
+           repeats: int = 3, timer: Callable[[Callable[[], None]], float] = time_call) -> str:
     """The path to take at ``site`` (a string naming the layer and its shapes), one of ``paths``.
 
     ``paths`` lists the fast paths in order of preference, then :data:`NATIVE`, the framework's
     own. Only in ``auto`` mode, and only for a site this machine and framework have not measured,
     is anything timed: ``make_run(path)`` returns a zero-argument callable that runs the layer
-    once that way on inputs of the site's shapes and waits for the result.
+    once that way on inputs of the site's shapes and waits for the result. Each path runs once to
+    warm up, then ``repeats`` times, the paths taking turns; the best time of each counts.
     """
     mode = fast_paths_mode()
     if mode == "native" or len(paths) == 1:
@@ -128,7 +125,13 @@ def choose(framework: str, site: str, paths: Sequence[str], make_run: Callable[[
     if isinstance(entry, dict) and entry.get("choice") in paths:
         _MEMORY[file, machine, site] = entry["choice"]
         return entry["choice"]
-    seconds = {path: timer(make_run(path), repeats) for path in paths}
+    runs = {path: make_run(path) for path in paths}
+    for run in runs.values():
+        run()  # warm-up: compiling, caches, allocation
+    seconds = dict.fromkeys(paths, float("inf"))
+    for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits every path
+        for path, run in runs.items():
+            seconds[path] = min(seconds[path], timer(run))
     choice = min(seconds, key=seconds.get)
     _MEMORY[file, machine, site] = choice
     _store(file, machine, site, {"choice": choice, "ms": {p: round(s * 1e3, 3) for p, s in seconds.items()}})
