@@ -258,7 +258,7 @@ class _FastConv2D(SymmetricConv2D):
             outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
         elif stride == 1 and size == 2 * p + 1:  # 'SAME' pads (p, p) here: oneDNN's own kernel
             outputs = tf.nn.conv2d(inputs, kernel, self.strides, "SAME", data_format="NHWC")
-        else:  # oneDNN has no kernel for explicit padding: pad, then a 'VALID' convolution
+        else:  # padding given per side is far slower outside XLA: pad, then a 'VALID' convolution
             outputs = tf.nn.conv2d(_pad(inputs, p), kernel, self.strides, "VALID", data_format="NHWC")
         return tf.nn.bias_add(outputs, bias, data_format="NHWC")
 
