@@ -25,7 +25,7 @@ from typing import Callable, Dict, Optional, Sequence
 from .machine import cpu_info
 
 __all__ = ["FAST_PATHS_ENV", "CACHE_ENV", "NATIVE", "fast_paths_mode", "cache_path", "machine_key", "choose",
-           "time_call", "clear_memory", "summary"]
+           "time_call", "clear_memory"]
 
 FAST_PATHS_ENV = "RESNET_FAST_PATHS"
 CACHE_ENV = "RESNET_AUTOTUNE_CACHE"
@@ -142,7 +142,3 @@ def clear_memory() -> None:
     """Forget this process's choices (the cache file stays): the next :func:`choose` reads it again."""
     _MEMORY.clear()
 
-
-def summary(framework: str) -> Optional[dict]:
-    """This machine's measured choices for ``framework``, as stored (None before any)."""
-    return _read(cache_path()).get(machine_key(framework))

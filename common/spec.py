@@ -28,6 +28,7 @@ __all__ = [
     "parameter_shapes",
     "CANONICAL_PARTS",
     "CHAPTER_BLOCK_PARTS",
+    "is_residual_block",
     "canonical_names",
     "trainable_parameter_names",
     "is_buffer",
@@ -198,6 +199,12 @@ CANONICAL_PARTS = {"kernel": "weight", "gamma": "weight", "beta": "bias", "movin
                    "moving_variance": "running_var"}
 #: Block type -> the chapter's names inside a block that torchvision names otherwise.
 CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}}
+
+
+def is_residual_block(sublayer_names) -> bool:
+    """Whether a layer with these sublayer names is a residual block (it has a conv1 and a conv2,
+    as the chapter's, the book's and torchvision's blocks do): one unit of :func:`canonical_names`."""
+    return {"conv1", "conv2"} <= set(sublayer_names)
 
 
 def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channels=1, num_classes=10,

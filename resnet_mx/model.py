@@ -15,7 +15,8 @@ from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
 from common.backend import plain_layers
-from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+                         parameter_shapes)
 from common.weights import check_weights
 
 from .kernels import batch_norm, forward_as_pytorch, use_fast_layers, with_batch_statistics
@@ -177,7 +178,7 @@ def _units(block) -> Iterator[Dict[str, gluon.Parameter]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
     each as its Gluon structural names; see :func:`common.spec.canonical_names`."""
     children = block._children  # Gluon 1.x has no public child iterator
-    if children and not {"conv1", "conv2"} <= children.keys():
+    if children and not is_residual_block(children):
         for child in children.values():
             yield from _units(child)
         return

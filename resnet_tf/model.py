@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from common.backend import plain_layers
-from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+                         parameter_shapes)
 from common.weights import check_weights
 
 from . import kernels
@@ -204,7 +205,7 @@ def _units(layer) -> Iterator[Dict[str, tf.Variable]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
     each as its structural names; see :func:`common.spec.canonical_names`."""
     sublayers = _sublayers(layer)
-    if sublayers and not {"conv1", "conv2"} <= sublayers.keys():
+    if sublayers and not is_residual_block(sublayers):
         for sublayer in sublayers.values():
             yield from _units(sublayer)
         return

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.backend import plain_layers
-from common.spec import canonical_names, check_input_shape, get_spec, iter_blocks, parameter_shapes
+from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+                         parameter_shapes)
 from common.weights import check_weights
 
 from . import kernels
@@ -154,7 +155,7 @@ def _units(module) -> Iterator[Dict[str, torch.Tensor]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
     each as its state-dict entries; see :func:`common.spec.canonical_names`."""
     children = dict(module.named_children())
-    if children and not {"conv1", "conv2"} <= children.keys():
+    if children and not is_residual_block(children):
         for child in children.values():
             yield from _units(child)
         return
