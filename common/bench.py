@@ -49,13 +49,12 @@ def _peak_memory_mb(trainer) -> float:
 def measure_peak(trainer=None, sizes=MATMUL_SIZES) -> dict:
     """The machine's measured fp32 peak (best matrix product over ``sizes``: NumPy's BLAS and, with
     a trainer, its framework's own) and the theoretical one (:mod:`common.machine`)."""
-    matmuls = {}
-    if trainer is None or trainer.device_name.startswith("cpu"):
-        matmuls[f"NumPy {np.__version__}"] = numpy_matmul_gflops
+    on_cpu = trainer is None or trainer.device_name.startswith("cpu")
+    matmuls = {f"NumPy {np.__version__}": numpy_matmul_gflops} if on_cpu else {}
     if trainer is not None:
         matmuls[trainer.framework] = trainer.matmul_gflops
     peak = best_matmul_gflops(matmuls, sizes)
-    peak["theoretical_gflops"] = theoretical_peak_gflops() if "NumPy" in " ".join(matmuls) else None
+    peak["theoretical_gflops"] = theoretical_peak_gflops() if on_cpu else None
     return peak
 
 

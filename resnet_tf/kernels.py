@@ -236,18 +236,18 @@ class _FastConv2D(SymmetricConv2D):
         return out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS or channels <= MATMUL_CONV_MAX_IN_CHANNELS
 
     def call(self, inputs):
+        how = compiler()
         if self._as_matmul(inputs.shape):
             state = getattr(_tracing, "state", None)
             batch = inputs.shape[0] or (state[1] if state else 64)
             shape = (batch,) + tuple(inputs.shape[1:])
             (kernel, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
-            site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {compiler()} train"
-            how = compiler()
+            site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {how} train"
             path = _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
                                                           lambda path: _timed_run(self, path, shape, how)))
             if path == "matmul":
                 return self._compute("matmul", inputs, self.kernel, self.bias)
-        return self._compute(NATIVE, inputs, self.kernel, self.bias, compiler())
+        return self._compute(NATIVE, inputs, self.kernel, self.bias, how)
 
     def _compute(self, path, inputs, kernel, bias, how="xla"):
         (size, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
