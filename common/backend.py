@@ -8,9 +8,14 @@ supplies the framework's side:
 
 ``model.py``
     ``DATA_FORMAT`` ("NCHW" or "NHWC": the layout the network takes), the chapter's blocks
-    (``Residual``, ``resnet_block``) first, ``resnet(arch, num_classes, in_channels, plain=None)``
-    and ``resnet18(num_classes=10, in_channels=1, plain=None)`` (see :func:`plain_layers`),
-    ``architecture(net)``, ``canonical_variables(net)``, ``export_weights(net)`` /
+    (``Residual``, ``resnet_block``) first, then the exercises' blocks (``Bottleneck``,
+    ``ResNeXtBlock`` with the book's signature, ``PreActResidual``, ``PreActBottleneck``),
+    ``BLOCK_BUILDERS`` (:attr:`common.spec.ResNetSpec.block_kind` -> block from a
+    :class:`common.spec.BlockConfig` and the spec), ``ResNet``, ``resnet(arch, num_classes,
+    in_channels, style="d2l", plain=None)`` and one builder per architecture (``resnet18(num_classes=10,
+    in_channels=1, style="d2l", plain=None)``, ``resnet34``, ... ``resnext50_32x4d``; see
+    :func:`plain_layers`), ``architecture(net)`` (``(spec, in_channels, num_classes)``, the spec
+    with its style), ``canonical_variables(net)``, ``export_weights(net)`` /
     ``import_weights(net, weights)`` in canonical names and layouts (see
     :mod:`common.spec`), ``forward(net, images, training=False)`` (NCHW NumPy in, NumPy
     logits out; ``training=True`` uses batch statistics and updates the running ones) and
@@ -94,8 +99,9 @@ class Trainer(abc.ABC):
     ``Trainer`` (and ``ReferenceTrainer``) provides for :mod:`common.training` and
     :mod:`common.bench`.
 
-    Constructed as ``Trainer(net=None, *, arch="resnet18", num_classes=10, in_channels=1,
-    lr=0.05, device=None)``; ``net=None`` builds ``resnet(arch, num_classes, in_channels)``.
+    Constructed as ``Trainer(net=None, *, arch="resnet18", style="d2l", num_classes=10,
+    in_channels=1, lr=0.05, device=None)``; ``net=None`` builds ``resnet(arch, num_classes,
+    in_channels, style)``.
     """
 
     #: Short name of the backend ("torch").
@@ -139,8 +145,9 @@ class Trainer(abc.ABC):
         """Copy canonical weights into the network exactly."""
 
     @abc.abstractmethod
-    def architecture(self) -> Tuple[str, int, int]:
-        """``(arch, in_channels, num_classes)`` of the network."""
+    def architecture(self) -> Tuple["ResNetSpec", int, int]:
+        """``(spec, in_channels, num_classes)`` of the network: its :class:`common.spec.ResNetSpec`
+        (architecture and style)."""
 
     @abc.abstractmethod
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:

@@ -21,7 +21,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .spec import BN_EPSILON, BN_MOMENTUM, check_input_shape, get_spec, is_buffer, iter_blocks, parameter_shapes
+from .spec import (BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, is_buffer, iter_blocks,
+                   parameter_shapes)
 from .weights import check_weights
 
 __all__ = [
@@ -46,36 +47,43 @@ def _windows(x: Array, kernel: int, stride: int) -> Array:
     return view[:, :, ::stride, ::stride]
 
 
-def conv2d(x: Array, weight: Array, bias: Optional[Array], stride: int, padding: int):
-    """Cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C, k, k), zero padding.
+def conv2d(x: Array, weight: Array, bias: Optional[Array], stride: int, padding: int, groups: int = 1):
+    """Cross-correlation of ``x`` (N, C, H, W) with ``weight`` (O, C / groups, k, k), zero padding.
 
-    Computed as one matrix product over the im2col matrix (rows: output pixels, columns:
-    C * k * k), which the backward pass reuses for the weight gradient.
+    Computed as one matrix product per group over the im2col matrix (rows: output pixels,
+    columns: C * k * k, a group's channels side by side), which the backward pass reuses for
+    the weight gradient. Group g maps input channels g*C/groups.. to outputs g*O/groups..
     """
-    n, _, height, width = x.shape
+    n, channels, height, width = x.shape
     out_channels, _, kernel, _ = weight.shape
+    if channels % groups or out_channels % groups or weight.shape[1] != channels // groups:
+        raise ValueError(f"conv2d: {channels} input and {out_channels} output channels do not split into "
+                         f"{groups} groups of weight {weight.shape}")
     padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = _windows(padded, kernel, stride)
     out_h, out_w = windows.shape[2], windows.shape[3]
-    columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, -1)
-    out = columns @ weight.reshape(out_channels, -1).T
+    columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, groups, -1)  # (P, G, C/G*k*k)
+    kernels = weight.reshape(groups, out_channels // groups, -1)  # (G, O/G, C/G*k*k)
+    out = np.concatenate([columns[:, g] @ kernels[g].T for g in range(groups)], axis=1)  # (P, O)
     if bias is not None:
         out += bias
     out = out.reshape(n, out_h, out_w, out_channels).transpose(0, 3, 1, 2)
-    cache = (columns, weight, bias is not None, x.shape, stride, padding)
+    cache = (columns, weight, bias is not None, x.shape, stride, padding, groups)
     return np.ascontiguousarray(out), cache
 
 
 def conv2d_backward(d_out: Array, cache):
     """Gradients of :func:`conv2d` for input, weight and bias (None without a bias)."""
-    columns, weight, has_bias, x_shape, stride, padding = cache
+    columns, weight, has_bias, x_shape, stride, padding, groups = cache
     n, channels, height, width = x_shape
     out_channels, _, kernel, _ = weight.shape
     out_h, out_w = d_out.shape[2], d_out.shape[3]
-    d_out_rows = d_out.transpose(0, 2, 3, 1).reshape(-1, out_channels)
-    d_weight = (d_out_rows.T @ columns).reshape(weight.shape)
-    d_bias = d_out_rows.sum(axis=0) if has_bias else None
-    d_columns = (d_out_rows @ weight.reshape(out_channels, -1)).reshape(n, out_h, out_w, channels, kernel, kernel)
+    d_out_rows = d_out.transpose(0, 2, 3, 1).reshape(-1, groups, out_channels // groups)  # (P, G, O/G)
+    d_weight = np.stack([d_out_rows[:, g].T @ columns[:, g] for g in range(groups)]).reshape(weight.shape)
+    d_bias = d_out_rows.sum(axis=0).reshape(-1) if has_bias else None
+    kernels = weight.reshape(groups, out_channels // groups, -1)
+    d_columns = np.concatenate([d_out_rows[:, g] @ kernels[g] for g in range(groups)], axis=1)
+    d_columns = d_columns.reshape(n, out_h, out_w, channels, kernel, kernel)
     # col2im: add each kernel offset's contribution back onto the padded input.
     d_padded = np.zeros((n, channels, height + 2 * padding, width + 2 * padding))
     for i in range(kernel):
@@ -222,8 +230,9 @@ class _Pass:
 
     # forward, one call per layer
 
-    def conv(self, name: str, x: Array, stride: int, padding: int) -> Array:
-        out, self.caches[name] = conv2d(x, self.params[f"{name}.weight"], self.params.get(f"{name}.bias"), stride, padding)
+    def conv(self, name: str, x: Array, stride: int, padding: int, groups: int = 1) -> Array:
+        out, self.caches[name] = conv2d(x, self.params[f"{name}.weight"], self.params.get(f"{name}.bias"), stride,
+                                        padding, groups)
         return out
 
     def bn(self, name: str, x: Array) -> Array:
@@ -273,68 +282,111 @@ def _stem_backward(run: _Pass, d_out: Array) -> Array:
     return run.conv_backward("conv1", d)
 
 
-def _basic_block(run: _Pass, x: Array, block) -> Array:
-    """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU."""
-    name = block.name
-    y = run.conv(f"{name}.conv1", x, block.stride, 1)
-    y = run.bn(f"{name}.bn1", y)
-    y = run.relu(f"{name}.relu1", y)
-
-    y = run.conv(f"{name}.conv2", y, 1, 1)
-    y = run.bn(f"{name}.bn2", y)
-
-    shortcut = run.conv(f"{name}.downsample.0", x, block.stride, 0) if block.use_1x1conv else x
-    return run.relu(f"{name}.relu2", y + shortcut)
+def _shortcut(run: _Pass, x: Array, block, spec) -> Array:
+    """The projection: a strided 1x1 convolution, and in torchvision's style a BatchNorm after it."""
+    y = run.conv(f"{block.name}.downsample.0", x, block.stride, 0)
+    return run.bn(f"{block.name}.downsample.1", y) if spec.norm_shortcut else y
 
 
-def _basic_block_backward(run: _Pass, d_out: Array, block) -> Array:
-    name = block.name
-    d_sum = run.relu_backward(f"{name}.relu2", d_out)
-    d_shortcut = run.conv_backward(f"{name}.downsample.0", d_sum) if block.use_1x1conv else d_sum
+def _shortcut_backward(run: _Pass, d_out: Array, block, spec) -> Array:
+    d = run.bn_backward(f"{block.name}.downsample.1", d_out) if spec.norm_shortcut else d_out
+    return run.conv_backward(f"{block.name}.downsample.0", d)
 
-    d = run.bn_backward(f"{name}.bn2", d_sum)
-    d = run.conv_backward(f"{name}.conv2", d)
 
-    d = run.relu_backward(f"{name}.relu1", d)
-    d = run.bn_backward(f"{name}.bn1", d)
-    d = run.conv_backward(f"{name}.conv1", d)
+def _residual_branch(block, spec):
+    """The block's convolutions (:func:`common.spec.block_convs`, shortcut left out), numbered 1.."""
+    return [conv for conv in block_convs(block, spec) if not conv.name.endswith("downsample.0")]
+
+
+def _block(run: _Pass, x: Array, block, spec) -> Array:
+    """Post-activation (basic or bottleneck): conv -> BN -> ReLU for each convolution but the last,
+    conv -> BN for the last; plus the shortcut (identity or :func:`_shortcut`), then ReLU."""
+    convs = _residual_branch(block, spec)
+    y = x
+    for number, conv in enumerate(convs, start=1):
+        y = run.conv(conv.name, y, conv.stride, conv.padding, conv.groups)
+        y = run.bn(f"{block.name}.bn{number}", y)
+        if number < len(convs):
+            y = run.relu(f"{block.name}.relu{number}", y)
+    shortcut = _shortcut(run, x, block, spec) if block.use_1x1conv else x
+    return run.relu(f"{block.name}.relu_out", y + shortcut)
+
+
+def _block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
+    convs = _residual_branch(block, spec)
+    d_sum = run.relu_backward(f"{block.name}.relu_out", d_out)
+    d_shortcut = _shortcut_backward(run, d_sum, block, spec) if block.use_1x1conv else d_sum
+    d = d_sum
+    for number in range(len(convs), 0, -1):
+        if number < len(convs):
+            d = run.relu_backward(f"{block.name}.relu{number}", d)
+        d = run.bn_backward(f"{block.name}.bn{number}", d)
+        d = run.conv_backward(convs[number - 1].name, d)
     return d + d_shortcut
 
 
-def _head(run: _Pass, x: Array) -> Array:
+def _preact_block(run: _Pass, x: Array, block, spec) -> Array:
+    """Pre-activation: BN -> ReLU -> conv for each convolution, plus the shortcut: the input itself,
+    or the 1x1 projection of the block's pre-activated input (the first BN and ReLU), as in He et
+    al.'s code and Gluon's ResNet V2."""
+    y = x
+    activated = None
+    for number, conv in enumerate(_residual_branch(block, spec), start=1):
+        y = run.bn(f"{block.name}.bn{number}", y)
+        y = run.relu(f"{block.name}.relu{number}", y)
+        if number == 1:
+            activated = y
+        y = run.conv(conv.name, y, conv.stride, conv.padding, conv.groups)
+    shortcut = _shortcut(run, activated, block, spec) if block.use_1x1conv else x
+    return y + shortcut
+
+
+def _preact_block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
+    convs = _residual_branch(block, spec)
+    d_activated = _shortcut_backward(run, d_out, block, spec) if block.use_1x1conv else None
+    d = d_out
+    for number in range(len(convs), 0, -1):
+        d = run.conv_backward(convs[number - 1].name, d)
+        if number == 1 and d_activated is not None:
+            d = d + d_activated
+        d = run.relu_backward(f"{block.name}.relu{number}", d)
+        d = run.bn_backward(f"{block.name}.bn{number}", d)
+    return d if block.use_1x1conv else d + d_out
+
+
+def _head(run: _Pass, x: Array, spec) -> Array:
+    if spec.preact:  # the final BatchNorm and ReLU of a pre-activation network
+        x = run.relu("norm_relu", run.bn("norm", x))
     x, run.caches["avgpool"] = global_avg_pool(x)
     logits, run.caches["fc"] = dense(x, run.params["fc.weight"], run.params["fc.bias"])
     return logits
 
 
-def _head_backward(run: _Pass, d_logits: Array) -> Array:
+def _head_backward(run: _Pass, d_logits: Array, spec) -> Array:
     d, run.grads["fc.weight"], run.grads["fc.bias"] = dense_backward(d_logits, run.caches["fc"])
-    return global_avg_pool_backward(d, run.caches["avgpool"])
-
-
-_BLOCKS = {"basic": (_basic_block, _basic_block_backward)}
+    d = global_avg_pool_backward(d, run.caches["avgpool"])
+    if spec.preact:
+        d = run.bn_backward("norm", run.relu_backward("norm_relu", d))
+    return d
 
 
 def _block_functions(spec):
-    try:
-        return _BLOCKS[spec.block]
-    except KeyError:
-        raise NotImplementedError(f"the oracle has no {spec.block!r} block yet") from None
+    return (_preact_block, _preact_block_backward) if spec.preact else (_block, _block_backward)
 
 
 def _network(run: _Pass, x: Array, spec) -> Array:
     block_forward, _ = _block_functions(spec)
     x = _stem(run, x, spec)
     for block in iter_blocks(spec):
-        x = block_forward(run, x, block)
-    return _head(run, x)
+        x = block_forward(run, x, block, spec)
+    return _head(run, x, spec)
 
 
 def _network_backward(run: _Pass, d_logits: Array, spec) -> None:
     _, block_backward = _block_functions(spec)
-    d = _head_backward(run, d_logits)
+    d = _head_backward(run, d_logits, spec)
     for block in reversed(list(iter_blocks(spec))):
-        d = block_backward(run, d, block)
+        d = block_backward(run, d, block, spec)
     _stem_backward(run, d)
 
 
@@ -425,13 +477,17 @@ def step_batch(seed: int, batch_size: int, size: int, in_channels: int = 1, num_
 
 
 def batch_norm_fed_conv_biases(arch="resnet18", in_channels=1, num_classes=10) -> List[str]:
-    """Names of convolution biases whose output goes straight into a BatchNorm.
+    """Names of convolution biases whose train-mode gradient is zero: their output reaches the loss
+    only through train-mode BatchNorms, which subtract the batch mean and so absorb any constant.
 
-    In train mode their gradient is zero up to rounding (BatchNorm subtracts the batch
-    mean, which absorbs any constant), so tests compare them in absolute terms only.
+    In the post-activation styles, each convolution of the stem and of a block's residual branch
+    (the one feeding a BatchNorm straight away; not the shortcut's). In a pre-activation network,
+    every convolution: a block's output feeds the next block's first BatchNorm and, through the
+    identity shortcuts, the final ``norm``, and a projection shortcut reads the pre-activated
+    input. Tests compare these gradients in absolute terms only.
     """
-    names = parameter_shapes(arch, in_channels, num_classes)
-    pairs = [("conv1", "bn1")]
-    pairs += [(f"{b.name}.conv1", f"{b.name}.bn1") for b in iter_blocks(arch)]
-    pairs += [(f"{b.name}.conv2", f"{b.name}.bn2") for b in iter_blocks(arch)]
-    return sorted(f"{conv}.bias" for conv, bn in pairs if f"{conv}.bias" in names and f"{bn}.weight" in names)
+    spec = get_spec(arch)
+    names = parameter_shapes(spec, in_channels, num_classes)
+    convs = ["conv1"] + [conv.name for block in iter_blocks(spec) for conv in block_convs(block, spec)
+                         if spec.preact or not conv.name.endswith("downsample.0")]
+    return sorted(f"{conv}.bias" for conv in convs if f"{conv}.bias" in names)

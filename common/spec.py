@@ -5,26 +5,48 @@ apart: the stem, the stages, the block type, the BatchNorm constants and the can
 parameter names (torchvision's ``state_dict`` names, conv weights OIHW, dense weights
 ``(out, in)``) are written down once, here.
 
-Adding a depth or a block type means adding a row to :data:`RESNET_SPECS` (and, for a new
-block type, a builder in each backend keyed by :attr:`ResNetSpec.block`); the backends'
-loops over :func:`iter_blocks` do not change.
+A network is an architecture (a row of :data:`RESNET_SPECS`: ResNet-18 to 152 of the ResNet
+paper's Table 1 and ResNeXt-50 32x4d, or the book's ``arch`` tuple of ``(num_residuals,
+num_channels)`` pairs) in one of :data:`STYLES`:
+
+* ``"d2l"``: the chapter's choices (convolutions with biases, a strided 1 x 1 convolution
+  without BatchNorm on the shortcut where the shape changes; a bottleneck's stride on its
+  3 x 3 convolution). ResNet-18 in this style is the chapter's network.
+* ``"torchvision"``: torchvision's ResNet exactly (bias-free convolutions, 1 x 1 convolution
+  plus BatchNorm on the shortcut): the canonical weights are its ``state_dict()``.
+* ``"preact"``: pre-activation blocks (BatchNorm, ReLU, convolution; He et al. 2016), the
+  projection shortcut fed by the block's pre-activated input, and a final BatchNorm (``norm``)
+  and ReLU before pooling.
+
+Adding a depth means adding a row to :data:`RESNET_SPECS`; a new block type also needs a
+builder in each backend, keyed by :attr:`ResNetSpec.block_kind`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
 
+import ast
+from dataclasses import replace
+
 import numpy as np
 
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "STYLES",
     "StageSpec",
     "ResNetSpec",
     "BlockConfig",
+    "ConvConfig",
+    "BLOCK_EXPANSION",
     "RESNET_SPECS",
     "get_spec",
+    "arch_name",
     "iter_blocks",
+    "block_convs",
+    "iter_convs",
+    "unit_prefixes",
     "parameter_shapes",
     "CANONICAL_PARTS",
     "CHAPTER_BLOCK_PARTS",
@@ -51,9 +73,14 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.1
 
 
+#: The ways every architecture can be built (see the module docstring).
+STYLES = ("d2l", "torchvision", "preact")
+
+
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage (torchvision's ``layerN``): ``blocks`` residual blocks of ``channels``."""
+    """One stage (torchvision's ``layerN``): ``blocks`` residual blocks of ``channels`` (torchvision's
+    ``planes``: a bottleneck block's output has ``channels * 4``)."""
 
     channels: int
     blocks: int
@@ -62,11 +89,16 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class ResNetSpec:
-    """A whole network. The defaults are the D2L chapter's ResNet-18."""
+    """A whole network in one style. The defaults are the D2L chapter's ResNet-18."""
 
     name: str
-    block: str  # "basic" (two 3x3 convolutions); later "bottleneck", "preact", ...
+    block: str  # "basic" (two 3x3 convolutions) or "bottleneck" (1x1, 3x3, 1x1)
     stages: Tuple[StageSpec, ...]
+    style: str = "d2l"
+    #: ResNeXt: the bottleneck's 3x3 convolution in ``groups`` groups of ``width_per_group``
+    #: channels per 64 of the stage's ``channels`` (torchvision's ``groups``, ``width_per_group``).
+    groups: int = 1
+    width_per_group: int = 64
     stem_channels: int = 64
     stem_kernel: int = 7
     stem_stride: int = 2
@@ -74,8 +106,6 @@ class ResNetSpec:
     pool_kernel: int = 3
     pool_stride: int = 2
     pool_padding: int = 1
-    #: The chapter's convolutions carry biases (torchvision's do not).
-    conv_bias: bool = True
 
     @property
     def expansion(self) -> int:
@@ -85,33 +115,99 @@ class ResNetSpec:
     def feature_channels(self) -> int:
         return self.stages[-1].channels * self.expansion
 
+    @property
+    def conv_bias(self) -> bool:
+        """The chapter's convolutions carry biases (torchvision's do not)."""
+        return self.style != "torchvision"
+
+    @property
+    def norm_shortcut(self) -> bool:
+        """A BatchNorm after the shortcut's 1x1 convolution (torchvision's ``downsample.1``)."""
+        return self.style == "torchvision"
+
+    @property
+    def preact(self) -> bool:
+        return self.style == "preact"
+
+    @property
+    def block_kind(self) -> str:
+        """What a backend builds each block as: "basic", "bottleneck", "preact_basic", "preact_bottleneck"."""
+        return f"preact_{self.block}" if self.preact else self.block
+
+    @property
+    def label(self) -> str:
+        """How messages name the network: ``resnet18``, ``resnet50 (style torchvision)``."""
+        return self.name if self.style == "d2l" else f"{self.name} (style {self.style})"
+
 
 #: Output channels of a block relative to its ``channels`` (torchvision's ``expansion``).
-BLOCK_EXPANSION: Dict[str, int] = {"basic": 1}
-
-RESNET_SPECS: Dict[str, ResNetSpec] = {
-    "resnet18": ResNetSpec(
-        name="resnet18",
-        block="basic",
-        stages=(
-            StageSpec(64, 2, 1),
-            StageSpec(128, 2, 2),
-            StageSpec(256, 2, 2),
-            StageSpec(512, 2, 2),
-        ),
-    ),
-}
+BLOCK_EXPANSION: Dict[str, int] = {"basic": 1, "bottleneck": 4}
 
 
-def get_spec(arch="resnet18") -> ResNetSpec:
-    """Return the spec for ``arch`` (a name in :data:`RESNET_SPECS` or a spec itself)."""
+def _table1(name, block, depths, **kwargs):
+    """A row of the ResNet paper's Table 1: stage depths, widths 64-512, strides 1, 2, 2, 2."""
+    stages = tuple(StageSpec(64 * 2 ** i, depth, 1 if i == 0 else 2) for i, depth in enumerate(depths))
+    return ResNetSpec(name=name, block=block, stages=stages, **kwargs)
+
+
+RESNET_SPECS: Dict[str, ResNetSpec] = {spec.name: spec for spec in (
+    _table1("resnet18", "basic", (2, 2, 2, 2)),
+    _table1("resnet34", "basic", (3, 4, 6, 3)),
+    _table1("resnet50", "bottleneck", (3, 4, 6, 3)),
+    _table1("resnet101", "bottleneck", (3, 4, 23, 3)),
+    _table1("resnet152", "bottleneck", (3, 8, 36, 3)),
+    _table1("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4),
+)}
+
+
+def _arch_tuple(arch):
+    """The book's ``arch``, ``((num_residuals, num_channels), ...)``, checked; a tuple of int pairs."""
+    pairs = tuple(tuple(pair) if isinstance(pair, (tuple, list)) else pair for pair in arch)
+    if not pairs or not all(isinstance(pair, tuple) and len(pair) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair) for pair in pairs):
+        raise ValueError(f"an arch tuple is ((num_residuals, num_channels), ...) of positive integers, got {arch!r}")
+    return pairs
+
+
+def _custom_spec(arch, style) -> ResNetSpec:
+    """The book's ``ResNet(arch=...)``: basic blocks, the first stage at stride 1, the others 2."""
+    pairs = _arch_tuple(arch)
+    stages = tuple(StageSpec(channels, blocks, 1 if i == 0 else 2) for i, (blocks, channels) in enumerate(pairs))
+    for spec in RESNET_SPECS.values():  # the book's ResNet-18 tuple is ResNet-18
+        if spec.block == "basic" and spec.stages == stages and spec.groups == 1:
+            return replace(spec, style=style)
+    return ResNetSpec(name=str(pairs), block="basic", stages=stages, style=style)
+
+
+def get_spec(arch="resnet18", style=None) -> ResNetSpec:
+    """The spec of ``arch`` in ``style`` (None: ``"d2l"``, or the style of a spec passed in).
+
+    ``arch`` is a name of :data:`RESNET_SPECS`, a spec, or the book's tuple of
+    ``(num_residuals, num_channels)`` pairs (also as its text, ``"((2, 64), (2, 128))"``, as the
+    command line and checkpoints write it); a tuple naming a known network is that network.
+    """
+    if style is not None and style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
     if isinstance(arch, ResNetSpec):
-        return arch
+        return arch if style is None or style == arch.style else replace(arch, style=style)
+    if isinstance(arch, str) and arch.strip()[:1] in ("(", "["):
+        try:
+            arch = ast.literal_eval(arch.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"arch {arch!r} is neither a known name nor a tuple like ((2, 64), (2, 128))") from None
+    if isinstance(arch, (tuple, list)):
+        return _custom_spec(arch, style or "d2l")
     try:
-        return RESNET_SPECS[arch]
-    except KeyError:
-        known = ", ".join(sorted(RESNET_SPECS))
-        raise ValueError(f"unknown architecture {arch!r}; known: {known}") from None
+        spec = RESNET_SPECS[arch]
+    except (KeyError, TypeError):
+        known = ", ".join(RESNET_SPECS)
+        raise ValueError(f"unknown architecture {arch!r}; known: {known}, or a tuple like ((2, 64), (2, 128))") from None
+    return spec if style is None or style == spec.style else replace(spec, style=style)
+
+
+def arch_name(arch) -> str:
+    """The name of ``arch`` as :func:`get_spec` reads it back (a known name, or the tuple's text)."""
+    return get_spec(arch).name
 
 
 @dataclass(frozen=True)
@@ -125,8 +221,10 @@ class BlockConfig:
     channels: int  # the block's inner width (== out_channels for basic blocks)
     out_channels: int
     stride: int
-    #: 1x1 strided convolution (with bias, no BatchNorm) on the shortcut, as in the chapter.
+    #: A 1x1 strided convolution on the shortcut (the chapter's ``use_1x1conv=True``).
     use_1x1conv: bool
+    #: Groups of the block's 3x3 convolution (a bottleneck's conv2; ResNeXt's 32).
+    groups: int = 1
 
 
 def iter_blocks(arch="resnet18") -> Iterator[BlockConfig]:
@@ -134,12 +232,14 @@ def iter_blocks(arch="resnet18") -> Iterator[BlockConfig]:
 
     The first block of a stage takes the stage's stride; a block whose stride is not 1 or
     whose channel count changes gets the 1x1 convolution on its shortcut (the chapter's
-    ``use_1x1conv=True``), so the first stage of ResNet-18 has none.
+    ``use_1x1conv=True``), so the first stage of ResNet-18 has none and ResNet-50's has one.
+    A bottleneck's inner width is torchvision's ``channels * width_per_group / 64 * groups``.
     """
     spec = get_spec(arch)
     in_channels = spec.stem_channels
     for stage_number, stage in enumerate(spec.stages, start=1):
         out_channels = stage.channels * spec.expansion
+        width = stage.channels if spec.block == "basic" else stage.channels * spec.width_per_group // 64 * spec.groups
         for index in range(stage.blocks):
             stride = stage.stride if index == 0 else 1
             yield BlockConfig(
@@ -147,16 +247,67 @@ def iter_blocks(arch="resnet18") -> Iterator[BlockConfig]:
                 stage=stage_number,
                 index=index,
                 in_channels=in_channels,
-                channels=stage.channels,
+                channels=width,
                 out_channels=out_channels,
                 stride=stride,
                 use_1x1conv=stride != 1 or in_channels != out_channels,
+                groups=spec.groups if spec.block == "bottleneck" else 1,
             )
             in_channels = out_channels
 
 
-def _conv(prefix, out_channels, in_channels, kernel, bias):
-    shapes = {f"{prefix}.weight": (out_channels, in_channels, kernel, kernel)}
+@dataclass(frozen=True)
+class ConvConfig:
+    """One convolution of a block: canonical name, channels, kernel, stride, padding, groups, and
+    whether it reads the block's input map (else the map after the block's stride)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+    on_block_input: bool
+
+
+def block_convs(block: BlockConfig, arch="resnet18") -> List[ConvConfig]:
+    """The convolutions of ``block`` in the order they run, the shortcut's last."""
+    spec = get_spec(arch)
+    b = block
+    if spec.block == "basic":
+        convs = [ConvConfig(f"{b.name}.conv1", b.in_channels, b.channels, 3, b.stride, 1, 1, True),
+                 ConvConfig(f"{b.name}.conv2", b.channels, b.out_channels, 3, 1, 1, 1, False)]
+    else:
+        convs = [ConvConfig(f"{b.name}.conv1", b.in_channels, b.channels, 1, 1, 0, 1, True),
+                 ConvConfig(f"{b.name}.conv2", b.channels, b.channels, 3, b.stride, 1, b.groups, True),
+                 ConvConfig(f"{b.name}.conv3", b.channels, b.out_channels, 1, 1, 0, 1, False)]
+    if b.use_1x1conv:
+        convs.append(ConvConfig(f"{b.name}.downsample.0", b.in_channels, b.out_channels, 1, b.stride, 0, 1, True))
+    return convs
+
+
+def iter_convs(arch="resnet18", in_channels=1, height=224, width=224) -> Iterator[Tuple[ConvConfig, Tuple[int, int]]]:
+    """Every convolution of the network in order, with the (height, width) of its input map."""
+    spec = get_spec(arch)
+    yield (ConvConfig("conv1", in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride,
+                      spec.stem_padding, 1, True), (height, width))
+    h = conv_output_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    w = conv_output_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    for block in iter_blocks(spec):
+        out_h, out_w = conv_output_size(h, 3, block.stride, 1), conv_output_size(w, 3, block.stride, 1)
+        for conv in block_convs(block, spec):
+            if conv.on_block_input:
+                yield conv, (h, w)
+            else:
+                yield conv, (out_h, out_w)
+        h, w = out_h, out_w
+
+
+def _conv(prefix, out_channels, in_channels, kernel, bias, groups=1):
+    shapes = {f"{prefix}.weight": (out_channels, in_channels // groups, kernel, kernel)}
     if bias:
         shapes[f"{prefix}.bias"] = (out_channels,)
     return shapes
@@ -166,12 +317,33 @@ def _bn(prefix, channels):
     return {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
 
 
+def _block_shapes(spec: ResNetSpec, block: BlockConfig) -> Dict[str, Tuple[int, ...]]:
+    """One block's arrays in the order they run: a BatchNorm after each convolution (before it
+    in pre-activation blocks, so there ``bn1`` normalises the block's input), the shortcut last."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    convs = [c for c in block_convs(block, spec) if not c.name.endswith("downsample.0")]
+    for number, conv in enumerate(convs, start=1):
+        conv_shapes = _conv(conv.name, conv.out_channels, conv.in_channels, conv.kernel, spec.conv_bias, conv.groups)
+        if spec.preact:
+            shapes.update(_bn(f"{block.name}.bn{number}", conv.in_channels))
+            shapes.update(conv_shapes)
+        else:
+            shapes.update(conv_shapes)
+            shapes.update(_bn(f"{block.name}.bn{number}", conv.out_channels))
+    if block.use_1x1conv:
+        shapes.update(_conv(f"{block.name}.downsample.0", block.out_channels, block.in_channels, 1, spec.conv_bias))
+        if spec.norm_shortcut:
+            shapes.update(_bn(f"{block.name}.downsample.1", block.out_channels))
+    return shapes
+
+
 def parameter_shapes(arch="resnet18", in_channels=1, num_classes=10) -> Dict[str, Tuple[int, ...]]:
     """Canonical name -> shape of every array in a network's weights, in build order.
 
     Names and layouts are torchvision's (``conv1.weight`` OIHW, ``bn1.running_var``,
     ``layer2.0.downsample.0.weight``, ``fc.weight`` as ``(out, in)``); BatchNorm running
-    statistics are included (see :func:`is_buffer`), ``num_batches_tracked`` is not.
+    statistics are included (see :func:`is_buffer`), ``num_batches_tracked`` is not. A
+    pre-activation network's final BatchNorm is ``norm`` (timm's name; torchvision has none).
     """
     spec = get_spec(arch)
     _check_positive(in_channels=in_channels, num_classes=num_classes)
@@ -179,17 +351,19 @@ def parameter_shapes(arch="resnet18", in_channels=1, num_classes=10) -> Dict[str
     shapes.update(_conv("conv1", spec.stem_channels, in_channels, spec.stem_kernel, spec.conv_bias))
     shapes.update(_bn("bn1", spec.stem_channels))
     for block in iter_blocks(spec):
-        if spec.block != "basic":  # pragma: no cover - one row per block type, added with it
-            raise NotImplementedError(f"block type {spec.block!r}")
-        shapes.update(_conv(f"{block.name}.conv1", block.channels, block.in_channels, 3, spec.conv_bias))
-        shapes.update(_bn(f"{block.name}.bn1", block.channels))
-        shapes.update(_conv(f"{block.name}.conv2", block.out_channels, block.channels, 3, spec.conv_bias))
-        shapes.update(_bn(f"{block.name}.bn2", block.out_channels))
-        if block.use_1x1conv:
-            shapes.update(_conv(f"{block.name}.downsample.0", block.out_channels, block.in_channels, 1, True))
+        shapes.update(_block_shapes(spec, block))
+    if spec.preact:
+        shapes.update(_bn("norm", spec.feature_channels))
     shapes["fc.weight"] = (num_classes, spec.feature_channels)
     shapes["fc.bias"] = (num_classes,)
     return shapes
+
+
+def unit_prefixes(arch="resnet18") -> List[str]:
+    """The canonical prefix of each unit of :func:`canonical_names`, in order: stem convolution and
+    BatchNorm, each block, the final BatchNorm of a pre-activation network, the classifier."""
+    spec = get_spec(arch)
+    return ["conv1", "bn1"] + [block.name for block in iter_blocks(spec)] + (["norm"] if spec.preact else []) + ["fc"]
 
 
 V = TypeVar("V")
@@ -197,8 +371,9 @@ V = TypeVar("V")
 #: The frameworks' names for a layer's arrays (Keras', Gluon's) -> the canonical (torchvision's).
 CANONICAL_PARTS = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                    "moving_variance": "running_var"}
-#: Block type -> the chapter's names inside a block that torchvision names otherwise.
-CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}}
+#: Block type -> the book's names inside a block that torchvision names otherwise: the shortcut
+#: of its ``Residual`` (``conv3``) and of its ``ResNeXtBlock`` (``conv4``, ``bn4``).
+CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}, "bottleneck": {"conv4": "downsample.0", "bn4": "downsample.1"}}
 
 
 def is_residual_block(sublayer_names) -> bool:
@@ -221,11 +396,13 @@ def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channe
     """
     spec = get_spec(arch)
     shapes = parameter_shapes(spec, in_channels, num_classes)
-    prefixes = ["conv1", "bn1"] + [block.name for block in iter_blocks(spec)] + ["fc"]
+    prefixes = unit_prefixes(spec)
     how = "build it with resnet() or the chapter's Residual and resnet_block"
     if len(units) != len(prefixes):
-        raise ValueError(f"the network has {len(units)} layers with weights and residual blocks, {spec.name} has "
-                         f"{len(prefixes)} (stem convolution and BatchNorm, {len(prefixes) - 3} blocks, dense); {how}")
+        blocks = len(list(iter_blocks(spec)))
+        raise ValueError(f"the network has {len(units)} layers with weights and residual blocks, {spec.label} has "
+                         f"{len(prefixes)} (stem convolution and BatchNorm, {blocks} blocks, "
+                         f"{'final BatchNorm, ' if spec.preact else ''}dense); {how}")
     renames = {**CANONICAL_PARTS, **CHAPTER_BLOCK_PARTS.get(spec.block, {})}
     named = {}
     for prefix, unit in zip(prefixes, units):
@@ -233,12 +410,12 @@ def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channe
             named[".".join([prefix] + [renames.get(part, part) for part in key.split(".")])] = value
     unexpected, missing = [n for n in named if n not in shapes], [n for n in shapes if n not in named]
     if unexpected or missing:
-        raise ValueError(f"the network's weights do not map to {spec.name}'s: unexpected {unexpected[:3]}, "
+        raise ValueError(f"the network's weights do not map to {spec.label}'s: unexpected {unexpected[:3]}, "
                          f"missing {missing[:3]}; {how}")
     for name, want in shapes.items():
         have = tuple(shape(named[name]))
         if len(have) != len(want) or not all(d in (None, 0, -1, w) for d, w in zip(have, want)):
-            raise ValueError(f"network weight '{name}' has shape {have}, {spec.name}'s is {want}; {how}")
+            raise ValueError(f"network weight '{name}' has shape {have}, {spec.label}'s is {want}; {how}")
     return {name: named[name] for name in shapes}
 
 
@@ -343,26 +520,14 @@ def forward_flops_per_example(arch="resnet18", in_channels=1, height=96, width=9
     """Multiply-adds x 2 of the convolutions and the dense layer for one example.
 
     BatchNorm, ReLU, pooling and additions are left out (a few percent); the count is the
-    same for every backend, which is what the benchmark's ratios need.
+    same for every backend, which is what the benchmark's ratios need. Half of it is what
+    torchvision's tables call GFLOPS (multiply-adds).
     """
     spec = get_spec(arch)
     flops = 0
-
-    def conv(cin, cout, k, stride, pad, h, w):
-        ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
-        return 2 * cin * cout * k * k * ho * wo, ho, wo
-
-    f, h, w = conv(in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_padding, height, width)
-    flops += f
-    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    for block in iter_blocks(spec):
-        f1, h1, w1 = conv(block.in_channels, block.channels, 3, block.stride, 1, h, w)
-        f2, _, _ = conv(block.channels, block.out_channels, 3, 1, 1, h1, w1)
-        flops += f1 + f2
-        if block.use_1x1conv:
-            flops += conv(block.in_channels, block.out_channels, 1, block.stride, 0, h, w)[0]
-        h, w = h1, w1
+    for conv, (h, w) in iter_convs(spec, in_channels, height, width):
+        out_h, out_w = conv_output_size((h, w), conv.kernel, conv.stride, conv.padding)
+        flops += 2 * conv.in_channels // conv.groups * conv.out_channels * conv.kernel ** 2 * out_h * out_w
     flops += 2 * spec.feature_channels * num_classes
     return flops
 

@@ -27,6 +27,7 @@ __all__ = [
     "save_weights",
     "load_weights",
     "read_metadata",
+    "read_architecture",
     "atomic_write",
 ]
 
@@ -34,6 +35,7 @@ __all__ = [
 FORMAT_TAG = "resnet-fmnist-weights/1"
 _META_FORMAT = "__format__"
 _META_ARCH = "__arch__"
+_META_STYLE = "__style__"  # absent in files written before styles existed: "d2l"
 _META_EXTRA = "__metadata__"
 
 
@@ -108,15 +110,15 @@ def check_weights(weights: Mapping[str, np.ndarray], arch="resnet18", source: st
     missing = [k for k in expected if k not in weights]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise WeightsError(f"{source}: missing array '{missing[0]}'{more} for {spec.name}")
+        raise WeightsError(f"{source}: missing array '{missing[0]}'{more} for {spec.label}")
     extra = [k for k in weights if k not in expected]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise WeightsError(f"{source}: unexpected array '{extra[0]}'{more}: not part of {spec.name}")
+        raise WeightsError(f"{source}: unexpected array '{extra[0]}'{more}: not part of {spec.label}")
     for name, shape in expected.items():
         value = weights[name]
         if tuple(np.shape(value)) != tuple(shape):
-            raise WeightsError(f"{source}: '{name}' has shape {tuple(np.shape(value))}, {spec.name} needs {tuple(shape)}")
+            raise WeightsError(f"{source}: '{name}' has shape {tuple(np.shape(value))}, {spec.label} needs {tuple(shape)}")
         array = np.asarray(value)
         if not np.issubdtype(array.dtype, np.floating):
             raise WeightsError(f"{source}: '{name}' has dtype {array.dtype}, expected float32")
@@ -164,6 +166,7 @@ def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metad
     arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
     arrays[_META_FORMAT] = np.array(FORMAT_TAG)
     arrays[_META_ARCH] = np.array(spec.name)
+    arrays[_META_STYLE] = np.array(spec.style)
     arrays[_META_EXTRA] = np.array(json.dumps(metadata or {}, sort_keys=True))
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
@@ -187,8 +190,18 @@ def _read_string(npz, key, path):
         raise WeightsError(f"{path}: entry '{key}' is not plain text ({error})") from None
 
 
+def read_architecture(path) -> Tuple[str, str]:
+    """``(arch, style)`` recorded in a weights file (for :func:`common.spec.get_spec`)."""
+    path = os.fspath(path)
+    with _open_npz(path) as npz:
+        arch = _read_string(npz, _META_ARCH, path)
+        style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
+    return arch, style
+
+
 def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
-    """Read a file written by :func:`save_weights` and check it against ``arch``.
+    """Read a file written by :func:`save_weights` and check it against ``arch`` (a name or a spec
+    with its style).
 
     Refuses (with :class:`WeightsError` naming the file and the key) anything that is not
     an npz, needs pickle, has another architecture tag, or has a missing, extra, wrongly
@@ -201,8 +214,11 @@ def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
         if tag != FORMAT_TAG:
             raise WeightsError(f"{path}: format '{tag}' is not '{FORMAT_TAG}'")
         file_arch = _read_string(npz, _META_ARCH, path)
-        if file_arch != spec.name:
-            raise WeightsError(f"{path}: holds weights for '{file_arch}', not '{spec.name}'")
+        file_style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
+        if (file_arch, file_style) != (spec.name, spec.style):
+            raise WeightsError(f"{path}: holds weights for {file_arch} (style {file_style}), not {spec.name} "
+                               f"(style {spec.style}); "
+                               f"pass --arch {file_arch} --style {file_style}")
         weights = {}
         for key in npz.files:
             if key.startswith("__"):

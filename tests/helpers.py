@@ -61,9 +61,9 @@ def disturbed_weights(arch="resnet18", seed=0, in_channels=1, num_classes=10, dt
     return weights
 
 
-def scaled_for_unit_logits(weights, images, training=False):
+def scaled_for_unit_logits(weights, images, training=False, arch="resnet18"):
     """Scale fc.weight so that the oracle's logits (eval or train mode) have a spread of about 1."""
-    logits = oracle.forward(weights, images, training=training)
+    logits = oracle.forward(weights, images, training=training, arch=arch)
     weights = dict(weights)
     weights["fc.weight"] = (weights["fc.weight"] / max(float(np.std(logits)), 1e-6)).astype(np.float32)
     return weights

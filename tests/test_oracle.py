@@ -1,11 +1,13 @@
 """The NumPy oracle checked on its own terms, with no framework: every backend is compared
 against it, so it is proved right here independently (finite differences, direct
 definitions of each layer, PyTorch's BatchNorm conventions written out by hand)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import (BN_EPSILON, BN_MOMENTUM, ResNetSpec, StageSpec, is_buffer, iter_blocks, parameter_shapes,
+from common.spec import (BN_EPSILON, BN_MOMENTUM, STYLES, ResNetSpec, StageSpec, is_buffer, iter_blocks, parameter_shapes,
                          trainable_parameter_names)
 from common.weights import init_weights
 
@@ -264,3 +266,81 @@ def test_weights_of_another_architecture_are_refused(small_case):
     weights, images, _ = small_case
     with pytest.raises(ValueError, match="conv1.weight"):
         oracle.forward(weights, images)  # narrow weights, full ResNet-18
+
+
+# --- the exercises' blocks: bottleneck, grouped convolution, pre-activation, the styles ----------
+
+def test_grouped_conv2d_is_one_convolution_per_group(rng):
+    x = rng.normal(size=(2, 6, 7, 7))
+    weight = rng.normal(size=(4, 3, 3, 3))  # 2 groups: 3 input channels -> 2 outputs each
+    bias = rng.normal(size=4)
+    out, cache = oracle.conv2d(x, weight, bias, 2, 1, groups=2)
+    for g in range(2):
+        np.testing.assert_allclose(out[:, 2 * g:2 * g + 2], direct_conv2d(x[:, 3 * g:3 * g + 3], weight[2 * g:2 * g + 2],
+                                                                         bias[2 * g:2 * g + 2], 2, 1), rtol=1e-12, atol=1e-12)
+    d_out = rng.normal(size=out.shape)
+    d_x, d_weight, d_bias = oracle.conv2d_backward(d_out, cache)
+    for g in range(2):  # each group's gradients are an ordinary convolution's
+        _, group_cache = oracle.conv2d(x[:, 3 * g:3 * g + 3], weight[2 * g:2 * g + 2], bias[2 * g:2 * g + 2], 2, 1)
+        dx_g, dw_g, db_g = oracle.conv2d_backward(d_out[:, 2 * g:2 * g + 2], group_cache)
+        np.testing.assert_allclose(d_x[:, 3 * g:3 * g + 3], dx_g, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(d_weight[2 * g:2 * g + 2], dw_g, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(d_bias[2 * g:2 * g + 2], db_g, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="do not split into 4 groups"):
+        oracle.conv2d(x, weight, bias, 1, 1, groups=4)
+
+
+#: Small bottleneck networks with grouped 3x3 convolutions (2 groups of 4 channels), and a basic
+#: one, in every style: every block kind and shortcut the real networks have, at a size where
+#: finite differences are cheap.
+NARROW_BOTTLENECK = ResNetSpec(name="narrow-resnext", block="bottleneck", groups=2, width_per_group=64,
+                               stages=(StageSpec(4, 1, 1), StageSpec(8, 2, 2)), stem_channels=8)
+NARROW_FAMILY = [replace(NARROW_BOTTLENECK, style=style) for style in STYLES] + [replace(NARROW, style="preact"),
+                                                                                 replace(NARROW, style="torchvision")]
+
+
+def _family_case(spec):
+    rng = np.random.default_rng(12)
+    images = rng.uniform(0.0, 1.0, (2, 1, 32, 32))
+    return disturbed_weights(spec, dtype=np.float64), images, np.array([3, 7])
+
+
+@pytest.mark.parametrize("spec", NARROW_FAMILY, ids=lambda spec: f"{spec.name}-{spec.style}")
+def test_every_block_kind_matches_central_differences(spec):
+    weights, images, labels = _family_case(spec)
+    assert parameter_shapes(spec)["layer1.0.conv2.weight" if spec.block == "bottleneck" else "layer1.0.conv1.weight"][1] \
+        == (4 if spec.block == "bottleneck" else 8)  # the bottleneck's 3x3 convolution is grouped
+    loss, gradients = oracle.loss_and_gradients(weights, images, labels, arch=spec)
+    near_zero = oracle.batch_norm_fed_conv_biases(spec)
+    total = np.sqrt(sum(float(np.sum(g ** 2)) for g in gradients.values()))
+    rng = np.random.default_rng(5)
+
+    def loss_at(name, index, delta):
+        moved = dict(weights)
+        moved[name] = weights[name].copy()
+        moved[name][index] += delta
+        logits = oracle.forward(moved, images, training=True, arch=spec)
+        return oracle.softmax_cross_entropy(logits, labels)[0]
+
+    for name, gradient in gradients.items():  # every trainable array, at its largest entry
+        if name in near_zero:
+            assert np.abs(gradient).max() <= 1e-12 * total, name
+            continue
+        index = np.unravel_index(np.argmax(np.abs(gradient)), gradient.shape)
+        numeric = (loss_at(name, index, 1e-7) - loss_at(name, index, -1e-7)) / 2e-7
+        assert gradient[index] == pytest.approx(numeric, rel=1e-5, abs=1e-7), (name, index)
+        if name.endswith(".bias") and not name.startswith("fc") and ".bn" not in name and "downsample.1" not in name:
+            assert np.abs(gradient).max() > 1e-6 * total, f"{name}: a bias the loss depends on"
+
+
+def test_preact_blocks_normalise_before_each_convolution():
+    # The final norm and each block's bn1 see the block's input: with every running statistic
+    # zero/one and gamma/beta 1/0, an eval pass equals one that skips the BatchNorms' scaling only.
+    spec = replace(NARROW, style="preact")
+    weights = init_weights(spec, 0)
+    shapes = parameter_shapes(spec)
+    assert shapes["layer2.0.bn1.weight"] == (8,) and shapes["layer2.0.bn2.weight"] == (12,)
+    assert list(shapes)[:6] == ["conv1.weight", "conv1.bias"] + [f"bn1.{p}" for p in ("weight", "bias", "running_mean",
+                                                                                      "running_var")]
+    assert oracle.batch_norm_fed_conv_biases(spec) == sorted(n for n in weights if n.endswith(".bias")
+                                                            and ("conv" in n or "downsample" in n))

@@ -1,0 +1,214 @@
+"""The chapter's exercises: ResNet-18 to 152, bottleneck and ResNeXt blocks, three styles.
+
+The framework-free half pins the spec to published numbers (torchvision's parameter counts and
+GFLOPS, the ResNet paper's Table 1); the backend half holds every architecture in every style to
+the oracle, as tests/test_model.py holds ResNet-18.
+"""
+import numpy as np
+import pytest
+
+from common import oracle
+from common.spec import (RESNET_SPECS, STYLES, count_parameters, forward_flops_per_example, get_spec, iter_blocks,
+                         parameter_shapes, stage_output_shapes)
+
+from helpers import disturbed_weights, scaled_for_unit_logits
+
+# --- published numbers ------------------------------------------------------------------------
+
+#: torchvision's published trainable parameter counts and GFLOPS (multiply-adds) at 224 x 224,
+#: 3 input channels, 1,000 classes (the model builders' documentation).
+TORCHVISION = {
+    "resnet18": (11_689_512, 1.81),
+    "resnet34": (21_797_672, 3.66),
+    "resnet50": (25_557_032, 4.09),
+    "resnet101": (44_549_160, 7.80),
+    "resnet152": (60_192_808, 11.51),
+    "resnext50_32x4d": (25_028_904, 4.23),
+}
+
+#: The ResNet paper's Table 1: blocks per stage (conv2_x .. conv5_x) and each stage's output
+#: channels; ResNeXt-50 has ResNet-50's depths and widths.
+TABLE1 = {
+    "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)),
+    "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512)),
+    "resnet50": ((3, 4, 6, 3), (256, 512, 1024, 2048)),
+    "resnet101": ((3, 4, 23, 3), (256, 512, 1024, 2048)),
+    "resnet152": ((3, 8, 36, 3), (256, 512, 1024, 2048)),
+    "resnext50_32x4d": ((3, 4, 6, 3), (256, 512, 1024, 2048)),
+}
+
+#: The book's ``ResNet(arch=...)`` with a tuple: two small stages (a test-sized custom network).
+CUSTOM = ((1, 32), (2, 48))
+
+
+def test_every_published_architecture_is_in_the_spec():
+    assert sorted(RESNET_SPECS) == sorted(TORCHVISION) == sorted(TABLE1)
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION))
+def test_torchvision_style_has_torchvisions_parameter_count_and_gflops(arch):
+    parameters, gflops = TORCHVISION[arch]
+    spec = get_spec(arch, "torchvision")
+    assert count_parameters(spec, 3, 1000) == parameters
+    multiply_adds = forward_flops_per_example(spec, 3, 224, 224, 1000) / 2
+    assert multiply_adds / 1e9 == pytest.approx(gflops, rel=0.01)
+
+
+@pytest.mark.parametrize("arch", sorted(TABLE1))
+@pytest.mark.parametrize("style", STYLES)
+def test_table1_depths_and_stage_shapes_at_224(arch, style):
+    depths, channels = TABLE1[arch]
+    spec = get_spec(arch, style)
+    blocks = list(iter_blocks(spec))
+    assert tuple(sum(b.stage == s for b in blocks) for s in (1, 2, 3, 4)) == depths
+    # Table 1's output sizes: conv1 112 (then the 3x3 max pool), conv2_x 56, conv3_x 28, conv4_x 14, conv5_x 7.
+    assert stage_output_shapes(spec, 3, 224, 224, 1000) == [
+        ("stem", (64, 56, 56)), ("layer1", (channels[0], 56, 56)), ("layer2", (channels[1], 28, 28)),
+        ("layer3", (channels[2], 14, 14)), ("layer4", (channels[3], 7, 7)), ("pool", (channels[3],)), ("fc", (1000,))]
+
+
+def test_torchvision_names_and_shapes():
+    # Facts of torchvision's state_dict(): bias-free convolutions, BatchNorm on the shortcut, the
+    # bottleneck's stride on its 3x3 convolution, ResNeXt's 32 groups of 4 channels.
+    shapes = parameter_shapes(get_spec("resnet50", "torchvision"), 3, 1000)
+    assert shapes["layer1.0.conv1.weight"] == (64, 64, 1, 1)
+    assert shapes["layer1.0.conv3.weight"] == (256, 64, 1, 1)
+    assert shapes["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert shapes["layer1.0.downsample.1.running_var"] == (256,)
+    assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)
+    assert not any(name.endswith(".bias") and not name.startswith(("fc", "bn")) and ".bn" not in name
+                   and "downsample.1" not in name for name in shapes)
+    assert parameter_shapes(get_spec("resnext50_32x4d", "torchvision"), 3, 1000)["layer1.0.conv2.weight"] == (128, 4, 3, 3)
+    assert len(shapes) == 320 - 53  # torchvision's 320 state-dict entries less 53 num_batches_tracked
+
+
+def test_the_styles_differ_where_they_should():
+    d2l, preact = parameter_shapes("resnet50"), parameter_shapes(get_spec("resnet50", "preact"))
+    assert "layer1.0.conv1.bias" in d2l and "layer1.0.downsample.0.bias" in d2l
+    assert not any("downsample.1" in name for name in d2l)
+    # pre-activation: each BatchNorm before its convolution (bn1 over the block's input), a final norm
+    assert preact["layer2.0.bn1.weight"] == (256,) and d2l["layer2.0.bn1.weight"] == (128,)
+    assert preact["norm.weight"] == (2048,) and "norm.weight" not in d2l
+    assert list(preact)[-6:] == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var", "fc.weight",
+                                 "fc.bias"]
+
+
+def test_the_books_arch_tuple():
+    assert get_spec(((2, 64), (2, 128), (2, 256), (2, 512))) == get_spec("resnet18")
+    spec = get_spec(CUSTOM, "preact")
+    assert spec.style == "preact" and spec.block == "basic"
+    assert get_spec(spec.name, "preact") == spec  # the name reads back (checkpoints, --arch)
+    assert [(b.stride, b.in_channels, b.out_channels, b.use_1x1conv) for b in iter_blocks(spec)] == [
+        (1, 64, 32, True), (2, 32, 48, True), (1, 48, 48, False)]
+    assert stage_output_shapes(spec, 1, 64, 64)[-3:] == [("layer2", (48, 8, 8)), ("pool", (48,)), ("fc", (10,))]
+
+
+@pytest.mark.parametrize("arch, style, words", [
+    ("resnet19", None, "unknown architecture 'resnet19'; known: resnet18, resnet34"),
+    ("resnet18", "v2", "unknown style 'v2'; known: d2l, torchvision, preact"),
+    (((2, 64), (0, 128)), None, "positive integers"),
+    ("((2, 64), 128)", None, "positive integers"),
+    ("((2, 64)", None, "neither a known name nor a tuple"),
+])
+def test_bad_architectures_are_one_line_errors(arch, style, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
+        get_spec(arch, style)
+    assert "\n" not in str(info.value)
+
+
+# --- every backend: the same function as the oracle ------------------------------------------
+
+#: Every architecture in every style, and the book's arch tuple. Each case builds the network
+#: once and checks everything on it (a 32 x 32 batch of 4: layer4 runs on 1 x 1 maps, where the
+#: backends' fast paths act, and every BatchNorm still sees 4 values per channel).
+FAMILY = [(arch, style) for arch in RESNET_SPECS for style in STYLES] + [(CUSTOM, style) for style in STYLES]
+
+
+def _family_id(case):
+    arch, style = case
+    return f"{arch if isinstance(arch, str) else 'custom'}-{style}"
+
+
+@pytest.fixture(scope="module")
+def family_batch():
+    images, labels = oracle.step_batch(seed=21, batch_size=4, size=32)
+    return images, labels
+
+
+@pytest.mark.parametrize("arch, style", FAMILY, ids=[_family_id(case) for case in FAMILY])
+def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style):
+    spec = get_spec(arch, style)
+    images, labels = family_batch
+    net = backend.resnet(spec.name, style=style)
+    assert backend.count_parameters(net) == count_parameters(spec)
+    exported = backend.export_weights(net)
+    assert {name: value.shape for name, value in exported.items()} == parameter_shapes(spec)
+    assert list(exported) == list(parameter_shapes(spec))
+
+    # eval mode
+    weights = scaled_for_unit_logits(disturbed_weights(spec), images, arch=spec)
+    backend.import_weights(net, weights)
+    expected = oracle.forward(weights, images, arch=spec)
+    np.testing.assert_allclose(backend.forward(net, images), expected, rtol=0, atol=1e-4)
+
+    # train mode: logits and running statistics
+    weights = scaled_for_unit_logits(weights, images, training=True, arch=spec)
+    backend.import_weights(net, weights)
+    expected, state = oracle.forward(weights, images, training=True, return_state=True, arch=spec)
+    assert 0.5 < np.std(expected) < 2.0
+    np.testing.assert_allclose(backend.forward(net, images, training=True), expected, rtol=0, atol=1e-4)
+    exported = backend.export_weights(net)
+    for name, value in state.items():
+        np.testing.assert_allclose(exported[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+    # one SGD step's loss and gradients, from the initial weights as training starts
+    weights = disturbed_weights(spec, seed=3)
+    backend.import_weights(net, weights)
+    loss, gradients = backend.loss_and_gradients(net, images, labels)
+    want_loss, want = oracle.loss_and_gradients(weights, images, labels, arch=spec)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    assert list(gradients) == list(want)
+    total = np.sqrt(sum(float(np.sum(g ** 2)) for g in want.values()))
+    near_zero = set(oracle.batch_norm_fed_conv_biases(spec))
+    for name, value in want.items():
+        norm = float(np.linalg.norm(gradients[name]))
+        if name in near_zero:
+            assert norm <= 1e-4 * total, name
+        else:
+            assert norm == pytest.approx(float(np.linalg.norm(value)), rel=1e-4, abs=1e-6 * total), name
+            np.testing.assert_allclose(gradients[name], value, rtol=0, atol=1e-4 * float(np.abs(value).max()) + 1e-7 * total,
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("arch", sorted(TABLE1))
+def test_every_architecture_has_table1_shapes(backend, arch):
+    style = STYLES[sorted(TABLE1).index(arch) % len(STYLES)]  # every style, spread over the architectures
+    net = backend.resnet(arch, style=style)
+    traced = backend.trace_shapes(net, np.zeros((1, 1, 224, 224), np.float32))
+    assert traced == [(name, (1,) + shape) for name, shape in stage_output_shapes(get_spec(arch, style), 1, 224, 224)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d"])
+def test_one_builder_per_name(backend, name):
+    builder = getattr(backend, name)
+    net = builder(num_classes=7, in_channels=3, style="torchvision")
+    spec, in_channels, num_classes = backend.architecture(net)
+    assert (spec, in_channels, num_classes) == (get_spec(name, "torchvision"), 3, 7)
+
+
+# --- the blocks as the chapter's readers write them ---------------------------------------------
+
+@pytest.mark.parametrize("block, arguments, input_shape, output_shape", [
+    # the book's ResNeXt checks: ResNeXtBlock(32, 16, 1) keeps the shape; with a 1x1 convolution
+    # and stride 2 it halves H and W and widens
+    ("ResNeXtBlock", dict(num_channels=32, groups=16, bot_mul=1), (4, 32, 96, 96), (4, 32, 96, 96)),
+    ("ResNeXtBlock", dict(num_channels=64, groups=16, bot_mul=1, use_1x1conv=True, strides=2), (4, 32, 96, 96),
+     (4, 64, 48, 48)),
+    ("Bottleneck", dict(num_channels=32), (2, 32, 8, 8), (2, 32, 8, 8)),
+    ("Bottleneck", dict(num_channels=64, use_1x1conv=True, strides=2), (2, 16, 8, 8), (2, 64, 4, 4)),
+    ("PreActResidual", dict(num_channels=8), (2, 8, 6, 6), (2, 8, 6, 6)),
+    ("PreActResidual", dict(num_channels=16, use_1x1conv=True, strides=2), (2, 8, 6, 6), (2, 16, 3, 3)),
+    ("PreActBottleneck", dict(num_channels=32, use_1x1conv=True, strides=2), (2, 16, 8, 8), (2, 32, 4, 4)),
+])
+def test_the_blocks_as_the_chapter_writes_them(chapter, block, arguments, input_shape, output_shape):
+    assert chapter.block_output_shape(block, arguments, input_shape) == output_shape
