@@ -17,7 +17,7 @@ import numpy as np
 from .autotune import fast_paths_mode
 from .backend import load_backend
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
-from .spec import forward_flops_per_example, training_flops_per_example
+from .spec import forward_flops_per_example, get_spec, training_flops_per_example
 from .weights import init_weights
 
 __all__ = ["run_bench", "measure_peak", "time_steps"]
@@ -59,7 +59,8 @@ def measure_peak(trainer=None, sizes=MATMUL_SIZES) -> dict:
 
 
 def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int = 5, warmup: int = 2,
-              rounds: int = 3, device=None, reference: bool = False, peak_gflops=None) -> dict:
+              rounds: int = 3, device=None, reference: bool = False, peak_gflops=None, arch="resnet18",
+              style="d2l") -> dict:
     """Benchmark one backend and return the figures as a JSON-ready dict.
 
     Training and inference are timed in ``rounds`` rounds of ``steps`` steps; the median round
@@ -72,18 +73,21 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     """
     backend = load_backend(backend_name)
     size = resize or 28
+    spec = get_spec(arch, style)
     if reference:
+        if (spec.name, spec.style) != ("resnet18", "d2l"):
+            raise ValueError(f"--reference times the chapter's own ResNet-18; it has no {spec.label}")
         trainer = importlib.import_module(f"{backend.__name__}.reference").ReferenceTrainer(device=device)
     else:
-        trainer = backend.Trainer(device=device)
-        trainer.import_weights(init_weights("resnet18", 0))
+        trainer = backend.Trainer(arch=spec, style=spec.style, device=device)
+        trainer.import_weights(init_weights(spec, 0))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
 
     peak = measure_peak(trainer) if peak_gflops is None else {"gflops": float(peak_gflops), "by": "given"}
-    train_flops = batch_size * training_flops_per_example("resnet18", 1, size, size)
-    infer_flops = batch_size * forward_flops_per_example("resnet18", 1, size, size)
+    train_flops = batch_size * training_flops_per_example(spec, 1, size, size)
+    infer_flops = batch_size * forward_flops_per_example(spec, 1, size, size)
     train_rounds = [time_steps(trainer, trainer.train_step, images, labels, steps, warmup if i == 0 else 0)
                     for i in range(rounds)]
     infer_rounds = [time_steps(trainer, trainer.eval_step, images, labels, steps, warmup if i == 0 else 0)
@@ -93,6 +97,8 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     return {
         "backend": trainer.backend,
         "code": "chapter (reference)" if reference else "resnet-fmnist",
+        "arch": spec.name,
+        "style": spec.style,
         "framework": trainer.framework,
         "device": trainer.device_name,
         "cpu": describe(),

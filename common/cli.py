@@ -65,6 +65,27 @@ def _add_data_options(parser):
                         help="use a small synthetic stand-in for Fashion-MNIST (offline demos and tests)")
 
 
+def _arch(text):
+    """An argparse ``type`` for --arch: a known name or the book's tuple, checked (with the style later)."""
+    from .spec import get_spec
+
+    try:
+        return get_spec(text).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_network(parser, default_hint):
+    from .spec import RESNET_SPECS, STYLES
+
+    parser.add_argument("--arch", type=_arch, default=None,
+                        help=f"{', '.join(RESNET_SPECS)}, or the book's tuple of (num_residuals, num_channels) "
+                             f"pairs, e.g. '((2, 64), (2, 128))' ({default_hint})")
+    parser.add_argument("--style", choices=STYLES, default=None,
+                        help=f"d2l: the chapter's blocks; torchvision: torchvision's ResNet exactly; preact: "
+                             f"pre-activation blocks ({default_hint})")
+
+
 def _add_backend(parser):
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
                         help="framework to run: torch (PyTorch), tf (TensorFlow/Keras), mx (MXNet Gluon)")
@@ -74,7 +95,8 @@ def _add_backend(parser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG, description="ResNet-18 on Fashion-MNIST (the D2L chapter) with PyTorch, TensorFlow or MXNet.")
+        prog=PROG, description="ResNet on Fashion-MNIST (the D2L chapter: ResNet-18; its exercises: ResNet-34 to 152, "
+                                 "ResNeXt, three styles) with PyTorch, TensorFlow or MXNet.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -83,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="a whole recipe: d2l = the chapter's (the default values below), "
                             "quick = 2 epochs on 2,048 images at 28 x 28 for a CPU")
+    _add_network(train, "default resnet18, d2l")
     train.add_argument("--epochs", type=_positive_int, help=f"default {D2L.epochs}")
     train.add_argument("--batch-size", type=_positive_int, help=f"default {D2L.batch_size}")
     train.add_argument("--lr", type=_positive_float, help=f"SGD learning rate, default {D2L.lr}")
@@ -99,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="test accuracy of a weights or checkpoint file")
     _add_backend(evaluate)
     evaluate.add_argument("--weights", required=True, help="a checkpoint.npz written by any backend")
+    _add_network(evaluate, "default: the file's")
     evaluate.add_argument("--resize", type=_resize, default=UNSET, help=f"as in training, default {D2L.resize}")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--test-subset", type=_positive_int, help="a stratified sample of N test images")
@@ -111,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="training and inference examples/sec as JSON")
     _add_backend(bench)
+    _add_network(bench, "default resnet18, d2l")
     bench.add_argument("--batch-size", type=_positive_int, default=64)
     bench.add_argument("--resize", type=_resize, default=96, help="image size; 'none' for 28 x 28 (default 96)")
     bench.add_argument("--steps", type=_positive_int, default=5, help="timed steps per round (default 5)")
@@ -143,7 +168,7 @@ def _train(args):
     overrides = {
         key: value for key, value in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "subset": args.subset, "test_subset": args.test_subset,
+            "subset": args.subset, "test_subset": args.test_subset, "arch": args.arch, "style": args.style,
         }.items() if value is not None
     }
     if args.resize is not UNSET:
@@ -157,11 +182,9 @@ def _train(args):
 
 
 def _evaluate(args):
-    from .weights import load_weights
-
     backend = load_backend(args.backend)
-    weights = load_weights(args.weights)
-    result = backend.evaluate(weights=weights, resize=_checkpoint_resize(args, args.weights),
+    result = backend.evaluate(weights=args.weights, arch=args.arch, style=args.style,
+                              resize=_checkpoint_resize(args, args.weights),
                               batch_size=args.batch_size, test_subset=args.test_subset, data_dir=args.data_dir,
                               synthetic=args.synthetic, device=args.device)
     print(f"[{args.backend}] {args.weights}: test loss {result['loss']:.4f}, test acc {result['accuracy']:.4f} "
@@ -183,7 +206,7 @@ def _bench(args):
 
     result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
                        warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
-                       peak_gflops=args.peak_gflops)
+                       peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l")
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:

@@ -26,6 +26,7 @@ COLUMNS = [
     ("backend", "backend"),
     ("framework", "framework"),
     ("device", "device"),
+    ("network", "network"),
     ("seed", "seed"),
     ("epochs", "epochs"),
     ("train_loss", "train loss"),
@@ -74,6 +75,7 @@ def comparison_rows(runs: Sequence[dict]) -> List[dict]:
             "backend": run["backend"],
             "framework": run["framework"],
             "device": run["device"],
+            "network": _network(run.get("hyperparameters") or {}),
             "seed": run.get("seed", ""),
             "epochs": last["epoch"],
             "train_loss": last["train_loss"],
@@ -85,6 +87,11 @@ def comparison_rows(runs: Sequence[dict]) -> List[dict]:
     return rows
 
 
+def _network(hyperparameters) -> str:
+    """``resnet18 (d2l)``: the arch and style a run trained (runs from before styles: d2l)."""
+    return f"{hyperparameters.get('arch', 'resnet18')} ({hyperparameters.get('style', 'd2l')})"
+
+
 def _format(key, value):
     if isinstance(value, float):
         if key in ("examples_per_sec", "wall_seconds"):
@@ -93,7 +100,7 @@ def _format(key, value):
     return str(value)
 
 
-_TEXT_COLUMNS = ("backend", "framework", "device")
+_TEXT_COLUMNS = ("backend", "framework", "device", "network")
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

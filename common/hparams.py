@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from .spec import get_spec
+
 __all__ = ["TrainConfig", "D2L", "QUICK", "PRESETS"]
 
 
@@ -12,10 +14,12 @@ class TrainConfig:
 
     SGD without momentum or weight decay and mean softmax cross-entropy, as in the chapter.
     ``subset``/``test_subset`` take that many examples (a seeded, class-stratified sample);
-    ``None`` uses the whole split.
+    ``None`` uses the whole split. ``arch`` and ``style`` name the network (see
+    :func:`common.spec.get_spec`; an arch tuple is kept as its text, which reads back).
     """
 
     arch: str = "resnet18"
+    style: str = "d2l"
     epochs: int = 10
     batch_size: int = 256
     lr: float = 0.05
@@ -33,6 +37,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError with a one-line reason for any value that cannot train."""
+        get_spec(self.arch, self.style)
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

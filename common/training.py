@@ -26,7 +26,8 @@ import numpy as np
 
 from .data import fashion_mnist_loader, fashion_mnist_loaders
 from .hparams import D2L, PRESETS, TrainConfig
-from .weights import atomic_write, init_weights, load_weights, read_metadata, save_weights
+from .spec import arch_name, get_spec
+from .weights import atomic_write, init_weights, load_weights, read_architecture, read_metadata, save_weights
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -225,7 +226,7 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
         if out_dir is not None:
             state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history,
                      "step_losses": step_losses}
-            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, config.arch,
+            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, get_spec(config.arch, config.style),
                          metadata={"train_state": state})
             metrics = dict(_environment(trainer))
             metrics.update({
@@ -254,19 +255,20 @@ def _resolve_config(preset, config, overrides) -> TrainConfig:
     unknown = [key for key in overrides if not hasattr(config, key)]
     if unknown:
         raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
-    return config.replace(**{k: v for k, v in overrides.items()}).validate()
+    config = config.replace(**{k: v for k, v in overrides.items()}).validate()
+    return config.replace(arch=arch_name(config.arch))  # a tuple as its text, as files and the CLI write it
 
 
 def _resume_state(out_dir, config: TrainConfig):
     path = os.path.join(out_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
-    weights = load_weights(path, config.arch)
+    weights = load_weights(path, get_spec(config.arch, config.style))
     state = read_metadata(path).get("train_state")
     if not state:
         raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
     saved = TrainConfig(**state["config"])
-    differs = [k for k in ("arch", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
+    differs = [k for k in ("arch", "style", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
                if getattr(saved, k) != getattr(config, k)]
     if differs:
         pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
@@ -314,24 +316,35 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
         config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
         test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
     )
-    trainer = _trainer_class(backend)(net, arch=config.arch, lr=config.lr, device=device)
-    trainer.import_weights(weights if weights is not None else init_weights(config.arch, config.seed))
+    trainer = _trainer_class(backend)(net, arch=config.arch, style=config.style, lr=config.lr, device=device)
+    spec, in_channels, num_classes = trainer.architecture()
+    if (spec.name, spec.style) != (config.arch, config.style):
+        raise ValueError(f"the network passed in is {spec.label}, the run's is {get_spec(config.arch, config.style).label}; "
+                         f"pass arch= and style= to match it")
+    if weights is None:
+        weights = init_weights(spec, config.seed, in_channels, num_classes)
+    trainer.import_weights(weights)
     if start_epoch and not quiet:
         print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
     return fit(trainer, train_loader, test_loader, config, out_dir=out_dir, start_epoch=start_epoch,
                history=history, step_losses=step_losses, quiet=quiet, progress=progress, print_fn=print_fn)
 
 
-def evaluate(backend, *, weights, arch: str = "resnet18", resize: Optional[int] = 96, batch_size: int = 256,
+def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] = 96, batch_size: int = 256,
              test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False, device=None,
              progress: bool = False) -> Dict[str, float]:
     """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
-    (its short name, or its ``Trainer`` class)."""
+    (its short name, or its ``Trainer`` class). ``arch`` and ``style`` default to the file's (for
+    a dict: ResNet-18, style d2l); given and different from the file's, a one-line error names both."""
     if not isinstance(weights, dict):
-        weights = load_weights(weights, arch)
+        file_arch, file_style = read_architecture(weights)
+        spec = get_spec(file_arch if arch is None else arch, file_style if style is None else style)
+        weights = load_weights(weights, spec)
+    else:
+        spec = get_spec(arch or "resnet18", style)
     test_loader = fashion_mnist_loader("test", batch_size, resize=resize, subset=test_subset, data_dir=data_dir,
                                        synthetic=synthetic)
-    trainer = _trainer_class(backend)(None, arch=arch, device=device)
+    trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device)
     trainer.import_weights(weights)
     return evaluate_loader(trainer, test_loader, progress=progress)
 

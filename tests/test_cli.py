@@ -8,7 +8,8 @@ import pytest
 
 from common.backend import BACKENDS
 from common.cli import main
-from common.weights import init_weights, save_weights
+from common.spec import get_spec, training_flops_per_example
+from common.weights import init_weights, read_architecture, save_weights
 
 
 def run(capsys, *argv):
@@ -78,7 +79,7 @@ def test_compare_writes_table_and_plot(capsys, tmp_path):
     assert code == 0, err
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert table.splitlines()[0].startswith("| backend | framework | device |")
-    assert "| torch | torch 1.0 | cpu | 0 | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
+    assert "| torch | torch 1.0 | cpu | resnet18 (d2l) | 0 | 2 | 0.5000 | 0.7000 | 0.6500 | 150.0 | 22.0 |" in table
     assert "mean ± std" not in table  # one seed per backend: no summary over seeds
     assert "| mx |" in out
     assert "torch and tf: same steps until step 4 of 8" in table
@@ -185,7 +186,7 @@ def test_missing_data_is_one_line(capsys, tmp_path, backend_name):
 
 @pytest.mark.parametrize("content, words", [
     (b"garbage", "not a readable .npz"),
-    (None, "holds weights for 'resnet34'"),
+    (None, "missing array 'layer1.2.conv1.weight' (and 29 more) for resnet34"),  # the file says resnet34
 ])
 def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, content, words):
     path = tmp_path / "checkpoint.npz"
@@ -202,6 +203,44 @@ def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, conten
     assert_one_line_error(err, str(path), words)
 
 
+#: A small custom network (the book's arch tuple) for the command-line tests of --arch and --style.
+SMALL_ARCH = "((1, 16), (1, 32))"
+
+
+def test_train_evaluate_and_resume_name_the_network(capsys, tmp_path, backend_name):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--arch", SMALL_ARCH,
+                       "--style", "preact", *TINY)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["hyperparameters"]["arch"], metrics["hyperparameters"]["style"]) == ("((1, 16), (1, 32))", "preact")
+    assert read_architecture(out / "checkpoint.npz") == ("((1, 16), (1, 32))", "preact")
+    # evaluate takes the network from the file ...
+    code, text, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.npz"),
+                          "--synthetic", "--test-subset", "16")
+    assert code == 0 and "test acc" in text, err
+    # ... and refuses another one, naming both
+    code, _, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.npz"),
+                       "--synthetic", "--style", "d2l")
+    assert code == 1
+    assert_one_line_error(err, "holds weights for ((1, 16), (1, 32)) (style preact), not ((1, 16), (1, 32)) (style d2l)")
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--resume", "--arch", SMALL_ARCH,
+                       *[a for a in TINY if a != "--quiet"], "--epochs", "2", "--quiet")
+    assert code == 1
+    assert_one_line_error(err, "(style preact), not ((1, 16), (1, 32)) (style d2l)")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--arch", "resnet19"), "unknown architecture 'resnet19'"),
+    (("--arch", "((2, 64), (0, 128))"), "positive integers"),
+    (("--style", "v2"), "invalid choice: 'v2'"),
+])
+def test_bad_network_is_one_line(capsys, argv, words):
+    code, _, err = run_exit(capsys, "train", "--backend", "torch", *argv)
+    assert code == 2
+    assert_one_line_error(err, words)
+
+
 def test_bench_reports_json(capsys, backend_name):
     code, out, err = run(capsys, "bench", "--backend", backend_name, "--batch-size", "4", "--resize", "32",
                          "--steps", "1", "--warmup", "1", "--rounds", "3", "--peak-gflops", "100")
@@ -214,6 +253,21 @@ def test_bench_reports_json(capsys, backend_name):
     assert result["train_share_of_peak"] == pytest.approx(result["train_gflops"] / 100, abs=1e-3)
     rounds = result["train_examples_per_sec_rounds"]
     assert len(rounds) == 3 and sorted(rounds)[1] == pytest.approx(result["train_examples_per_sec"], rel=1e-3)
+
+
+def test_bench_takes_the_network(capsys, backend_name):
+    code, out, err = run(capsys, "bench", "--backend", backend_name, "--arch", "resnet50", "--style", "torchvision",
+                         "--batch-size", "2", "--resize", "32", "--steps", "1", "--warmup", "1", "--rounds", "1",
+                         "--peak-gflops", "100")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["arch"], result["style"]) == ("resnet50", "torchvision")
+    seconds = 2 / result["train_examples_per_sec"]  # the FLOP count is ResNet-50's, not ResNet-18's
+    flops = training_flops_per_example(get_spec("resnet50", "torchvision"), 1, 32, 32)
+    assert result["train_gflops"] == pytest.approx(2 * flops / seconds / 1e9, rel=1e-2)
+    code, _, err = run(capsys, "bench", "--backend", backend_name, "--arch", "resnet50", "--reference")
+    assert code == 1
+    assert_one_line_error(err, "--reference times the chapter's own ResNet-18")
 
 
 def test_peak_reports_the_best_matmul_of_numpy_and_the_framework(capsys, backend_name):
