@@ -9,6 +9,7 @@ import pytest
 
 from common import oracle
 from common.data import FILES
+from common.spec import block_convs, get_spec, iter_blocks
 from common.weights import init_weights
 
 EXPECTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "expected")
@@ -58,6 +59,26 @@ def disturbed_weights(arch="resnet18", seed=0, in_channels=1, num_classes=10, dt
             weights[name] = rng.normal(0.0, 0.1, value.shape).astype(dtype)
         elif value.ndim == 1:  # BatchNorm gamma
             weights[name] = rng.uniform(0.5, 1.5, value.shape).astype(dtype)
+    return weights
+
+
+def damped_residuals(weights, arch, factor=0.1):
+    """``weights`` with every residual branch scaled down by ``factor`` at its end: the last
+    BatchNorm's gamma and beta (the last convolution's weight and bias in a pre-activation block).
+
+    Trained deep ResNets look like this (and torchvision's ``zero_init_residual`` starts so):
+    each block adds a small correction to its input. With every branch at full strength, a deep
+    random network in training mode is chaotic: a 1e-6 change of the weights moves ResNet-152's
+    logits by 0.2 on a small batch, so no float32 computation could be held to the oracle there.
+    """
+    spec = get_spec(arch)
+    weights = dict(weights)
+    for block in iter_blocks(spec):
+        convs = [conv for conv in block_convs(block, spec) if not conv.name.endswith("downsample.0")]
+        last = convs[-1].name if spec.preact else f"{block.name}.bn{len(convs)}"
+        for name in (f"{last}.weight", f"{last}.bias"):
+            if name in weights:
+                weights[name] = (weights[name] * factor).astype(weights[name].dtype)
     return weights
 
 

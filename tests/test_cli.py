@@ -186,7 +186,7 @@ def test_missing_data_is_one_line(capsys, tmp_path, backend_name):
 
 @pytest.mark.parametrize("content, words", [
     (b"garbage", "not a readable .npz"),
-    (None, "missing array 'layer1.2.conv1.weight' (and 29 more) for resnet34"),  # the file says resnet34
+    (None, "missing array 'layer1.2.conv1.weight' (and 95 more) for resnet34"),  # the file says resnet34
 ])
 def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, content, words):
     path = tmp_path / "checkpoint.npz"
@@ -264,7 +264,7 @@ def test_bench_takes_the_network(capsys, backend_name):
     assert (result["arch"], result["style"]) == ("resnet50", "torchvision")
     seconds = 2 / result["train_examples_per_sec"]  # the FLOP count is ResNet-50's, not ResNet-18's
     flops = training_flops_per_example(get_spec("resnet50", "torchvision"), 1, 32, 32)
-    assert result["train_gflops"] == pytest.approx(2 * flops / seconds / 1e9, rel=1e-2)
+    assert result["train_gflops"] == pytest.approx(2 * flops / seconds / 1e9, rel=1e-2, abs=0.011)  # both rounded
     code, _, err = run(capsys, "bench", "--backend", backend_name, "--arch", "resnet50", "--reference")
     assert code == 1
     assert_one_line_error(err, "--reference times the chapter's own ResNet-18")
