@@ -28,7 +28,7 @@ from mxnet.util import is_np_array
 from common import autotune
 from common.autotune import NATIVE
 from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
-                         conv_output_size, stage_output_shapes)
+                         conv_output_size, iter_blocks, iter_convs, stage_output_shapes)
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
            "TinyMapConv2D", "tap_selection", "legacy_operators"]
@@ -167,16 +167,17 @@ def forward_as_pytorch(net, forward, x):
         return forward(x)[0]
     training = autograd.is_training()
     if training:
-        _check_batch_statistics(net.arch, x.shape, net.in_channels)
+        _check_batch_statistics(net.spec, x.shape, net.in_channels)
     logits, *statistics = forward(x)
     if training:
         _update_running_statistics(net._running_statistics, statistics)
     return _keep_nan(logits, x, statistics if training else ())
 
 
-def _check_batch_statistics(arch, shape, in_channels) -> None:
+def _check_batch_statistics(spec, shape, in_channels) -> None:
     # PyTorch refuses a train-mode BatchNorm over one value per channel (its variance is 0/0).
-    smallest = min(h * w for _, (_, h, w) in stage_output_shapes(arch, in_channels, shape[2], shape[3])[:-2])
+    # Every BatchNorm's map is a stage's output map or larger (a block's first, before its stride).
+    smallest = min(h * w for _, (_, h, w) in stage_output_shapes(spec, in_channels, shape[2], shape[3])[:-2])
     if shape[0] * smallest < 2:
         raise ValueError(f"a training-mode forward needs more than 1 value per BatchNorm channel; got input "
                          f"shape {tuple(shape)}: use a batch of at least 2 or larger images")
@@ -200,7 +201,8 @@ def _keep_nan(logits, x, statistics):
 
     Gluon's ReLU is oneDNN's, which maps NaN to 0 where PyTorch's and TensorFlow's keep it,
     so a NaN image or a diverging training step would come out as finite logits and a finite
-    loss. Every ReLU's input is a BatchNorm's output (plus a finite shortcut): in training
+    loss. Every ReLU's input is a BatchNorm's output (plus a finite shortcut, in the post-activation
+    blocks; a pre-activation block's ReLUs follow its BatchNorms directly): in training
     mode it is non-finite only if a batch statistic is, and in evaluation mode (finite running
     statistics and weights, which ``import_weights`` checks) only if the input is. So the
     logits get 0 times the sum of each example's input and, in training, of every batch
@@ -225,12 +227,17 @@ class TinyMapConv2D(nn.Conv2D):
     order (:meth:`matrix_product`):
 
     * input times output pixels at most ``DENSE_CONV_MAX_PIXEL_PAIRS`` (2 x 2 -> 2 x 2,
-      2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1): a dense layer from the flattened input map to the
-      flattened output map whose weight is the kernel times a constant 0/1 tap-selection
-      matrix (:func:`tap_selection`), so its gradient flows back to the kernel as a matrix
-      product too; taps that only ever meet padding get a zero gradient, as in the convolution;
+      2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1), kernels larger than 1 x 1: a dense layer from the
+      flattened input map to the flattened output map whose weight is the kernel times a
+      constant 0/1 tap-selection matrix (:func:`tap_selection`), so its gradient flows back to
+      the kernel as a matrix product too; taps that only ever meet padding get a zero
+      gradient, as in the convolution;
     * otherwise at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels: ``im2col`` patches
-      times the flattened kernel.
+      times the flattened kernel (for a bottleneck's 1 x 1 convolutions, the map's pixels
+      times the kernel).
+
+    Grouped, dilated and strided 1 x 1 convolutions have no fast path here (:func:`use_fast_layers`
+    leaves them Gluon's).
 
     The input size is read from the data when run imperatively and from ``input_size`` (set
     before each call by the network, see :func:`use_fast_layers`) when traced; unknown, the
@@ -245,11 +252,15 @@ class TinyMapConv2D(nn.Conv2D):
     def takes_matrix_product(self, size):
         """Whether a fast path exists for an input map of ``size``; returns (yes, output size)."""
         kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
-        if size is None or self._kwargs["num_group"] != 1 or self._kwargs["dilate"] != (1, 1) or kernel == (1, 1):
+        if size is None or not _may_take_matrix_product(self):
             return False, None
         out = conv_output_size(size, kernel, stride, pad)
-        pixels, out_pixels = size[0] * size[1], out[0] * out[1]
-        return pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS or out_pixels <= MATMUL_CONV_MAX_OUTPUT_PIXELS, out
+        return self._takes_dense_layer(size, out) or out[0] * out[1] <= MATMUL_CONV_MAX_OUTPUT_PIXELS, out
+
+    def _takes_dense_layer(self, size, out):
+        """Whether the convolution from ``size`` to ``out`` runs as one dense layer (not for 1 x 1
+        kernels, where the dense weight would only repeat the kernel on its diagonal)."""
+        return self._kwargs["kernel"] != (1, 1) and size[0] * size[1] * out[0] * out[1] <= DENSE_CONV_MAX_PIXEL_PAIRS
 
     def hybrid_forward(self, F, x, weight, bias=None):
         size = tuple(x.shape[2:]) if isinstance(x, mx.nd.NDArray) else self.input_size
@@ -262,9 +273,10 @@ class TinyMapConv2D(nn.Conv2D):
         """One forward and backward pass of this convolution taken by ``path``, on fresh arrays."""
         x = mx.nd.random.uniform(shape=shape)
         weight = mx.nd.random.uniform(shape=(self._channels, shape[1]) + self._kwargs["kernel"])
-        bias = mx.nd.zeros((self._channels,))
+        bias = None if self.bias is None else mx.nd.zeros((self._channels,))
         for array in (x, weight, bias):
-            array.attach_grad()
+            if array is not None:
+                array.attach_grad()
 
         def run():
             with autograd.record():
@@ -281,7 +293,7 @@ class TinyMapConv2D(nn.Conv2D):
         """The convolution from ``size`` to ``out`` as one matrix product (see the class)."""
         kernel, pad, stride = self._kwargs["kernel"], self._kwargs["pad"], self._kwargs["stride"]
         pixels, out_pixels = size[0] * size[1], out[0] * out[1]
-        if pixels * out_pixels <= DENSE_CONV_MAX_PIXEL_PAIRS:
+        if self._takes_dense_layer(size, out):
             taps = F.dot(F.reshape(weight, shape=(-1, kernel[0] * kernel[1])),  # (O*C, kh*kw)
                          tap_selection(F, size, kernel, stride, pad))  # -> (O*C, out_pixels*pixels)
             dense = F.reshape(F.transpose(F.reshape(taps, shape=(-4, self._channels, -1, -4, out_pixels, pixels)),
@@ -329,10 +341,28 @@ def _mean_over_maps(F, x):
     return F.mean(x, axis=(2, 3), keepdims=True)
 
 
+def _block_convs(net):
+    """(canonical name, layer) of each convolution of each residual block of ``net``, the shortcut's left out."""
+    for block in iter_blocks(net.spec):
+        layer = getattr(net, f"layer{block.stage}")[block.index]
+        for name in ("conv1", "conv2", "conv3"):
+            conv = getattr(layer, name, None)
+            if conv is not None:
+                yield f"{block.name}.{name}", conv
+
+
+def _may_take_matrix_product(conv) -> bool:
+    """Whether :class:`TinyMapConv2D` has a fast path for ``conv`` at some map size: ungrouped, not
+    dilated, and not a strided 1 x 1 convolution."""
+    kwargs = conv._kwargs
+    return kwargs["num_group"] == 1 and kwargs["dilate"] == (1, 1) and (kwargs["kernel"] != (1, 1)
+                                                                         or kwargs["stride"] == (1, 1))
+
+
 class _TellsInputSizes:
     """Mixed into a network by :func:`use_fast_layers`: before each call it tells each
-    :class:`TinyMapConv2D` the size of its input map, which a traced graph does not know, and
-    drops the cached graph traced for another size."""
+    :class:`TinyMapConv2D` the size of its input map (:func:`common.spec.iter_convs`), which a
+    traced graph does not know, and drops the cached graph traced for another size."""
 
     _input_size = None
 
@@ -343,13 +373,11 @@ class _TellsInputSizes:
         if size != self._input_size:
             self._input_size = size
             self._clear_cached_op()
-            maps = [None] * (self.num_stages + 1)
-            if size is not None:
-                maps = [tuple(hw) for _, (_, *hw) in stage_output_shapes(self.arch, self.in_channels, *size)[:-2]]
-            for stage, (previous, current) in enumerate(zip(maps, maps[1:]), start=1):
-                for i, block in enumerate(getattr(self, f"layer{stage}")):
-                    block.conv1.input_size = previous if i == 0 else current
-                    block.conv2.input_size = current
+            sizes = {} if size is None else {conv.name: tuple(hw) for conv, hw in
+                                             iter_convs(self.spec, self.in_channels, *size)}
+            for name, conv in _block_convs(self):
+                if isinstance(conv, TinyMapConv2D):
+                    conv.input_size = sizes.get(name)
             if size is not None:
                 self._choose_paths(size, x.shape[0])
         return super().forward(x)
@@ -359,12 +387,15 @@ class _TellsInputSizes:
         them at once (:func:`common.autotune.choose`; one graph serves training and inference,
         so a training step is timed). Not one choice per layer: with layer4's first convolution
         a matrix product and the next ones oneDNN's (96 x 96), MXNet 1.9.1 fails ("could not
-        create a primitive descriptor for a reorder primitive")."""
-        convs = [conv for stage in range(1, self.num_stages + 1) for block in getattr(self, f"layer{stage}")
-                 for conv in (block.conv1, block.conv2) if conv.takes_matrix_product(conv.input_size)[0]]
+        create a primitive descriptor for a reorder primitive"), and so it does with a
+        bottleneck's 3 x 3 convolution a matrix product between oneDNN's 1 x 1 ones (ResNet-50,
+        layer4 at 96 x 96), or the other way round (ResNeXt's grouped 3 x 3, at 32 x 32); hence
+        :func:`use_fast_layers` binds all of a block's convolutions or none."""
+        convs = [conv for _, conv in _block_convs(self)
+                 if isinstance(conv, TinyMapConv2D) and conv.takes_matrix_product(conv.input_size)[0]]
         if not convs:
             return
-        site = f"tiny-map convolutions of {self.arch} on {size[0]}x{size[1]}, train"
+        site = f"tiny-map convolutions of {self.spec.label} on {size[0]}x{size[1]}, train"
 
         def make_run(path):
             runs = [conv._timed_run(path, (batch, conv.weight.shape[1]) + conv.input_size, conv.input_size,
@@ -384,16 +415,19 @@ def _telling_input_sizes(network_class):
 def use_fast_layers(net):
     """Bind the fast paths into ``net`` (a built ``ResNet``) in place; it computes the same function.
 
-    Each residual block's 3 x 3 convolutions become :class:`TinyMapConv2D` and the global
-    average pool a plain mean, by swapping the layer's class for a subclass whose
+    The convolutions of each residual block (the shortcut's aside) become :class:`TinyMapConv2D`,
+    in every style, unless one of them has no fast path (ResNeXt's grouped 3 x 3): then the
+    whole block keeps Gluon's layers (see :meth:`_TellsInputSizes._choose_paths`). The global
+    average pool becomes a plain mean. Each by swapping the layer's class for a subclass whose
     ``hybrid_forward`` differs (no parameter changes); the network learns to tell the
     convolutions their input sizes. Returns ``net``.
     """
-    for stage in range(1, net.num_stages + 1):
-        for block in getattr(net, f"layer{stage}"):
-            for conv in (block.conv1, block.conv2):
-                if type(conv) is nn.Conv2D:
-                    conv.__class__ = TinyMapConv2D
+    convs = list(_block_convs(net))
+    blocks = {name.rsplit(".", 1)[0] for name, conv in convs}
+    blocks -= {name.rsplit(".", 1)[0] for name, conv in convs if not _may_take_matrix_product(conv)}
+    for name, conv in convs:
+        if type(conv) is nn.Conv2D and name.rsplit(".", 1)[0] in blocks:
+            conv.__class__ = TinyMapConv2D
     if type(net.avgpool) is nn.GlobalAvgPool2D:
         net.avgpool.__class__ = _MeanPool2D
     if not isinstance(net, _TellsInputSizes):

@@ -15,7 +15,7 @@ from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
 from common.backend import plain_layers
-from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
                          parameter_shapes)
 from common.weights import check_weights
 
@@ -25,10 +25,19 @@ __all__ = [
     "DATA_FORMAT",
     "Residual",
     "resnet_block",
+    "Bottleneck",
+    "ResNeXtBlock",
+    "PreActResidual",
+    "PreActBottleneck",
     "BLOCK_BUILDERS",
     "ResNet",
     "resnet",
     "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
     "count_parameters",
     "architecture",
     "canonical_variables",
@@ -45,18 +54,19 @@ DATA_FORMAT = "NCHW"
 class Residual(nn.HybridBlock):
     """The Residual block of ResNet models."""
 
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, **kwargs):
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bias=True, norm_shortcut=False,
+                 **kwargs):
         super().__init__(**kwargs)
         # Registered in the canonical parameter order: conv1, bn1, conv2, bn2, downsample.
         # in_channels (0: inferred at the first call, as in the chapter) lets ResNet create its weights at once.
-        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, in_channels=in_channels)
+        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
+                               in_channels=in_channels)
         self.bn1 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, in_channels=num_channels)
+        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
         self.bn2 = batch_norm(num_channels)
         self.relu = nn.Activation("relu")
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
-            self.downsample = nn.HybridSequential()
-            self.downsample.add(nn.Conv2D(num_channels, kernel_size=1, strides=strides, in_channels=in_channels))
+            self.downsample = _projection(num_channels, strides, in_channels, bias=bias, norm=norm_shortcut)
         else:
             self.downsample = None
 
@@ -78,36 +88,169 @@ def resnet_block(num_channels, num_residuals, first_block=False):
     return blk
 
 
-#: Block type of :class:`common.spec.ResNetSpec` -> how to build one block from its BlockConfig.
+# --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
+
+def _projection(num_channels, strides=1, in_channels=0, *, bias=True, norm=False):
+    """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
+    (``downsample.1``) where ``norm`` is set (torchvision's style)."""
+    shortcut = nn.HybridSequential()
+    shortcut.add(nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias, in_channels=in_channels))
+    if norm:
+        shortcut.add(batch_norm(num_channels))
+    return shortcut
+
+
+class Bottleneck(nn.HybridBlock):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 convolution down to ``bot_channels``
+    (default ``num_channels // 4``), 3x3 convolution (with the stride, in ``groups`` groups), 1x1
+    convolution up to ``num_channels``, each followed by BatchNorm; ReLU after the first two and
+    after the addition of the shortcut."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bot_channels=None, groups=1,
+                 bias=True, norm_shortcut=False, **kwargs):
+        super().__init__(**kwargs)
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.conv1 = nn.Conv2D(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
+        self.bn1 = batch_norm(bot_channels)
+        self.conv2 = nn.Conv2D(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
+                               in_channels=bot_channels)
+        self.bn2 = batch_norm(bot_channels)
+        self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
+        self.bn3 = batch_norm(num_channels)
+        self.relu = nn.Activation("relu")
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, in_channels, bias=bias, norm=norm_shortcut)
+        else:
+            self.downsample = None
+
+    def hybrid_forward(self, F, X):
+        Y = self.relu(self.bn1(self.conv1(X)))
+        Y = self.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return self.relu(Y + X)
+
+
+class ResNeXtBlock(Bottleneck):
+    """The ResNeXt block, with the book's signature: ``bot_channels = int(round(num_channels *
+    bot_mul))`` and a 3x3 convolution in groups of ``groups`` channels each (``bot_channels //
+    groups`` groups). A :class:`Bottleneck` otherwise; unlike the book's block (``conv4`` and
+    ``bn4``), its shortcut follows the style: a BatchNorm after the 1x1 convolution only with
+    ``norm_shortcut=True``."""
+
+    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, in_channels=0, *, bias=True,
+                 norm_shortcut=False, **kwargs):
+        bot_channels = int(round(num_channels * bot_mul))
+        super().__init__(num_channels, use_1x1conv, strides, in_channels, bot_channels=bot_channels,
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, **kwargs)
+
+
+class PreActResidual(nn.HybridBlock):
+    """The pre-activation residual block (He et al. 2016): BatchNorm, ReLU, convolution, twice; the
+    shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
+    the addition."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.bn1 = batch_norm(in_channels)
+        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
+                               in_channels=in_channels)
+        self.bn2 = batch_norm(num_channels)
+        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
+        self.relu = nn.Activation("relu")
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, in_channels, bias=bias)
+        else:
+            self.downsample = None
+
+    def hybrid_forward(self, F, X):
+        A = self.relu(self.bn1(X))
+        Y = self.conv1(A)
+        Y = self.conv2(self.relu(self.bn2(Y)))
+        if self.downsample is not None:
+            X = self.downsample(A)
+        return Y + X
+
+
+class PreActBottleneck(nn.HybridBlock):
+    """The pre-activation bottleneck block: BatchNorm, ReLU, convolution for each of the
+    :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bot_channels=None, groups=1,
+                 bias=True, **kwargs):
+        super().__init__(**kwargs)
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.bn1 = batch_norm(in_channels)
+        self.conv1 = nn.Conv2D(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
+        self.bn2 = batch_norm(bot_channels)
+        self.conv2 = nn.Conv2D(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
+                               in_channels=bot_channels)
+        self.bn3 = batch_norm(bot_channels)
+        self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
+        self.relu = nn.Activation("relu")
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, in_channels, bias=bias)
+        else:
+            self.downsample = None
+
+    def hybrid_forward(self, F, X):
+        A = self.relu(self.bn1(X))
+        Y = self.conv1(A)
+        Y = self.conv2(self.relu(self.bn2(Y)))
+        Y = self.conv3(self.relu(self.bn3(Y)))
+        if self.downsample is not None:
+            X = self.downsample(A)
+        return Y + X
+
+
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
+#: :class:`common.spec.BlockConfig` and the network's spec.
 BLOCK_BUILDERS = {
-    "basic": lambda block: Residual(block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels),
+    "basic": lambda block, spec: Residual(
+        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "bottleneck": lambda block, spec: Bottleneck(
+        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
+        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "preact_basic": lambda block, spec: PreActResidual(
+        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels, bias=spec.conv_bias),
+    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
+        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias),
 }
 
 
 class ResNet(nn.HybridBlock):
     """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
+    ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
+    pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+
     Its running statistics move with a training-mode forward pass and NaNs come out as in PyTorch
     (:func:`resnet_mx.kernels.forward_as_pytorch`).
     """
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, **kwargs):
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", **kwargs):
         super().__init__(**kwargs)
-        spec = get_spec(arch)
+        spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
-        self.arch, self.num_classes, self.in_channels = spec.name, num_classes, in_channels
+        self.spec, self.arch, self.style = spec, spec.name, spec.style
+        self.num_classes, self.in_channels = num_classes, in_channels
         self.conv1 = nn.Conv2D(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
                                padding=spec.stem_padding, use_bias=spec.conv_bias, in_channels=in_channels)
         self.bn1 = batch_norm(spec.stem_channels)
         self.relu = nn.Activation("relu")
         self.maxpool = nn.MaxPool2D(pool_size=spec.pool_kernel, strides=spec.pool_stride, padding=spec.pool_padding)
-        stages: Dict[int, List[Residual]] = {}
+        stages: Dict[int, List[nn.HybridBlock]] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block](block))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", nn.HybridSequential())
             getattr(self, f"layer{number}").add(*blocks)
         self.num_stages = len(stages)
+        self.norm = batch_norm(spec.feature_channels) if spec.preact else None
         self.avgpool = nn.GlobalAvgPool2D()
         self.flatten = nn.Flatten()
         self.fc = nn.Dense(num_classes, in_units=spec.feature_channels)
@@ -119,6 +262,8 @@ class ResNet(nn.HybridBlock):
         return self.maxpool(x)
 
     def _pool(self, x):
+        if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
+            x = self.relu(self.norm(x))
         return self.flatten(self.avgpool(x))
 
     def stages(self):
@@ -138,16 +283,36 @@ class ResNet(nn.HybridBlock):
         return forward_as_pytorch(self, super().forward, x)
 
 
-def resnet(arch="resnet18", num_classes=10, in_channels=1, plain=None) -> ResNet:
-    """The network ``arch`` of :data:`common.spec.RESNET_SPECS` with Gluon's default init on the CPU, its
+def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    """The network ``arch`` (see :class:`ResNet`) in ``style`` with Gluon's default init on the CPU, its
     fast paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
-    net = ResNet(arch, num_classes, in_channels)
+    net = ResNet(arch, num_classes, in_channels, style)
     net.initialize(ctx=mx.cpu())
     return net if plain_layers(plain) else use_fast_layers(net)
 
 
-def resnet18(num_classes=10, in_channels=1, plain=None) -> ResNet:
-    return resnet("resnet18", num_classes, in_channels, plain)
+def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet18", num_classes, in_channels, style, plain)
+
+
+def resnet34(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet34", num_classes, in_channels, style, plain)
+
+
+def resnet50(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet50", num_classes, in_channels, style, plain)
+
+
+def resnet101(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet101", num_classes, in_channels, style, plain)
+
+
+def resnet152(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet152", num_classes, in_channels, style, plain)
+
+
+def resnext50_32x4d(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnext50_32x4d", num_classes, in_channels, style, plain)
 
 
 def _parameters(net) -> Dict[str, gluon.Parameter]:
@@ -160,10 +325,11 @@ def count_parameters(net) -> int:
     return sum(int(np.prod(p.shape)) for p in _parameters(net).values() if p.grad_req != "null")
 
 
-def architecture(net) -> Tuple[str, int, int]:
-    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's Sequential ResNet-18."""
+def architecture(net) -> Tuple[ResNetSpec, int, int]:
+    """(spec, in_channels, num_classes) of a ResNet (its spec with its style), or of the chapter's
+    Sequential ResNet-18."""
     if isinstance(net, ResNet):
-        return net.arch, net.in_channels, net.num_classes
+        return net.spec, net.in_channels, net.num_classes
     params = list(_parameters(net).values())
     convs = [p for p in params if len(p.shape) == 4]
     dense = [p for p in params if len(p.shape) == 2]
@@ -171,7 +337,7 @@ def architecture(net) -> Tuple[str, int, int]:
         raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
     if convs[0].shape[1] <= 0 or dense[-1].shape[0] <= 0:  # unknown: 0, or -1 in NumPy mode
         raise ValueError(f"{type(net).__name__} has parameters of unknown shape; call it on one batch first")
-    return "resnet18", convs[0].shape[1], dense[-1].shape[0]
+    return get_spec("resnet18"), convs[0].shape[1], dense[-1].shape[0]
 
 
 def _units(block) -> Iterator[Dict[str, gluon.Parameter]]:
@@ -202,8 +368,8 @@ def export_weights(net) -> Dict[str, np.ndarray]:
 
 def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
     """Copy canonical ``weights`` into ``net`` exactly, after checking names and shapes."""
-    arch, in_channels, num_classes = architecture(net)
-    check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
+    spec, in_channels, num_classes = architecture(net)
+    check_weights(weights, spec, in_channels=in_channels, num_classes=num_classes)
     for name, param in canonical_variables(net).items():
         # set_data copies to every context the parameter lives on (or waits for deferred init).
         param.set_data(_array(weights[name]))

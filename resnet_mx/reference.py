@@ -21,6 +21,7 @@ from mxnet import autograd, gluon, init, nd
 from mxnet.gluon import nn
 
 from common.backend import device_label
+from common.spec import ResNetSpec, get_spec
 
 from .model import export_weights, import_weights
 from .train import Trainer
@@ -139,5 +140,5 @@ class ReferenceTrainer(Trainer):
     def import_weights(self, weights) -> None:
         import_weights(self.net, weights)
 
-    def architecture(self) -> Tuple[str, int, int]:
-        return "resnet18", 1, 10
+    def architecture(self) -> Tuple[ResNetSpec, int, int]:
+        return get_spec("resnet18"), 1, 10

@@ -17,7 +17,7 @@ from mxnet.util import is_np_array
 
 from common import backend, training
 from common.backend import device_label
-from common.spec import trainable_parameter_names
+from common.spec import ResNetSpec, trainable_parameter_names
 
 from .data import to_tensor
 from .kernels import legacy_operators
@@ -66,17 +66,18 @@ class Trainer(backend.Trainer):
     """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
-    ``Sequential``, initialised or not).
+    ``Sequential``, initialised or not); ``None`` builds ``resnet(arch, num_classes, in_channels, style)``.
     """
 
     backend = "mx"
     framework = f"MXNet {mx.__version__}"
 
-    def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
+    def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
+                 device=None):
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.device_type, self.device.device_id)
         if net is None:
-            net = resnet(arch, num_classes=num_classes, in_channels=in_channels)
+            net = resnet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
         _place(net, self.device)
         net.hybridize(static_alloc=True, static_shape=True)
         self.net = net
@@ -154,7 +155,7 @@ class Trainer(backend.Trainer):
     def import_weights(self, weights) -> None:
         import_weights(self.net, weights)
 
-    def architecture(self) -> Tuple[str, int, int]:
+    def architecture(self) -> Tuple[ResNetSpec, int, int]:
         return architecture(self.net)
 
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:

@@ -127,7 +127,8 @@ class _FastConv2d(nn.Conv2d):
       gradient by :class:`_UnfoldWeightGradConv2d`.
 
     Where one applies, :func:`common.autotune.choose` picks between it and oneDNN's own
-    convolution by timing both once per machine, shape and PyTorch version.
+    convolution by timing both once per machine, shape and PyTorch version. Grouped convolutions
+    (ResNeXt's) take ``nn.Conv2d``'s own path; convolutions with and without a bias both fit.
     """
 
     def forward(self, x):
@@ -139,14 +140,15 @@ class _FastConv2d(nn.Conv2d):
         paths = []
         if h * w * out_h * out_w <= DENSE_CONV_MAX_PIXEL_PAIRS and self.kernel_size != (1, 1):
             paths.append("dense")
-        elif (x.device.type == "cpu" and training and self.bias is not None
+        elif (x.device.type == "cpu" and training
               and (self.in_channels <= MATMUL_CONV_MAX_IN_CHANNELS or out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS)):
             paths.append("unfold_weight_grad")
         if not paths:
             return super().forward(x)
         paths.append(NATIVE)
         site = (f"conv {self.in_channels}->{self.out_channels} k{self.kernel_size[0]} s{self.stride[0]} "
-                f"p{self.padding[0]} on {tuple(x.shape)} {x.device.type} {'train' if training else 'eval'}")
+                f"p{self.padding[0]}{'' if self.bias is not None else ' no bias'} on {tuple(x.shape)} {x.device.type} "
+                f"{'train' if training else 'eval'}")
         args = (self.weight, self.bias, self.stride, self.padding)
         path = autotune.choose(FRAMEWORK, site, paths, lambda path: _timed_run(path, x, *args, training))
         return _PATHS[path](x, *args)

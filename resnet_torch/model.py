@@ -1,4 +1,6 @@
-"""ResNet in PyTorch: the chapter's blocks and network, built from :mod:`common.spec`, and weights I/O.
+"""ResNet in PyTorch: the chapter's blocks and network, the exercises' (bottleneck, ResNeXt and
+pre-activation blocks; ResNet-18 to 152 and ResNeXt-50 in every style), built from :mod:`common.spec`,
+and weights I/O.
 
 Module names are torchvision's (``conv1``, ``bn1``, ``layer2.0.downsample.0``, ``fc``), so the
 ``state_dict()`` keys are the canonical names of :mod:`common.spec`. The faster convolutions of
@@ -14,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.backend import plain_layers
-from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
                          parameter_shapes)
 from common.weights import check_weights
 
@@ -25,10 +27,19 @@ __all__ = [
     "DATA_FORMAT",
     "Residual",
     "resnet_block",
+    "Bottleneck",
+    "ResNeXtBlock",
+    "PreActResidual",
+    "PreActBottleneck",
     "BLOCK_BUILDERS",
     "ResNet",
     "resnet",
     "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
     "count_parameters",
     "architecture",
     "canonical_variables",
@@ -45,15 +56,16 @@ DATA_FORMAT = "NCHW"
 class Residual(nn.Module):
     """The Residual block of ResNet models."""
 
-    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bias=True,
+                 norm_shortcut=False):
         super().__init__()
         # Registered in the canonical parameter order: conv1, bn1, conv2, bn2, downsample.
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides)
+        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
         self.bn1 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
         self.bn2 = batch_norm(num_channels)
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
-            self.downsample = nn.Sequential(nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides))
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut)
         else:
             self.downsample = None
 
@@ -75,20 +87,148 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False)
     return blk
 
 
-#: Block type of :class:`common.spec.ResNetSpec` -> how to build one block from its BlockConfig.
+# --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
+
+def _projection(input_channels, num_channels, strides=1, *, bias=True, norm=False):
+    """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
+    (``downsample.1``) where ``norm`` is set (torchvision's style)."""
+    layers = [nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)]
+    if norm:
+        layers.append(batch_norm(num_channels))
+    return nn.Sequential(*layers)
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 convolution down to ``bot_channels``
+    (default ``num_channels // 4``), 3x3 convolution (with the stride, in ``groups`` groups), 1x1
+    convolution up to ``num_channels``, each followed by BatchNorm; ReLU after the first two and
+    after the addition of the shortcut."""
+
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None,
+                 groups=1, bias=True, norm_shortcut=False):
+        super().__init__()
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.conv1 = nn.Conv2d(input_channels, bot_channels, kernel_size=1, bias=bias)
+        self.bn1 = batch_norm(bot_channels)
+        self.conv2 = nn.Conv2d(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
+                               bias=bias)
+        self.bn2 = batch_norm(bot_channels)
+        self.conv3 = nn.Conv2d(bot_channels, num_channels, kernel_size=1, bias=bias)
+        self.bn3 = batch_norm(num_channels)
+        if use_1x1conv:
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut)
+        else:
+            self.downsample = None
+
+    def forward(self, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return F.relu(Y + X)
+
+
+class ResNeXtBlock(Bottleneck):
+    """The ResNeXt block, with the book's signature: ``bot_channels = int(round(num_channels *
+    bot_mul))`` and a 3x3 convolution in groups of ``groups`` channels each (``bot_channels //
+    groups`` groups). A :class:`Bottleneck` otherwise; unlike the book's block (``conv4`` and
+    ``bn4``), its shortcut follows the style: a BatchNorm after the 1x1 convolution only with
+    ``norm_shortcut=True``."""
+
+    def __init__(self, input_channels, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, *, bias=True,
+                 norm_shortcut=False):
+        bot_channels = int(round(num_channels * bot_mul))
+        super().__init__(input_channels, num_channels, use_1x1conv, strides, bot_channels=bot_channels,
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut)
+
+
+class PreActResidual(nn.Module):
+    """The pre-activation residual block (He et al. 2016): BatchNorm, ReLU, convolution, twice; the
+    shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
+    the addition."""
+
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bias=True):
+        super().__init__()
+        self.bn1 = batch_norm(input_channels)
+        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.bn2 = batch_norm(num_channels)
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        if use_1x1conv:
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias)
+        else:
+            self.downsample = None
+
+    def forward(self, X):
+        A = F.relu(self.bn1(X))
+        Y = self.conv1(A)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        if self.downsample is not None:
+            X = self.downsample(A)
+        return Y + X
+
+
+class PreActBottleneck(nn.Module):
+    """The pre-activation bottleneck block: BatchNorm, ReLU, convolution for each of the
+    :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
+
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1,
+                 bias=True):
+        super().__init__()
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.bn1 = batch_norm(input_channels)
+        self.conv1 = nn.Conv2d(input_channels, bot_channels, kernel_size=1, bias=bias)
+        self.bn2 = batch_norm(bot_channels)
+        self.conv2 = nn.Conv2d(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
+                               bias=bias)
+        self.bn3 = batch_norm(bot_channels)
+        self.conv3 = nn.Conv2d(bot_channels, num_channels, kernel_size=1, bias=bias)
+        if use_1x1conv:
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias)
+        else:
+            self.downsample = None
+
+    def forward(self, X):
+        A = F.relu(self.bn1(X))
+        Y = self.conv1(A)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        if self.downsample is not None:
+            X = self.downsample(A)
+        return Y + X
+
+
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
+#: :class:`common.spec.BlockConfig` and the network's spec.
 BLOCK_BUILDERS = {
-    "basic": lambda block: Residual(block.in_channels, block.out_channels, block.use_1x1conv, block.stride),
+    "basic": lambda block, spec: Residual(
+        block.in_channels, block.out_channels, block.use_1x1conv, block.stride,
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "bottleneck": lambda block, spec: Bottleneck(
+        block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels,
+        groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "preact_basic": lambda block, spec: PreActResidual(
+        block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias),
+    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels,
+        groups=block.groups, bias=spec.conv_bias),
 }
 
 
 class ResNet(nn.Module):
-    """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc)."""
+    """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1):
+    ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
+    pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    """
+
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l"):
         super().__init__()
-        spec = get_spec(arch)
+        spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
-        self.arch, self.num_classes, self.in_channels = spec.name, num_classes, in_channels
+        self.spec, self.arch, self.style = spec, spec.name, spec.style
+        self.num_classes, self.in_channels = num_classes, in_channels
         self.conv1 = nn.Conv2d(in_channels, spec.stem_channels, kernel_size=spec.stem_kernel,
                                stride=spec.stem_stride, padding=spec.stem_padding, bias=spec.conv_bias)
         self.bn1 = batch_norm(spec.stem_channels)
@@ -96,10 +236,11 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=spec.pool_kernel, stride=spec.pool_stride, padding=spec.pool_padding)
         stages: Dict[int, List[nn.Module]] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block](block))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", nn.Sequential(*blocks))
         self.num_stages = len(stages)
+        self.norm = batch_norm(spec.feature_channels) if spec.preact else None
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(spec.feature_channels, num_classes)
 
@@ -110,6 +251,8 @@ class ResNet(nn.Module):
         return self.maxpool(x)
 
     def _pool(self, x):
+        if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
+            x = self.relu(self.norm(x))
         return torch.flatten(self.avgpool(x), 1)
 
     def stages(self):
@@ -124,15 +267,35 @@ class ResNet(nn.Module):
         return x
 
 
-def resnet(arch="resnet18", num_classes=10, in_channels=1, plain=None) -> ResNet:
-    """The network ``arch`` of :data:`common.spec.RESNET_SPECS` with PyTorch's default init, its
+def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    """The network ``arch`` (see :class:`ResNet`) in ``style`` with PyTorch's default init, its
     fast paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
-    net = ResNet(arch, num_classes, in_channels)
+    net = ResNet(arch, num_classes, in_channels, style)
     return net if plain_layers(plain) else kernels.use_fast_layers(net)
 
 
-def resnet18(num_classes=10, in_channels=1, plain=None) -> ResNet:
-    return resnet("resnet18", num_classes, in_channels, plain)
+def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet18", num_classes, in_channels, style, plain)
+
+
+def resnet34(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet34", num_classes, in_channels, style, plain)
+
+
+def resnet50(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet50", num_classes, in_channels, style, plain)
+
+
+def resnet101(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet101", num_classes, in_channels, style, plain)
+
+
+def resnet152(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet152", num_classes, in_channels, style, plain)
+
+
+def resnext50_32x4d(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnext50_32x4d", num_classes, in_channels, style, plain)
 
 
 def count_parameters(net) -> int:
@@ -140,15 +303,16 @@ def count_parameters(net) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def architecture(net) -> Tuple[str, int, int]:
-    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's nn.Sequential ResNet-18."""
+def architecture(net) -> Tuple[ResNetSpec, int, int]:
+    """(spec, in_channels, num_classes) of a ResNet (its spec with its style), or of the chapter's
+    nn.Sequential ResNet-18."""
     if isinstance(net, ResNet):
-        return net.arch, net.in_channels, net.num_classes
+        return net.spec, net.in_channels, net.num_classes
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not convs or not linears:
         raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
-    return "resnet18", convs[0].in_channels, linears[-1].out_features
+    return get_spec("resnet18"), convs[0].in_channels, linears[-1].out_features
 
 
 def _units(module) -> Iterator[Dict[str, torch.Tensor]]:
@@ -179,8 +343,8 @@ def export_weights(net) -> Dict[str, np.ndarray]:
 
 def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
     """Copy canonical ``weights`` into ``net`` exactly, after checking names and shapes."""
-    arch, in_channels, num_classes = architecture(net)
-    check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
+    spec, in_channels, num_classes = architecture(net)
+    check_weights(weights, spec, in_channels=in_channels, num_classes=num_classes)
     with torch.no_grad():
         for name, tensor in canonical_variables(net).items():
             # copy_ keeps the destination's device and memory format.

@@ -10,6 +10,7 @@ from torch import nn
 
 from common import backend, training
 from common.backend import device_label
+from common.spec import ResNetSpec, trainable_parameter_names
 
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
@@ -40,13 +41,14 @@ class Trainer(backend.Trainer):
     backend = "torch"
     framework = f"PyTorch {torch.__version__.split('+')[0]}"
 
-    def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
+    def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
+                 device=None):
         _full_precision()
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        self.net = (resnet(arch, num_classes, in_channels) if net is None else net).to(self.device)
+        self.net = (resnet(arch, num_classes, in_channels, style) if net is None else net).to(self.device)
         self.loss = nn.CrossEntropyLoss()  # mean over the batch, as in the chapter
         # No momentum, no weight decay: the chapter's plain SGD. foreach updates all tensors at once.
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, foreach=True)
@@ -127,7 +129,7 @@ class Trainer(backend.Trainer):
     def import_weights(self, weights) -> None:
         import_weights(self.net, weights)
 
-    def architecture(self) -> Tuple[str, int, int]:
+    def architecture(self) -> Tuple[ResNetSpec, int, int]:
         return architecture(self.net)
 
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
@@ -155,7 +157,8 @@ def loss_and_gradients(net, images, labels) -> Tuple[float, Dict[str, np.ndarray
     was_training = net.training
     net.train()
     try:
-        trainable = {name: t for name, t in canonical_variables(net).items() if t.requires_grad}
+        variables = canonical_variables(net)
+        trainable = {name: variables[name] for name in trainable_parameter_names(*architecture(net))}
         logits = net(to_tensor(np.asarray(images, np.float32), device))
         loss = nn.CrossEntropyLoss()(logits, to_tensor(np.asarray(labels), device))
         gradients = torch.autograd.grad(loss, list(trainable.values()))

@@ -94,6 +94,16 @@ def residual_output_shape(input_channels, num_channels, use_1x1conv, strides, in
         return tuple(_run(blk, X).shape)
 
 
+def block_output_shape(block_name, arguments, input_shape_nchw):
+    """The exercises' blocks as the chapter's readers build them: ``d2l.<block_name>(**arguments)``,
+    initialised and called on a random NCHW batch (Gluon infers the input channels), in NumPy mode."""
+    with numpy_mode():
+        blk = getattr(d2l, block_name)(**arguments)
+        blk.initialize()
+        X = np.random.uniform(size=input_shape_nchw)
+        return tuple(_run(blk, X).shape)
+
+
 def chapter_net(resnet_block=d2l.resnet_block):
     """The chapter's network, built as its cells build it (b1, then the stages and the head);
     ``resnet_block``: d2l's, or the chapter's own above."""

@@ -17,6 +17,15 @@ def residual_output_shape(input_channels, num_channels, use_1x1conv, strides, in
     return tuple(Y.shape)
 
 
+def block_output_shape(block_name, arguments, input_shape_nchw):
+    """The exercises' blocks as a reader writes them: ``d2l.<block_name>(input_channels, **arguments)``
+    (PyTorch's blocks take the input channels first), on a random batch; the NCHW output shape."""
+    blk = getattr(d2l, block_name)(input_channels=input_shape_nchw[1], **arguments)
+    X = torch.rand(*input_shape_nchw)
+    Y = blk(X)
+    return tuple(Y.shape)
+
+
 def net():
     # The chapter's assembly, verbatim.
     b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),

@@ -12,7 +12,7 @@ import pytest
 
 from common import oracle
 from common.data import fashion_mnist_loaders
-from common.spec import stage_output_shapes
+from common.spec import get_spec, stage_output_shapes
 from common.weights import init_weights
 
 from helpers import disturbed_weights, scaled_for_unit_logits
@@ -300,7 +300,7 @@ def test_chapter_reference_network_takes_canonical_weights(mx_backend):
     x, y = trainer.to_batch(images, np.zeros(4, np.int64))
     logits = trainer.net(x.as_in_context(trainer.device)).asnumpy()
     np.testing.assert_allclose(logits, oracle.forward(weights, images), rtol=0, atol=1e-4)
-    assert trainer.architecture() == ("resnet18", 1, 10)
+    assert trainer.architecture() == (get_spec("resnet18"), 1, 10)
 
 
 def test_trace_shapes(mx_backend, mode):
