@@ -12,10 +12,14 @@ three helpers by name:
 
 For speed, :func:`use_fast_layers` turns every :func:`conv2d` of a built network into one that
 runs ``tf.nn.conv2d`` with the padding given per side, or, on tiny maps and few input
-channels, a matrix product: the same function, faster under XLA.
+channels, a matrix product: the same function, faster under XLA. A grouped convolution
+(ResNeXt's) runs where TensorFlow computes it and its gradient: XLA's on a GPU, matrix products
+per group under XLA on a CPU, TensorFlow's own kernel (oneDNN's, cuDNN's) or one convolution
+per group outside XLA.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 
@@ -71,7 +75,9 @@ def _pad(x, padding, value=0.0):
 
 
 class SymmetricConv2D(keras.layers.Conv2D):
-    """``keras.layers.Conv2D`` (kernel HWIO, bias) on the input zero-padded by ``padding`` on every side."""
+    """``keras.layers.Conv2D`` (kernel HWIO, bias unless ``use_bias=False``, ``groups``) on the input
+    zero-padded by ``padding`` on every side. Keras computes a grouped convolution under XLA (its
+    own ``tf.function(jit_compile=True)``): TensorFlow's kernels outside XLA may refuse its gradient."""
 
     def __init__(self, filters, kernel_size, strides=1, padding=0, **kwargs):
         super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
@@ -84,9 +90,10 @@ class SymmetricConv2D(keras.layers.Conv2D):
         return super().compute_output_shape(_padded(input_shape, self.symmetric_padding))
 
 
-def conv2d(filters, kernel_size, strides=1, padding=0):
-    """The chapter's ``Conv2D(filters, kernel_size, strides)`` with ``padding`` pixels on every side."""
-    return SymmetricConv2D(filters, kernel_size, strides=strides, padding=padding)
+def conv2d(filters, kernel_size, strides=1, padding=0, groups=1, use_bias=True):
+    """The chapter's ``Conv2D(filters, kernel_size, strides)`` with ``padding`` pixels on every side
+    (and Keras' ``groups`` and ``use_bias``)."""
+    return SymmetricConv2D(filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias)
 
 
 class BatchNorm(keras.layers.Layer):
@@ -193,13 +200,14 @@ def _tap_sees_input(tap, out_size, in_size, stride, padding):
     return any(0 <= stride * o + tap - padding < in_size for o in range(out_size))
 
 
-def _conv_as_matmul(x, kernel, stride, padding):
-    """Convolution as im2col (strided slices of the padded input) times the kernel matrix.
+def _conv_as_matmul(x, kernel, stride, padding, groups=1):
+    """Convolution as im2col (strided slices of the padded input) times the kernel matrix; a
+    grouped one as one such product per group (an einsum over the groups).
 
     The same sums as the convolution. Kernel taps that only ever see padding (8 of 9 on a
     1x1 map) contribute exact zeros and are left out; their gradient is exactly zero too.
     """
-    size, _, channels, filters = kernel.shape
+    size, _, channels, filters = kernel.shape  # channels: per group
     height, width = int(x.shape[1]), int(x.shape[2])
     out_h, out_w = conv_output_size((height, width), size, stride, padding)
     taps = [
@@ -211,13 +219,55 @@ def _conv_as_matmul(x, kernel, stride, padding):
     ]
     if padding:
         x = _pad(x, padding)
-    columns = tf.concat(
-        [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :] for i, j in taps],
-        axis=-1,
-    )
-    matrix = tf.reshape(tf.stack([kernel[i, j] for i, j in taps]), [len(taps) * channels, filters])
-    outputs = tf.matmul(tf.reshape(columns, [-1, len(taps) * channels]), matrix)
+    slices = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :] for i, j in taps]
+    kernels = tf.stack([kernel[i, j] for i, j in taps])  # (taps, channels, filters)
+    if groups == 1:
+        columns = tf.reshape(tf.concat(slices, axis=-1), [-1, len(taps) * channels])
+        outputs = tf.matmul(columns, tf.reshape(kernels, [len(taps) * channels, filters]))
+    else:  # pixel p, tap t, group g, channel c of the group, output o of the group
+        columns = tf.reshape(tf.stack(slices, axis=3), [-1, len(taps), groups, channels])
+        outputs = tf.einsum("ptgc,tcgo->pgo", columns, tf.reshape(kernels, [len(taps), channels, groups, -1]))
     return tf.reshape(outputs, [-1, out_h, out_w, filters])
+
+
+def _conv_per_group(x, kernel, strides, padding, groups):
+    """A grouped convolution as one convolution per group, concatenated: the same sums, in a form
+    whose gradient every TensorFlow kernel computes."""
+    return tf.concat([tf.nn.conv2d(part, part_kernel, strides, padding, data_format="NHWC")
+                      for part, part_kernel in zip(tf.split(x, groups, axis=-1), tf.split(kernel, groups, axis=-1))],
+                     axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_grouped_gradients(device: str) -> bool:
+    """Whether TensorFlow's own convolution kernels on ``device`` ("CPU" or "GPU"), outside XLA, take
+    a grouped convolution's gradients: cuDNN's and oneDNN's (TensorFlow's default CPU kernels on
+    x86) do, given the padding as 'SAME' or 'VALID'; the others refuse ("Gradients for grouped
+    convolutions are not supported on CPU"). Tried once, eagerly, on a tiny convolution."""
+    def probe():
+        with tf.device(f"/{device}:0"):
+            x, kernel = tf.ones((1, 3, 3, 2)), tf.ones((1, 1, 1, 2))
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                outputs = tf.nn.conv2d(x, kernel, 1, "VALID", data_format="NHWC")
+            tape.gradient(outputs, [x, kernel])
+    try:
+        _on_own_thread(probe)
+    except tf.errors.OpError:
+        return False
+    return True
+
+
+def _grouped_path(device: str, how: str) -> str:
+    """How :class:`_FastConv2D` computes a grouped convolution on the variable's ``device``, compiled as
+    ``how``. Under XLA: XLA's own on a GPU (or where ``RESNET_FAST_PATHS=native``), else the products
+    per group of :func:`_conv_as_matmul` (a training step of XLA's grouped convolution on a CPU took
+    about 100 times as long, its gradient most of it: too slow even to measure per layer).
+    Outside XLA: TensorFlow's own kernel where it takes the gradient, else :func:`_conv_per_group`."""
+    kind = "GPU" if "GPU" in device.upper() else "CPU"
+    if how == "xla":
+        return NATIVE if kind == "GPU" or autotune.fast_paths_mode() == NATIVE else "matmul"
+    return NATIVE if _native_grouped_gradients(kind) else "per_group"
 
 
 class _FastConv2D(SymmetricConv2D):
@@ -225,7 +275,8 @@ class _FastConv2D(SymmetricConv2D):
     op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
     ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul` where
     :func:`common.autotune.choose` measures that faster on this machine (TensorFlow's and XLA's
-    convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem)."""
+    convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem). A grouped
+    convolution takes the path :func:`_grouped_path` names."""
 
     def _as_matmul(self, shape):
         height, width, channels = shape[1], shape[2], shape[3]
@@ -237,7 +288,9 @@ class _FastConv2D(SymmetricConv2D):
 
     def call(self, inputs):
         how = compiler()
-        if self._as_matmul(inputs.shape):
+        if self.groups > 1:
+            path = _grouped_path(self.kernel.value.device, how)
+        elif self._as_matmul(inputs.shape):
             state = getattr(_tracing, "state", None)
             batch = inputs.shape[0] or (state[1] if state else 64)
             shape = (batch,) + tuple(inputs.shape[1:])
@@ -245,22 +298,26 @@ class _FastConv2D(SymmetricConv2D):
             site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {how} train"
             path = _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
                                                           lambda path: _timed_run(self, path, shape, how)))
-            if path == "matmul":
-                return self._compute("matmul", inputs, self.kernel, self.bias)
-        return self._compute(NATIVE, inputs, self.kernel, self.bias, how)
+        else:
+            path = NATIVE
+        return self._compute(path, inputs, self.kernel, self.bias, how)
 
     def _compute(self, path, inputs, kernel, bias, how="xla"):
         (size, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
         if path == "matmul":
-            outputs = _conv_as_matmul(inputs, kernel, stride, p)
-        elif how == "xla" or not p:  # XLA takes the padding per side; no tf.pad op
-            padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
-            outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
-        elif stride == 1 and size == 2 * p + 1:  # 'SAME' pads (p, p) here: oneDNN's own kernel
-            outputs = tf.nn.conv2d(inputs, kernel, self.strides, "SAME", data_format="NHWC")
-        else:  # padding given per side is far slower outside XLA: pad, then a 'VALID' convolution
-            outputs = tf.nn.conv2d(_pad(inputs, p), kernel, self.strides, "VALID", data_format="NHWC")
-        return tf.nn.bias_add(outputs, bias, data_format="NHWC")
+            outputs = _conv_as_matmul(inputs, kernel, stride, p, self.groups)
+        else:
+            if how == "xla" or not p:  # XLA takes the padding per side; no tf.pad op
+                padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+            elif stride == 1 and size == 2 * p + 1:  # 'SAME' pads (p, p) here: oneDNN's own kernel
+                padding = "SAME"
+            else:  # padding given per side is far slower outside XLA: pad, then a 'VALID' convolution
+                inputs, padding = _pad(inputs, p), "VALID"
+            if path == "per_group":
+                outputs = _conv_per_group(inputs, kernel, self.strides, padding, self.groups)
+            else:
+                outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
+        return outputs if bias is None else tf.nn.bias_add(outputs, bias, data_format="NHWC")
 
 
 def _on_own_thread(function):
@@ -285,13 +342,15 @@ def _timed_run(layer, path, shape, how):
     """One forward and backward pass of ``layer`` taken by ``path`` on fresh tensors, compiled
     as the step is (``how``: "xla", "graph" or "eager")."""
     x = tf.random.uniform(shape)
-    kernel, bias = tf.random.uniform(layer.kernel.shape), tf.zeros(layer.bias.shape)
+    kernel = tf.random.uniform(layer.kernel.shape)
+    bias = None if layer.bias is None else tf.zeros(layer.bias.shape)
 
     def step(x, kernel, bias):
+        sources = [x, kernel] + ([] if bias is None else [bias])
         with tf.GradientTape() as tape:
-            tape.watch([x, kernel, bias])
+            tape.watch(sources)
             loss = tf.reduce_sum(layer._compute(path, x, kernel, bias, how))
-        return tape.gradient(loss, [x, kernel, bias])
+        return tape.gradient(loss, sources)
     if how != "eager":
         step = tf.function(step, jit_compile=how == "xla")
     return lambda: [gradient.numpy() for gradient in step(x, kernel, bias)]

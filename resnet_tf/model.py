@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.backend import plain_layers
-from common.spec import (canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
+from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
                          parameter_shapes)
 from common.weights import check_weights
 
@@ -22,9 +22,11 @@ from . import kernels
 from .data import to_numpy, to_tensor
 from .kernels import batch_norm, conv2d, max_pool2d
 
-__all__ = ["DATA_FORMAT", "Residual", "ResnetBlock", "resnet_block", "BLOCK_BUILDERS", "ResNet", "resnet", "resnet18",
-           "count_parameters", "architecture", "canonical_variables", "to_canonical_layout", "from_canonical_layout",
-           "export_weights", "import_weights", "forward", "trace_shapes"]
+__all__ = ["DATA_FORMAT", "Residual", "ResnetBlock", "resnet_block", "Bottleneck", "ResNeXtBlock", "PreActResidual",
+           "PreActBottleneck", "BLOCK_BUILDERS", "ResNet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152", "resnext50_32x4d", "count_parameters", "architecture", "canonical_variables",
+           "to_canonical_layout", "from_canonical_layout", "export_weights", "import_weights", "forward",
+           "trace_shapes"]
 
 #: The layout the network takes: channels last, TensorFlow's native one.
 DATA_FORMAT = "NHWC"
@@ -33,32 +35,29 @@ DATA_FORMAT = "NHWC"
 class Residual(keras.layers.Layer):
     """The Residual block of ResNet."""
 
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, norm_shortcut=False, **kwargs):
         super().__init__(**kwargs)
         self.num_channels = num_channels
-        self.conv1 = conv2d(num_channels, kernel_size=3, strides=strides, padding=1)
+        self.conv1 = conv2d(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
         self.bn1 = batch_norm()
-        self.conv2 = conv2d(num_channels, kernel_size=3, padding=1)
+        self.conv2 = conv2d(num_channels, kernel_size=3, padding=1, use_bias=bias)
         self.bn2 = batch_norm()
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
-            self.downsample = keras.Sequential([conv2d(num_channels, kernel_size=1, strides=strides)])
+            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut)
         else:
             self.downsample = None
 
     def build(self, input_shape):
         # From the shapes, not by tracing call symbolically (Keras' default): much faster.
-        inputs, outputs = (None, None, None, input_shape[-1]), (None, None, None, self.num_channels)
-        self.conv1.build(inputs)
-        for layer in (self.bn1, self.conv2, self.bn2):
-            layer.build(outputs)
-        if self.downsample is not None:
-            self.downsample.build(inputs)
+        channels = input_shape[-1]
+        _build((self.conv1, channels), (self.bn1, self.num_channels), (self.conv2, self.num_channels),
+               (self.bn2, self.num_channels), (self.downsample, channels))
 
     def call(self, X, training=False):
         Y = keras.activations.relu(self.bn1(self.conv1(X), training=training))
         Y = self.bn2(self.conv2(Y), training=training)
         if self.downsample is not None:
-            X = self.downsample(X)
+            X = self.downsample(X, training=training)
         return keras.activations.relu(Y + X)
 
 
@@ -85,40 +84,194 @@ def resnet_block(num_channels, num_residuals, first_block=False):
     return ResnetBlock(num_channels, num_residuals, first_block=first_block)
 
 
-#: Block type of :class:`common.spec.ResNetSpec` -> how to build one block from its BlockConfig.
+# --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
+
+def _projection(num_channels, strides=1, *, bias=True, norm=False):
+    """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
+    (``downsample.1``) where ``norm`` is set (torchvision's style)."""
+    layers = [conv2d(num_channels, kernel_size=1, strides=strides, use_bias=bias)]
+    if norm:
+        layers.append(batch_norm())
+    return keras.Sequential(layers)
+
+
+def _build(*layers_and_channels):
+    """Build each ``(layer, input channels)`` (None: no layer) from its NHWC shape: a block's
+    ``build`` without Keras' default, a symbolic trace of ``call``, which is much slower."""
+    for layer, channels in layers_and_channels:
+        if layer is not None:
+            layer.build((None, None, None, channels))
+
+
+class Bottleneck(keras.layers.Layer):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 convolution down to ``bot_channels``
+    (default ``num_channels // 4``), 3x3 convolution (with the stride, in ``groups`` groups), 1x1
+    convolution up to ``num_channels``, each followed by BatchNorm; ReLU after the first two and
+    after the addition of the shortcut."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1, bias=True,
+                 norm_shortcut=False, **kwargs):
+        super().__init__(**kwargs)
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.num_channels, self.bot_channels = num_channels, bot_channels
+        self.conv1 = conv2d(bot_channels, kernel_size=1, use_bias=bias)
+        self.bn1 = batch_norm()
+        self.conv2 = conv2d(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
+        self.bn2 = batch_norm()
+        self.conv3 = conv2d(num_channels, kernel_size=1, use_bias=bias)
+        self.bn3 = batch_norm()
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut)
+        else:
+            self.downsample = None
+
+    def build(self, input_shape):
+        channels, bot, out = input_shape[-1], self.bot_channels, self.num_channels
+        _build((self.conv1, channels), (self.bn1, bot), (self.conv2, bot), (self.bn2, bot), (self.conv3, bot),
+               (self.bn3, out), (self.downsample, channels))
+
+    def call(self, X, training=False):
+        Y = keras.activations.relu(self.bn1(self.conv1(X), training=training))
+        Y = keras.activations.relu(self.bn2(self.conv2(Y), training=training))
+        Y = self.bn3(self.conv3(Y), training=training)
+        if self.downsample is not None:
+            X = self.downsample(X, training=training)
+        return keras.activations.relu(Y + X)
+
+
+class ResNeXtBlock(Bottleneck):
+    """The ResNeXt block, with the book's signature: ``bot_channels = int(round(num_channels *
+    bot_mul))`` and a 3x3 convolution in groups of ``groups`` channels each (``bot_channels //
+    groups`` groups). A :class:`Bottleneck` otherwise; unlike the book's block (``conv4`` and
+    ``bn4``), its shortcut follows the style: a BatchNorm after the 1x1 convolution only with
+    ``norm_shortcut=True``."""
+
+    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, *, bias=True,
+                 norm_shortcut=False, **kwargs):
+        bot_channels = int(round(num_channels * bot_mul))
+        super().__init__(num_channels, use_1x1conv, strides, bot_channels=bot_channels,
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, **kwargs)
+
+
+class PreActResidual(keras.layers.Layer):
+    """The pre-activation residual block (He et al. 2016): BatchNorm, ReLU, convolution, twice; the
+    shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
+    the addition."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_channels = num_channels
+        self.bn1 = batch_norm()
+        self.conv1 = conv2d(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
+        self.bn2 = batch_norm()
+        self.conv2 = conv2d(num_channels, kernel_size=3, padding=1, use_bias=bias)
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, bias=bias)
+        else:
+            self.downsample = None
+
+    def build(self, input_shape):
+        channels, out = input_shape[-1], self.num_channels
+        _build((self.bn1, channels), (self.conv1, channels), (self.bn2, out), (self.conv2, out),
+               (self.downsample, channels))
+
+    def call(self, X, training=False):
+        A = keras.activations.relu(self.bn1(X, training=training))
+        Y = self.conv1(A)
+        Y = self.conv2(keras.activations.relu(self.bn2(Y, training=training)))
+        if self.downsample is not None:
+            X = self.downsample(A, training=training)
+        return Y + X
+
+
+class PreActBottleneck(keras.layers.Layer):
+    """The pre-activation bottleneck block: BatchNorm, ReLU, convolution for each of the
+    :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1, bias=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        bot_channels = num_channels // 4 if bot_channels is None else bot_channels
+        self.num_channels, self.bot_channels = num_channels, bot_channels
+        self.bn1 = batch_norm()
+        self.conv1 = conv2d(bot_channels, kernel_size=1, use_bias=bias)
+        self.bn2 = batch_norm()
+        self.conv2 = conv2d(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
+        self.bn3 = batch_norm()
+        self.conv3 = conv2d(num_channels, kernel_size=1, use_bias=bias)
+        if use_1x1conv:
+            self.downsample = _projection(num_channels, strides, bias=bias)
+        else:
+            self.downsample = None
+
+    def build(self, input_shape):
+        channels, bot = input_shape[-1], self.bot_channels
+        _build((self.bn1, channels), (self.conv1, channels), (self.bn2, bot), (self.conv2, bot), (self.bn3, bot),
+               (self.conv3, bot), (self.downsample, channels))
+
+    def call(self, X, training=False):
+        A = keras.activations.relu(self.bn1(X, training=training))
+        Y = self.conv1(A)
+        Y = self.conv2(keras.activations.relu(self.bn2(Y, training=training)))
+        Y = self.conv3(keras.activations.relu(self.bn3(Y, training=training)))
+        if self.downsample is not None:
+            X = self.downsample(A, training=training)
+        return Y + X
+
+
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
+#: :class:`common.spec.BlockConfig` and the network's spec.
 BLOCK_BUILDERS = {
-    "basic": lambda block: Residual(block.out_channels, use_1x1conv=block.use_1x1conv, strides=block.stride),
+    "basic": lambda block, spec: Residual(
+        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "bottleneck": lambda block, spec: Bottleneck(
+        block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels, groups=block.groups,
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
+    "preact_basic": lambda block, spec: PreActResidual(
+        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias),
+    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels, groups=block.groups,
+        bias=spec.conv_bias),
 }
 
 
 class ResNet(keras.Model):
-    """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc)."""
+    """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, **kwargs):
+    ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
+    pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    """
+
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", **kwargs):
         super().__init__(**kwargs)
-        spec = get_spec(arch)
+        spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
-        self.arch, self.num_classes, self.in_channels = spec.name, num_classes, in_channels
+        self.spec, self.arch, self.style = spec, spec.name, spec.style
+        self.num_classes, self.in_channels = num_classes, in_channels
         self.conv1 = conv2d(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
-                            padding=spec.stem_padding)
+                            padding=spec.stem_padding, use_bias=spec.conv_bias)
         self.bn1 = batch_norm()
         self.maxpool = max_pool2d(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
         stages: Dict[int, list] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block](block))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", blocks)
         self.stage_names = [f"layer{number}" for number in stages]
+        self.norm = batch_norm() if spec.preact else None
         self.fc = keras.layers.Dense(num_classes)
         # Every variable now (no shape depends on height and width): weights import before a batch.
         self.build((None, None, None, in_channels))
 
     def build(self, input_shape):
-        spec = get_spec(self.arch)
+        spec = self.spec
         self.conv1.build(input_shape)
         self.bn1.build((None, None, None, spec.stem_channels))
         for block in iter_blocks(spec):
             getattr(self, f"layer{block.stage}")[block.index].build((None, None, None, block.in_channels))
+        if self.norm is not None:
+            self.norm.build((None, None, None, spec.feature_channels))
         self.fc.build((None, spec.feature_channels))
 
     def _stem(self, x, training):
@@ -130,11 +283,15 @@ class ResNet(keras.Model):
             x = block(x, training=training)
         return x
 
+    def _pool(self, x, training):
+        if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
+            x = keras.activations.relu(self.norm(x, training=training))
+        return tf.reduce_mean(x, axis=[1, 2])
+
     def stages(self):
         """(name, function(x, training)) for each stage of :func:`common.spec.stage_output_shapes`."""
         layers = [(name, partial(self._stage, getattr(self, name))) for name in self.stage_names]
-        pool, fc = (lambda x, training: tf.reduce_mean(x, axis=[1, 2])), (lambda x, training: self.fc(x))
-        return [("stem", self._stem)] + layers + [("pool", pool), ("fc", fc)]
+        return [("stem", self._stem)] + layers + [("pool", self._pool), ("fc", lambda x, training: self.fc(x))]
 
     def __call__(self, inputs, *args, **kwargs):
         # Checked here, not in call: Keras wraps what call raises in a many-line report.
@@ -148,15 +305,35 @@ class ResNet(keras.Model):
         return x
 
 
-def resnet(arch="resnet18", num_classes=10, in_channels=1, plain=None) -> ResNet:
-    """The network ``arch`` of :data:`common.spec.RESNET_SPECS`, variables built; the kernels'
-    fast paths bound in unless ``plain`` (None: ``RESNET_PLAIN_LAYERS``)."""
-    net = ResNet(arch, num_classes=num_classes, in_channels=in_channels)
+def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    """The network ``arch`` (see :class:`ResNet`) in ``style``, variables built; the kernels' fast
+    paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
+    net = ResNet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
     return net if plain_layers(plain) else kernels.use_fast_layers(net)
 
 
-def resnet18(num_classes=10, in_channels=1, plain=None) -> ResNet:
-    return resnet("resnet18", num_classes, in_channels, plain)
+def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet18", num_classes, in_channels, style, plain)
+
+
+def resnet34(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet34", num_classes, in_channels, style, plain)
+
+
+def resnet50(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet50", num_classes, in_channels, style, plain)
+
+
+def resnet101(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet101", num_classes, in_channels, style, plain)
+
+
+def resnet152(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnet152", num_classes, in_channels, style, plain)
+
+
+def resnext50_32x4d(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
+    return resnet("resnext50_32x4d", num_classes, in_channels, style, plain)
 
 
 def count_parameters(net) -> int:
@@ -164,14 +341,15 @@ def count_parameters(net) -> int:
     return sum(int(np.prod(v.shape)) for v in net.trainable_variables)
 
 
-def architecture(net) -> Tuple[str, int, int]:
-    """(arch, in_channels, num_classes) of a ResNet, or of the chapter's Sequential ResNet-18."""
+def architecture(net) -> Tuple[ResNetSpec, int, int]:
+    """(spec, in_channels, num_classes) of a ResNet (its spec with its style), or of the chapter's
+    Sequential ResNet-18."""
     if isinstance(net, ResNet):
-        return net.arch, net.in_channels, net.num_classes
+        return net.spec, net.in_channels, net.num_classes
     units = list(_units(net))
     if len(units) < 2:
         raise ValueError(f"{type(net).__name__} is not a ResNet: it has no convolution or no dense layer")
-    return "resnet18", int(units[0]["kernel"].shape[2]), int(units[-1]["kernel"].shape[1])
+    return get_spec("resnet18"), int(units[0]["kernel"].shape[2]), int(units[-1]["kernel"].shape[1])
 
 
 def _sublayers(layer) -> Dict[str, keras.layers.Layer]:
@@ -244,8 +422,8 @@ def export_weights(net) -> Dict[str, np.ndarray]:
 
 def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
     """Copy canonical ``weights`` into ``net`` exactly, after checking names and shapes."""
-    arch, in_channels, num_classes = architecture(net)
-    check_weights(weights, arch, in_channels=in_channels, num_classes=num_classes)
+    spec, in_channels, num_classes = architecture(net)
+    check_weights(weights, spec, in_channels=in_channels, num_classes=num_classes)
     for name, variable in canonical_variables(net).items():
         variable.assign(from_canonical_layout(weights[name]))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.backend import device_label
+from common.spec import get_spec
 
 from .model import export_weights, import_weights
 from .train import Trainer
@@ -133,4 +134,4 @@ class ReferenceTrainer(Trainer):
         import_weights(self._built(), weights)
 
     def architecture(self):
-        return "resnet18", 1, 10  # the book's net(): one input channel, ten classes
+        return get_spec("resnet18"), 1, 10  # the book's net(): one input channel, ten classes

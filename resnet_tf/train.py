@@ -51,13 +51,14 @@ class Trainer(backend.Trainer):
     backend = "tf"
     framework = f"TensorFlow {tf.__version__}"
 
-    def __init__(self, net=None, *, arch="resnet18", num_classes=10, in_channels=1, lr=0.05, device=None):
+    def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
+                 device=None):
         self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
         with tf.device(self.device):
             if net is None:
-                net = resnet(arch, num_classes=num_classes, in_channels=in_channels)
+                net = resnet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
             elif callable(net) and not isinstance(net, keras.layers.Layer):
                 net = net()  # the chapter passes a function that builds the network
             if not net.built:
@@ -122,7 +123,7 @@ class Trainer(backend.Trainer):
         """XLA or TensorFlow's graph executor for the steps, whichever runs this network's step
         faster on this machine (:func:`common.autotune.choose`; XLA is the fast path). Measuring
         a training step trains: the network and optimizer are put back as they were."""
-        site = f"{'train' if training else 'eval'} step {architecture(self.net)[0]} on {tuple(x.shape)}"
+        site = f"{'train' if training else 'eval'} step {architecture(self.net)[0].label} on {tuple(x.shape)}"
         state = [variable.numpy() for variable in self.net.variables + self.optimizer.variables]
 
         def make_run(path):

@@ -26,6 +26,15 @@ def residual_output_shape(input_channels, num_channels, use_1x1conv, strides, in
     return _nchw(tuple(Y.shape))
 
 
+def block_output_shape(block_name, arguments, input_shape_nchw):
+    """The exercises' blocks as a reader writes them: ``d2l.<block_name>(**arguments)`` (Keras infers
+    the input channels), on a random NHWC batch; the output shape, NCHW."""
+    blk = getattr(d2l, block_name)(**arguments)
+    X = tf.random.normal(_nhwc(input_shape_nchw))
+    Y = blk(X)
+    return _nchw(tuple(Y.shape))
+
+
 def net():
     # The chapter's function, verbatim: b1 is plain Keras ('same' padding, Keras' BatchNorm),
     # b2-b5 are resnet_tf's ResnetBlock. 'same' changes no shape at 224 x 224.
