@@ -150,8 +150,18 @@ def _gradient_norms(weights, images, labels, spec):
     return loss, {name: float(np.linalg.norm(g)) for name, g in gradients.items()}
 
 
+#: With the framework's own layers only (plain=True): every block kind and shortcut once.
+PLAIN_FAMILY = [("resnet50", "d2l"), ("resnet50", "torchvision"), ("resnet50", "preact"), ("resnext50_32x4d", "d2l")]
+PLAIN_FAMILY += [(CUSTOM, style) for style in STYLES]
+
+
+@pytest.mark.parametrize("arch, style", PLAIN_FAMILY, ids=[_family_id(case) for case in PLAIN_FAMILY])
+def test_plain_layers_match_the_oracle_too(backend, family_batch, arch, style):
+    test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style, plain=True)
+
+
 @pytest.mark.parametrize("arch, style", FAMILY, ids=[_family_id(case) for case in FAMILY])
-def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style):
+def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style, plain=None):
     """Eval logits within 1e-4 of the oracle; train logits, loss and gradient norms within 1e-4 (or,
     where the oracle itself moves more under float32-sized rounding of the weights, within
     SPREAD_FACTOR times that move, which the assertion message reports); running statistics 1e-5.
@@ -163,7 +173,7 @@ def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, 
     """
     spec = get_spec(arch, style)
     images, labels = family_batch
-    net = backend.resnet(spec.name, style=style)
+    net = backend.resnet(spec.name, style=style, plain=plain)
     assert backend.count_parameters(net) == count_parameters(spec)
     exported = backend.export_weights(net)
     assert list(exported) == list(parameter_shapes(spec))
