@@ -293,15 +293,10 @@ def _shortcut_backward(run: _Pass, d_out: Array, block, spec) -> Array:
     return run.conv_backward(f"{block.name}.downsample.0", d)
 
 
-def _residual_branch(block, spec):
-    """The block's convolutions (:func:`common.spec.block_convs`, shortcut left out), numbered 1.."""
-    return [conv for conv in block_convs(block, spec) if not conv.name.endswith("downsample.0")]
-
-
 def _block(run: _Pass, x: Array, block, spec) -> Array:
     """Post-activation (basic or bottleneck): conv -> BN -> ReLU for each convolution but the last,
     conv -> BN for the last; plus the shortcut (identity or :func:`_shortcut`), then ReLU."""
-    convs = _residual_branch(block, spec)
+    convs = block_convs(block, spec, shortcut=False)
     y = x
     for number, conv in enumerate(convs, start=1):
         y = run.conv(conv.name, y, conv.stride, conv.padding, conv.groups)
@@ -313,7 +308,7 @@ def _block(run: _Pass, x: Array, block, spec) -> Array:
 
 
 def _block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
-    convs = _residual_branch(block, spec)
+    convs = block_convs(block, spec, shortcut=False)
     d_sum = run.relu_backward(f"{block.name}.relu_out", d_out)
     d_shortcut = _shortcut_backward(run, d_sum, block, spec) if block.use_1x1conv else d_sum
     d = d_sum
@@ -331,7 +326,7 @@ def _preact_block(run: _Pass, x: Array, block, spec) -> Array:
     al.'s code and Gluon's ResNet V2."""
     y = x
     activated = None
-    for number, conv in enumerate(_residual_branch(block, spec), start=1):
+    for number, conv in enumerate(block_convs(block, spec, shortcut=False), start=1):
         y = run.bn(f"{block.name}.bn{number}", y)
         y = run.relu(f"{block.name}.relu{number}", y)
         if number == 1:
@@ -342,7 +337,7 @@ def _preact_block(run: _Pass, x: Array, block, spec) -> Array:
 
 
 def _preact_block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
-    convs = _residual_branch(block, spec)
+    convs = block_convs(block, spec, shortcut=False)
     d_activated = _shortcut_backward(run, d_out, block, spec) if block.use_1x1conv else None
     d = d_out
     for number in range(len(convs), 0, -1):
@@ -488,6 +483,5 @@ def batch_norm_fed_conv_biases(arch="resnet18", in_channels=1, num_classes=10) -
     """
     spec = get_spec(arch)
     names = parameter_shapes(spec, in_channels, num_classes)
-    convs = ["conv1"] + [conv.name for block in iter_blocks(spec) for conv in block_convs(block, spec)
-                         if spec.preact or not conv.name.endswith("downsample.0")]
+    convs = ["conv1"] + [conv.name for block in iter_blocks(spec) for conv in block_convs(block, spec, spec.preact)]
     return sorted(f"{conv}.bias" for conv in convs if f"{conv}.bias" in names)

@@ -271,8 +271,9 @@ class ConvConfig:
     on_block_input: bool
 
 
-def block_convs(block: BlockConfig, arch="resnet18") -> List[ConvConfig]:
-    """The convolutions of ``block`` in the order they run, the shortcut's last."""
+def block_convs(block: BlockConfig, arch="resnet18", shortcut: bool = True) -> List[ConvConfig]:
+    """The convolutions of ``block`` in the order they run, the shortcut's last (left out with
+    ``shortcut=False``: the residual branch alone, its convolutions numbered 1, 2, ...)."""
     spec = get_spec(arch)
     b = block
     if spec.block == "basic":
@@ -282,7 +283,7 @@ def block_convs(block: BlockConfig, arch="resnet18") -> List[ConvConfig]:
         convs = [ConvConfig(f"{b.name}.conv1", b.in_channels, b.channels, 1, 1, 0, 1, True),
                  ConvConfig(f"{b.name}.conv2", b.channels, b.channels, 3, b.stride, 1, b.groups, True),
                  ConvConfig(f"{b.name}.conv3", b.channels, b.out_channels, 1, 1, 0, 1, False)]
-    if b.use_1x1conv:
+    if shortcut and b.use_1x1conv:
         convs.append(ConvConfig(f"{b.name}.downsample.0", b.in_channels, b.out_channels, 1, b.stride, 0, 1, True))
     return convs
 
@@ -321,7 +322,7 @@ def _block_shapes(spec: ResNetSpec, block: BlockConfig) -> Dict[str, Tuple[int, 
     """One block's arrays in the order they run: a BatchNorm after each convolution (before it
     in pre-activation blocks, so there ``bn1`` normalises the block's input), the shortcut last."""
     shapes: Dict[str, Tuple[int, ...]] = {}
-    convs = [c for c in block_convs(block, spec) if not c.name.endswith("downsample.0")]
+    convs = block_convs(block, spec, shortcut=False)
     for number, conv in enumerate(convs, start=1):
         conv_shapes = _conv(conv.name, conv.out_channels, conv.in_channels, conv.kernel, spec.conv_bias, conv.groups)
         if spec.preact:

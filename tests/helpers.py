@@ -74,7 +74,7 @@ def damped_residuals(weights, arch, factor=0.1):
     spec = get_spec(arch)
     weights = dict(weights)
     for block in iter_blocks(spec):
-        convs = [conv for conv in block_convs(block, spec) if not conv.name.endswith("downsample.0")]
+        convs = block_convs(block, spec, shortcut=False)
         last = convs[-1].name if spec.preact else f"{block.name}.bn{len(convs)}"
         for name in (f"{last}.weight", f"{last}.bias"):
             if name in weights:
