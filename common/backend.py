@@ -69,6 +69,7 @@ BACKENDS: Dict[str, Backend] = {
     "torch": Backend("resnet_torch", "PyTorch", "torch", "torch"),
     "tf": Backend("resnet_tf", "TensorFlow", "tensorflow", "tf"),
     "mx": Backend("resnet_mx", "MXNet", "mxnet", "mx"),
+    "jax": Backend("resnet_jax", "JAX", "jax", "jax"),
 }
 
 
@@ -100,8 +101,15 @@ class Trainer(abc.ABC):
     :mod:`common.bench`.
 
     Constructed as ``Trainer(net=None, *, arch="resnet18", style="d2l", num_classes=10,
-    in_channels=1, lr=0.05, device=None)``; ``net=None`` builds ``resnet(arch, num_classes,
-    in_channels, style)``.
+    in_channels=1, lr=0.05, device=None, precision="fp32", deterministic=True)``; ``net=None``
+    builds ``resnet(arch, num_classes, in_channels, style)``. ``precision`` is one of
+    :data:`common.hparams.PRECISIONS` (``fp32`` exact, TF32 off; ``tf32`` a GPU's TF32; ``bf16``
+    the framework's mixed precision: bfloat16 convolutions and dense layers, float32 weights,
+    BatchNorm and loss), ``deterministic`` the framework's own switches for bit-identical GPU
+    reruns; each backend's ``set_precision(precision, deterministic, device)`` sets its
+    process-wide switches, and the Trainer stores both as ``precision`` and ``deterministic``.
+    A backend's ``reference.ReferenceTrainer(device=None, precision=None)`` runs the chapter's
+    code with the framework's defaults, or with this project's settings for ``precision``.
     """
 
     #: Short name of the backend ("torch").

@@ -16,6 +16,7 @@ import numpy as np
 
 from .autotune import fast_paths_mode
 from .backend import load_backend
+from .hparams import check_precision
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
 from .spec import forward_flops_per_example, get_spec, training_flops_per_example
 from .weights import init_weights
@@ -58,9 +59,19 @@ def measure_peak(trainer=None, sizes=MATMUL_SIZES) -> dict:
     return peak
 
 
+def _time_trainer(trainer, images, labels, *, steps, warmup, rounds) -> dict:
+    """Training and inference seconds per step: ``rounds`` rounds of ``steps`` steps, the median counts."""
+    train_rounds = [time_steps(trainer, trainer.train_step, images, labels, steps, warmup if i == 0 else 0)
+                    for i in range(rounds)]
+    infer_rounds = [time_steps(trainer, trainer.eval_step, images, labels, steps, warmup if i == 0 else 0)
+                    for i in range(rounds)]
+    return {"train": train_rounds, "train_seconds": statistics.median(train_rounds),
+            "inference_seconds": statistics.median(infer_rounds)}
+
+
 def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int = 5, warmup: int = 2,
               rounds: int = 3, device=None, reference: bool = False, peak_gflops=None, arch="resnet18",
-              style="d2l") -> dict:
+              style="d2l", precision: str = "fp32", deterministic: bool = True) -> dict:
     """Benchmark one backend and return the figures as a JSON-ready dict.
 
     Training and inference are timed in ``rounds`` rounds of ``steps`` steps; the median round
@@ -68,19 +79,21 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     ``peak_gflops`` where given (``tools/bench_all.py`` measures it once, across every
     framework), else measured here (:func:`measure_peak`).
 
-    ``reference=True`` times the chapter's own, unmodified code for the framework (the
-    backend's ``reference`` module) in the same way, for the before/after comparison.
+    ``reference=True`` also times the chapter's own, unmodified code for the framework (the
+    backend's ``reference`` module) in the same way, twice: with the framework's default
+    settings (PyTorch and TensorFlow allow TF32 on a GPU by default) and with this run's
+    ``precision`` settings, and reports this project's speed over each
+    (``train_speedup_vs_chapter``).
     """
+    precision = check_precision(precision)
     backend = load_backend(backend_name)
     size = resize or 28
     spec = get_spec(arch, style)
-    if reference:
-        if (spec.name, spec.style) != ("resnet18", "d2l"):
-            raise ValueError(f"--reference times the chapter's own ResNet-18; it has no {spec.label}")
-        trainer = importlib.import_module(f"{backend.__name__}.reference").ReferenceTrainer(device=device)
-    else:
-        trainer = backend.Trainer(arch=spec, style=spec.style, device=device)
-        trainer.import_weights(init_weights(spec, 0))
+    if reference and (spec.name, spec.style) != ("resnet18", "d2l"):
+        raise ValueError(f"--reference times the chapter's own ResNet-18; it has no {spec.label}")
+    trainer = backend.Trainer(arch=spec, style=spec.style, device=device, precision=precision,
+                              deterministic=deterministic)
+    trainer.import_weights(init_weights(spec, 0))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
@@ -88,17 +101,16 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     peak = measure_peak(trainer) if peak_gflops is None else {"gflops": float(peak_gflops), "by": "given"}
     train_flops = batch_size * training_flops_per_example(spec, 1, size, size)
     infer_flops = batch_size * forward_flops_per_example(spec, 1, size, size)
-    train_rounds = [time_steps(trainer, trainer.train_step, images, labels, steps, warmup if i == 0 else 0)
-                    for i in range(rounds)]
-    infer_rounds = [time_steps(trainer, trainer.eval_step, images, labels, steps, warmup if i == 0 else 0)
-                    for i in range(rounds)]
-    train_seconds, infer_seconds = statistics.median(train_rounds), statistics.median(infer_rounds)
+    timed = _time_trainer(trainer, images, labels, steps=steps, warmup=warmup, rounds=rounds)
+    train_seconds, infer_seconds = timed["train_seconds"], timed["inference_seconds"]
     train_gflops, infer_gflops = train_flops / train_seconds / 1e9, infer_flops / infer_seconds / 1e9
-    return {
+    result = {
         "backend": trainer.backend,
-        "code": "chapter (reference)" if reference else "resnet-fmnist",
+        "code": "resnet-fmnist",
         "arch": spec.name,
         "style": spec.style,
+        "precision": precision,
+        "deterministic": deterministic,
         "framework": trainer.framework,
         "device": trainer.device_name,
         "cpu": describe(),
@@ -108,7 +120,7 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "warmup": warmup,
         "rounds": rounds,
         "fast_paths": fast_paths_mode(),
-        "train_examples_per_sec_rounds": [round(batch_size / t, 2) for t in train_rounds],
+        "train_examples_per_sec_rounds": [round(batch_size / t, 2) for t in timed["train"]],
         "train_examples_per_sec": round(batch_size / train_seconds, 2),
         "inference_examples_per_sec": round(batch_size / infer_seconds, 2),
         "train_gflops": round(train_gflops, 2),
@@ -118,3 +130,23 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "inference_share_of_peak": round(infer_gflops / peak["gflops"], 3),
         "peak_memory_mb": round(_peak_memory_mb(trainer), 1),
     }
+    if reference:
+        del trainer
+        reference_trainer = importlib.import_module(f"{backend.__name__}.reference").ReferenceTrainer
+        result["chapter"], result["train_speedup_vs_chapter"] = {}, {}
+        for settings, chapter_precision in (("framework_defaults", None), ("same_precision", precision)):
+            try:
+                chapter = reference_trainer(device=device, precision=chapter_precision)
+            except ValueError as error:  # the chapter's code cannot run in this precision: say why
+                result["chapter"][settings] = {"precision": chapter_precision, "error": str(error)}
+                continue
+            timed = _time_trainer(chapter, images, labels, steps=steps, warmup=warmup, rounds=rounds)
+            result["chapter"][settings] = {
+                "precision": chapter_precision or "the framework's defaults",
+                "train_examples_per_sec_rounds": [round(batch_size / t, 2) for t in timed["train"]],
+                "train_examples_per_sec": round(batch_size / timed["train_seconds"], 2),
+                "inference_examples_per_sec": round(batch_size / timed["inference_seconds"], 2),
+            }
+            result["train_speedup_vs_chapter"][settings] = round(timed["train_seconds"] / train_seconds, 3)
+            del chapter
+    return result

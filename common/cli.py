@@ -86,6 +86,19 @@ def _add_network(parser, default_hint):
                              f"pre-activation blocks ({default_hint})")
 
 
+def _add_precision(parser, determinism=True):
+    from .hparams import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="fp32: exact float32, TF32 off (the default); tf32: a GPU's TF32 convolutions and "
+                             "matmuls (a CPU computes fp32); bf16: mixed precision, bfloat16 convolutions and "
+                             "dense layers with float32 weights, BatchNorm and loss")
+    if determinism:
+        parser.add_argument("--nondeterministic", action="store_true",
+                            help="let a GPU pick faster kernels that are not bit-identical from run to run "
+                                 "(cuDNN autotuning, atomics); a resumed run then differs from an uninterrupted one")
+
+
 def _add_backend(parser):
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
                         help="framework to run: torch (PyTorch), tf (TensorFlow/Keras), mx (MXNet Gluon)")
@@ -106,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a whole recipe: d2l = the chapter's (the default values below), "
                             "quick = 2 epochs on 2,048 images at 28 x 28 for a CPU")
     _add_network(train, "default resnet18, d2l")
+    _add_precision(train)
     train.add_argument("--epochs", type=_positive_int, help=f"default {D2L.epochs}")
     train.add_argument("--batch-size", type=_positive_int, help=f"default {D2L.batch_size}")
     train.add_argument("--lr", type=_positive_float, help=f"SGD learning rate, default {D2L.lr}")
@@ -123,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(evaluate)
     evaluate.add_argument("--weights", required=True, help="a checkpoint.npz written by any backend")
     _add_network(evaluate, "default: the file's")
+    _add_precision(evaluate, determinism=False)
     evaluate.add_argument("--resize", type=_resize, default=UNSET, help=f"as in training, default {D2L.resize}")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--test-subset", type=_positive_int, help="a stratified sample of N test images")
@@ -136,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="training and inference examples/sec as JSON")
     _add_backend(bench)
     _add_network(bench, "default resnet18, d2l")
+    _add_precision(bench)
     bench.add_argument("--batch-size", type=_positive_int, default=64)
     bench.add_argument("--resize", type=_resize, default=96, help="image size; 'none' for 28 x 28 (default 96)")
     bench.add_argument("--steps", type=_positive_int, default=5, help="timed steps per round (default 5)")
@@ -143,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="timed rounds; the median round counts (default 3)")
     bench.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first (default 2)")
     bench.add_argument("--reference", action="store_true",
-                       help="time the chapter's own code for this framework instead of this project's")
+                       help="also time the chapter's own code for this framework, twice: with the framework's "
+                            "defaults and with this run's precision settings, and report both ratios")
     bench.add_argument("--peak-gflops", type=_positive_float, default=None,
                        help="the machine's fp32 peak to measure against (default: measured, see 'peak')")
     bench.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -169,8 +186,11 @@ def _train(args):
         key: value for key, value in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "subset": args.subset, "test_subset": args.test_subset, "arch": args.arch, "style": args.style,
+            "precision": args.precision,
         }.items() if value is not None
     }
+    if args.nondeterministic:
+        overrides["deterministic"] = False
     if args.resize is not UNSET:
         overrides["resize"] = args.resize
     out_dir = args.out or os.path.join("runs", args.backend)
@@ -186,7 +206,7 @@ def _evaluate(args):
     result = backend.evaluate(weights=args.weights, arch=args.arch, style=args.style,
                               resize=_checkpoint_resize(args, args.weights),
                               batch_size=args.batch_size, test_subset=args.test_subset, data_dir=args.data_dir,
-                              synthetic=args.synthetic, device=args.device)
+                              synthetic=args.synthetic, device=args.device, precision=args.precision or "fp32")
     print(f"[{args.backend}] {args.weights}: test loss {result['loss']:.4f}, test acc {result['accuracy']:.4f} "
           f"on {result['examples']} images")
     return 0
@@ -206,7 +226,8 @@ def _bench(args):
 
     result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
                        warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
-                       peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l")
+                       peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l",
+                       precision=args.precision or "fp32", deterministic=not args.nondeterministic)
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:

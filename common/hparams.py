@@ -5,7 +5,20 @@ from dataclasses import asdict, dataclass, replace
 
 from .spec import get_spec
 
-__all__ = ["TrainConfig", "D2L", "QUICK", "PRESETS"]
+__all__ = ["PRECISIONS", "check_precision", "TrainConfig", "D2L", "QUICK", "PRESETS"]
+
+#: Arithmetic a run may use (``--precision``): ``fp32`` (the default) is exact float32 everywhere,
+#: TF32 off; ``tf32`` lets a GPU round convolution and matmul inputs to TF32's 10-bit mantissa
+#: (Ampere and later; a CPU computes it as fp32); ``bf16`` is mixed precision: convolutions and
+#: dense layers in bfloat16, float32 master weights, BatchNorm and the loss in float32.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -16,6 +29,9 @@ class TrainConfig:
     ``subset``/``test_subset`` take that many examples (a seeded, class-stratified sample);
     ``None`` uses the whole split. ``arch`` and ``style`` name the network (see
     :func:`common.spec.get_spec`; an arch tuple is kept as its text, which reads back).
+    ``precision`` is one of :data:`PRECISIONS`; ``deterministic`` (the default) turns on the
+    framework's own switches for bit-identical reruns on a GPU (a CPU run is deterministic anyway);
+    ``False`` lets it pick faster, non-deterministic GPU kernels.
     """
 
     arch: str = "resnet18"
@@ -28,6 +44,8 @@ class TrainConfig:
     subset: int | None = None
     test_subset: int | None = None
     drop_last: bool = False
+    precision: str = "fp32"
+    deterministic: bool = True
 
     def replace(self, **changes) -> "TrainConfig":
         return replace(self, **changes)
@@ -38,6 +56,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError with a one-line reason for any value that cannot train."""
         get_spec(self.arch, self.style)
+        check_precision(self.precision)
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"deterministic must be True or False, got {self.deterministic!r}")
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -14,6 +14,12 @@ The file reads top to bottom in data-flow order: one small forward/backward pair
 then the stem, the residual block and the head, then the network and the public functions.
 Each layer's forward returns ``(output, cache)``; its backward takes the output's gradient
 and the cache and returns the input's gradient (and the parameters').
+
+``precision="tf32"`` or ``"bf16"`` (:data:`common.hparams.PRECISIONS`) rounds the operands of
+every convolution and of the dense layer (inputs and weights, to nearest even) to that format's
+mantissa before the float64 products, and for bf16 their results too (mixed precision keeps
+activations in bfloat16): the roundings every framework's TF32 or mixed-precision mode makes,
+and nothing else. The tests use it to size their bounds for those modes.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from .spec import (BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_
 from .weights import check_weights
 
 __all__ = [
+    "round_mantissa",
     "forward",
     "loss_and_gradients",
     "sgd_step",
@@ -37,6 +44,26 @@ Array = np.ndarray
 
 
 # --- layers: forward and backward ---------------------------------------------------------
+
+#: Explicit mantissa bits kept by each precision's products (float32 keeps all 23).
+MANTISSA_BITS = {"fp32": 23, "tf32": 10, "bf16": 7}
+
+
+def round_mantissa(x: Array, precision: str = "fp32") -> Array:
+    """``x`` rounded to float32 and then to ``precision``'s mantissa (to nearest, ties to even),
+    as float64: what a TF32 or bfloat16 operand holds of a float32 value."""
+    if precision not in MANTISSA_BITS:
+        raise ValueError(f"precision must be one of {', '.join(MANTISSA_BITS)}, got {precision!r}")
+    single = np.asarray(x, dtype=np.float32)
+    drop = 23 - MANTISSA_BITS[precision]
+    if drop == 0:
+        return single.astype(np.float64)
+    bits = np.atleast_1d(single).view(np.uint32).astype(np.uint64)
+    drop, half, one = np.uint64(drop), np.uint64((1 << (drop - 1)) - 1), np.uint64(1)  # NumPy 1.23 shifts need one type
+    bits = ((bits + half + ((bits >> drop) & one)) >> drop) << drop
+    rounded = (bits & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32).astype(np.float64)
+    return rounded.reshape(single.shape)
+
 
 def _windows(x: Array, kernel: int, stride: int) -> Array:
     """View of every ``kernel x kernel`` window of ``x`` (N, C, H, W) at ``stride``.
@@ -221,19 +248,30 @@ class _Pass:
     updated running statistics of a train-mode pass.
     """
 
-    def __init__(self, params: Mapping[str, Array], training: bool):
+    def __init__(self, params: Mapping[str, Array], training: bool, precision: str = "fp32"):
         self.params = params
         self.training = training
+        self.precision = precision
         self.caches: Dict[str, object] = {}
         self.state: Dict[str, Array] = {}
         self.grads: Dict[str, Array] = {}
 
     # forward, one call per layer
 
+    def operands(self, *arrays: Array):
+        """A product's operands as ``precision`` holds them (unchanged in fp32)."""
+        if self.precision == "fp32":
+            return arrays
+        return tuple(round_mantissa(a, self.precision) for a in arrays)
+
+    def result(self, out: Array) -> Array:
+        """A product's result as ``precision`` stores it (bf16 activations; TF32 and fp32 keep float32)."""
+        return round_mantissa(out, "bf16") if self.precision == "bf16" else out
+
     def conv(self, name: str, x: Array, stride: int, padding: int, groups: int = 1) -> Array:
-        out, self.caches[name] = conv2d(x, self.params[f"{name}.weight"], self.params.get(f"{name}.bias"), stride,
-                                        padding, groups)
-        return out
+        x, weight = self.operands(x, self.params[f"{name}.weight"])
+        out, self.caches[name] = conv2d(x, weight, self.params.get(f"{name}.bias"), stride, padding, groups)
+        return self.result(out)
 
     def bn(self, name: str, x: Array) -> Array:
         p = self.params
@@ -353,8 +391,8 @@ def _head(run: _Pass, x: Array, spec) -> Array:
     if spec.preact:  # the final BatchNorm and ReLU of a pre-activation network
         x = run.relu("norm_relu", run.bn("norm", x))
     x, run.caches["avgpool"] = global_avg_pool(x)
-    logits, run.caches["fc"] = dense(x, run.params["fc.weight"], run.params["fc.bias"])
-    return logits
+    logits, run.caches["fc"] = dense(*run.operands(x, run.params["fc.weight"]), run.params["fc.bias"])
+    return run.result(logits)
 
 
 def _head_backward(run: _Pass, d_logits: Array, spec) -> Array:
@@ -407,7 +445,7 @@ def _check_labels(labels, batch_size: int, num_classes: int) -> Array:
 
 
 def forward(weights: Mapping[str, Array], images, training: bool = False, return_state: bool = False,
-            arch="resnet18"):
+            arch="resnet18", precision: str = "fp32"):
     """Logits (N, num_classes) of the network with ``weights`` on NCHW ``images``, float64.
 
     ``training=False`` uses the running statistics; ``training=True`` the batch statistics.
@@ -416,7 +454,7 @@ def forward(weights: Mapping[str, Array], images, training: bool = False, return
     ones.
     """
     spec, params, x = _prepare(weights, images, arch)
-    run = _Pass(params, training)
+    run = _Pass(params, training, precision)
     logits = _network(run, x, spec)
     if not return_state:
         return logits
@@ -425,10 +463,10 @@ def forward(weights: Mapping[str, Array], images, training: bool = False, return
     return logits, run.state
 
 
-def _train_pass(weights, images, labels, arch):
+def _train_pass(weights, images, labels, arch, precision="fp32"):
     spec, params, x = _prepare(weights, images, arch)
     labels = _check_labels(labels, x.shape[0], params["fc.weight"].shape[0])
-    run = _Pass(params, training=True)
+    run = _Pass(params, training=True, precision=precision)
     logits = _network(run, x, spec)
     loss, d_logits = softmax_cross_entropy(logits, labels)
     _network_backward(run, d_logits, spec)
@@ -436,22 +474,24 @@ def _train_pass(weights, images, labels, arch):
     return loss, {name: run.grads[name] for name in order}, run.state
 
 
-def loss_and_gradients(weights: Mapping[str, Array], images, labels, arch="resnet18") -> Tuple[float, Dict[str, Array]]:
+def loss_and_gradients(weights: Mapping[str, Array], images, labels, arch="resnet18",
+                       precision: str = "fp32") -> Tuple[float, Dict[str, Array]]:
     """Mean softmax cross-entropy in train mode and its gradient for every trainable array.
 
     Gradients are float64, keyed by canonical name in the weights' order.
     """
-    loss, gradients, _ = _train_pass(weights, images, labels, arch)
+    loss, gradients, _ = _train_pass(weights, images, labels, arch, precision)
     return loss, gradients
 
 
-def sgd_step(weights: Mapping[str, Array], images, labels, lr: float, arch="resnet18") -> Tuple[float, Dict[str, Array]]:
+def sgd_step(weights: Mapping[str, Array], images, labels, lr: float, arch="resnet18",
+             precision: str = "fp32") -> Tuple[float, Dict[str, Array]]:
     """One step of the chapter's training: plain SGD (no momentum, no weight decay).
 
     Returns the loss before the step and the new float32 weights: trainable arrays moved
     by ``-lr * gradient``, running statistics updated by the same train-mode pass.
     """
-    loss, gradients, state = _train_pass(weights, images, labels, arch)
+    loss, gradients, state = _train_pass(weights, images, labels, arch, precision)
     new_weights = {}
     for name, value in weights.items():
         if name in gradients:

@@ -13,10 +13,12 @@ the number of training examples. Evaluation is not counted; neither is the check
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,13 +27,14 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .data import fashion_mnist_loader, fashion_mnist_loaders
-from .hparams import D2L, PRESETS, TrainConfig
+from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .spec import arch_name, get_spec
 from .weights import atomic_write, init_weights, load_weights, read_architecture, read_metadata, save_weights
 
 __all__ = [
     "CHECKPOINT_NAME",
     "METRICS_NAME",
+    "run_directory_lock",
     "TrainingDiverged",
     "CheckpointError",
     "run_epoch",
@@ -44,6 +47,7 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
+LOCK_NAME = ".lock"
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,7 +233,9 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
             save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, get_spec(config.arch, config.style),
                          metadata={"train_state": state})
             metrics = dict(_environment(trainer))
+            peak_memory = trainer.peak_memory_bytes()
             metrics.update({
+                "peak_device_memory_mb": None if peak_memory is None else round(peak_memory / 2**20, 1),
                 "hyperparameters": config.to_dict(),
                 "seed": config.seed,
                 "epochs_completed": epoch + 1,
@@ -242,6 +248,48 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
             })
             _write_json(os.path.join(out_dir, METRICS_NAME), metrics)
     return history
+
+
+@contextlib.contextmanager
+def run_directory_lock(out_dir):
+    """Hold ``out_dir`` for one training run: a second run (or ``--resume``) into the same
+    directory while this one lives is refused with a one-line :class:`CheckpointError`.
+
+    An exclusive ``flock`` on ``out_dir/.lock``, which the kernel releases when the holder exits
+    however it ends, so a dead run's lock is never stale. A directory this creates and leaves
+    empty (the run failed before its first epoch) is removed again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, LOCK_NAME)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise CheckpointError(f"{out_dir} is in use by another training run ({owner}); wait for it to end or "
+                              f"choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        handle.close()  # releases the lock
+        if created and os.listdir(out_dir) == [LOCK_NAME]:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                os.rmdir(out_dir)
 
 
 def _resolve_config(preset, config, overrides) -> TrainConfig:
@@ -268,7 +316,7 @@ def _resume_state(out_dir, config: TrainConfig):
     if not state:
         raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
     saved = TrainConfig(**state["config"])
-    differs = [k for k in ("arch", "style", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
+    differs = [k for k in ("arch", "style", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
                if getattr(saved, k) != getattr(config, k)]
     if differs:
         pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
@@ -300,6 +348,15 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
     checkpoint is never overwritten unless ``resume`` continues it.
     """
     config = _resolve_config(preset, config, overrides)
+    if out_dir is None:
+        if resume:
+            raise CheckpointError("--resume needs --out DIR (the run's directory)")
+        return _train(backend, net, config, None, False, quiet, progress, device, data_dir, synthetic, print_fn)
+    with run_directory_lock(out_dir):
+        return _train(backend, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn)
+
+
+def _train(backend, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn):
     start_epoch, history, step_losses, weights = 0, [], [], None
     if out_dir is not None:
         checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
@@ -310,13 +367,12 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
             raise CheckpointError(
                 f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
             )
-    elif resume:
-        raise CheckpointError("--resume needs --out DIR (the run's directory)")
     train_loader, test_loader = fashion_mnist_loaders(
         config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
         test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
     )
-    trainer = _trainer_class(backend)(net, arch=config.arch, style=config.style, lr=config.lr, device=device)
+    trainer = _trainer_class(backend)(net, arch=config.arch, style=config.style, lr=config.lr, device=device,
+                                      precision=config.precision, deterministic=config.deterministic)
     spec, in_channels, num_classes = trainer.architecture()
     if (spec.name, spec.style) != (config.arch, config.style):
         raise ValueError(f"the network passed in is {spec.label}, the run's is {get_spec(config.arch, config.style).label}; "
@@ -332,10 +388,11 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
 
 def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] = 96, batch_size: int = 256,
              test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False, device=None,
-             progress: bool = False) -> Dict[str, float]:
+             progress: bool = False, precision: str = "fp32") -> Dict[str, float]:
     """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
     (its short name, or its ``Trainer`` class). ``arch`` and ``style`` default to the file's (for
-    a dict: ResNet-18, style d2l); given and different from the file's, a one-line error names both."""
+    a dict: ResNet-18, style d2l); given and different from the file's, a one-line error names both.
+    ``precision`` is the arithmetic of the evaluation (:data:`common.hparams.PRECISIONS`)."""
     if not isinstance(weights, dict):
         file_arch, file_style = read_architecture(weights)
         spec = get_spec(file_arch if arch is None else arch, file_style if style is None else style)
@@ -344,7 +401,8 @@ def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] =
         spec = get_spec(arch or "resnet18", style)
     test_loader = fashion_mnist_loader("test", batch_size, resize=resize, subset=test_subset, data_dir=data_dir,
                                        synthetic=synthetic)
-    trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device)
+    trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device,
+                                      precision=check_precision(precision))
     trainer.import_weights(weights)
     return evaluate_loader(trainer, test_loader, progress=progress)
 

@@ -9,6 +9,9 @@ Speed (:func:`use_fast_layers`, left out by ``plain=True``): convolutions on tin
 matrix products (:class:`TinyMapConv2D`) and the global average pool as a plain mean. Each
 computes the same function as the layer it replaces; the oracle tests run both networks.
 
+Mixed precision (:func:`use_bfloat16`, for ``precision="bf16"``): MXNet's AMP graph pass
+rewrites a network's hybridized graph to compute its convolutions and dense layers in bfloat16.
+
 Everything works in both of MXNet's array modes: legacy ``mx.nd`` and NumPy (``npx.set_np()``),
 in which Gluon passes ``mxnet.numpy`` arrays. The code below is written with legacy operators
 and runs on legacy views of those arrays there (:func:`legacy_operators`): the same operators,
@@ -17,11 +20,14 @@ and numbers, in both modes.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from contextlib import contextmanager
 
 import mxnet as mx
 from mxnet import autograd
+from mxnet.contrib import amp
+from mxnet.contrib.amp.lists import symbol_bf16
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
@@ -31,7 +37,7 @@ from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MA
                          conv_output_size, iter_blocks, iter_convs, stage_output_shapes)
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
-           "TinyMapConv2D", "tap_selection", "legacy_operators"]
+           "TinyMapConv2D", "tap_selection", "legacy_operators", "use_bfloat16", "uses_bfloat16"]
 
 #: What an autotuned choice is measured for (with the machine): this MXNet.
 FRAMEWORK = f"MXNet {mx.__version__}"
@@ -441,3 +447,80 @@ def fast_layer_count(net) -> int:
     fast = []
     net.apply(lambda block: fast.append(isinstance(block, (TinyMapConv2D, _MeanPool2D))))
     return sum(fast)
+
+
+# --- mixed precision -----------------------------------------------------------------------------
+
+#: Operators that compute in float32 in a bfloat16 network although AMP's lists would let them
+#: take bfloat16 inputs: BatchNorm (so its statistics and its normalisation are float32, and
+#: with it the ReLUs, additions and pools after it).
+FLOAT32_OPERATORS = ("BatchNorm",)
+
+#: Every operator AMP's bfloat16 lists name; any other one (``im2col`` of :class:`TinyMapConv2D`,
+#: NumPy mode's ``_npi_add``) has no bfloat16 kernel in MXNet 1.9.1 and gets float32 inputs.
+_AMP_OPERATORS = frozenset(symbol_bf16.BF16_FUNCS + symbol_bf16.FP32_FUNCS + symbol_bf16.BF16_FP32_FUNCS
+                           + symbol_bf16.WIDEST_TYPE_CASTS + [op for op, _, _ in symbol_bf16.CONDITIONAL_FP32_FUNCS])
+
+
+class _MixedPrecision:
+    """Mixed into a network by :func:`use_bfloat16`: each graph it traces goes through MXNet's
+    AMP pass (:func:`mxnet.contrib.amp.convert_symbol`) before Gluon compiles it."""
+
+    def _get_graph(self, *args):
+        if not self._cached_graph:
+            inputs, graph = super()._get_graph(*args)
+            self._cached_graph = inputs, _bfloat16_graph(graph, inputs)
+        return self._cached_graph
+
+
+def _bfloat16_graph(graph, inputs):
+    """``graph`` with AMP's casts: convolutions and dense layers in bfloat16, fp32 outputs."""
+    numpy_mode = isinstance(graph, mx.sym.np._Symbol)
+    legacy = graph.as_nd_ndarray() if numpy_mode else graph
+    unknown = [node["name"] for node in json.loads(legacy.tojson())["nodes"]
+               if node["op"] != "null" and node["op"] not in _AMP_OPERATORS]
+    converted = amp.convert_symbol(legacy, target_dtype="bfloat16",
+                                   fp32_ops=symbol_bf16.FP32_FUNCS + list(FLOAT32_OPERATORS),
+                                   excluded_sym_names=unknown, data_names=[x.name for x in inputs],
+                                   cast_optional_params=False)
+    return converted.as_np_ndarray() if numpy_mode else converted
+
+
+@functools.lru_cache(maxsize=None)
+def _in_bfloat16(network_class):
+    return type(network_class.__name__, (_MixedPrecision, network_class),
+                {"__module__": network_class.__module__, "__doc__": network_class.__doc__})
+
+
+def use_bfloat16(net):
+    """Let ``net`` (a built ``HybridBlock``) compute in mixed precision from now on; returns it.
+
+    Its hybridized graph goes through MXNet's AMP pass for ``bfloat16``
+    (:func:`mxnet.contrib.amp.convert_symbol`, the pass behind ``amp.convert_hybrid_block``):
+    a cast to bfloat16 before each convolution and dense layer (AMP's ``BF16_FUNCS``) for its
+    input and weights, a cast of their bfloat16 results back to float32 before each BatchNorm
+    (:data:`FLOAT32_OPERATORS`), and every output of the graph in float32: BatchNorm, its
+    running statistics, the ReLUs, additions and pools, the logits and the loss are float32, and
+    so are the operators AMP's lists do not name. The parameters stay float32: the casts pass
+    their gradients back as float32, and SGD updates float32 master weights.
+
+    Per network, unlike ``amp.init()``, which rewrites every operator of ``mx.nd`` and ``mx.sym``
+    for the rest of the process. Only in a hybridized graph (``net`` is hybridized here if it
+    is not; the Trainer's always is); ``amp.convert_hybrid_block`` would return a new
+    ``SymbolBlock`` with copies of the parameters and without the network's own ``forward``.
+    MXNet 1.9.1 has bfloat16 kernels on the CPU (oneDNN) only.
+    """
+    if not isinstance(net, nn.HybridBlock):
+        raise ValueError(f"bf16 needs a HybridBlock, whose graph MXNet's AMP pass can convert; {type(net).__name__} "
+                         "runs imperatively (build the network with resnet_mx.resnet18() or nn.HybridSequential)")
+    if not isinstance(net, _MixedPrecision):
+        net.__class__ = _in_bfloat16(type(net))
+    if not net._active:
+        net.hybridize()
+    net._clear_cached_op()
+    return net
+
+
+def uses_bfloat16(net) -> bool:
+    """Whether :func:`use_bfloat16` converted ``net``."""
+    return isinstance(net, _MixedPrecision)

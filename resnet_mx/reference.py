@@ -24,7 +24,7 @@ from common.backend import device_label
 from common.spec import ResNetSpec, get_spec
 
 from .model import export_weights, import_weights
-from .train import Trainer
+from .train import Trainer, set_precision
 
 __all__ = ["ReferenceTrainer"]
 
@@ -88,11 +88,25 @@ class ReferenceTrainer(Trainer):
     Inherits the device choice and the yardsticks (matmul peak, peak memory); its own
     constructor keeps the book's network, initialisation and optimizer. Weights go in and out
     by :func:`resnet_mx.model.export_weights`' names, which also map the chapter's network.
+
+    ``precision=None`` runs it with MXNet's defaults (on a GPU: cuDNN autotuning, and TF32 where
+    cuDNN takes it, unless a Trainer of this process has fixed it); ``fp32`` or ``tf32`` with this
+    project's switches for them (:func:`resnet_mx.train.set_precision`; no determinism, as the
+    chapter); ``bf16`` raises ValueError: the chapter's network is an imperative ``nn.Block``,
+    which MXNet turns bfloat16 only through ``amp.init()``, a rewrite of every operator for the
+    rest of the process.
     """
 
-    def __init__(self, device=None, lr=0.05):
+    def __init__(self, device=None, lr=0.05, precision=None):
         self.device = ctx = self.resolve_device(device)
         self.device_name = device_label(ctx.device_type, ctx.device_id)
+        if precision == "bf16":
+            raise ValueError("the chapter's MXNet network runs imperatively (nn.Block), which MXNet computes in bf16 "
+                             "only after amp.init(), a process-wide rewrite of every operator that would turn every "
+                             "later fp32 network bf16 too; bf16 works for this project's network (Trainer)")
+        if precision is not None:
+            set_precision(precision, False, ctx)
+        self.precision = precision
         net = chapter_net()
 
         # train_ch6, as the book writes it.

@@ -3,9 +3,13 @@
 The network runs hybridized with ``static_alloc=True, static_shape=True`` (one cached graph,
 memory planned once); MXNet's engine is asynchronous, so a step returns as soon as its work
 is queued and the next batch is converted while the device computes.
+
+Precision and determinism (:func:`set_precision`, ``Trainer(precision=..., deterministic=...)``)
+are switches of a GPU; on the CPU only ``bf16`` changes anything (:func:`resnet_mx.kernels.use_bfloat16`).
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Dict, List, Tuple
@@ -13,22 +17,86 @@ from typing import Dict, List, Tuple
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
+from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
 from common import backend, training
 from common.backend import device_label
+from common.hparams import check_precision
 from common.spec import ResNetSpec, trainable_parameter_names
 
 from .data import to_tensor
-from .kernels import legacy_operators
+from .kernels import legacy_operators, use_bfloat16
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
-__all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
 
 def try_gpu(i=0):
     """Return gpu(i) if exists, otherwise return cpu()."""
     return mx.gpu(i) if mx.context.num_gpus() >= i + 1 else mx.cpu()
+
+
+#: The TF32 setting this process's GPU work runs with, once a GPU Trainer has fixed it.
+_gpu_tf32 = None
+
+
+def set_precision(precision: str = "fp32", deterministic: bool = True, device=None) -> None:
+    """MXNet's process-wide switches for :data:`common.hparams.PRECISIONS` and determinism, on a GPU.
+
+    On the CPU there is nothing to switch: a CPU has no TF32 (``tf32`` computes fp32), ``bf16``
+    is a property of the network (:func:`resnet_mx.kernels.use_bfloat16`), and the CPU kernels
+    are deterministic already (tests/test_training.py's resume equality).
+
+    On a GPU (neither measured nor tested here: no CUDA build of MXNet in this project):
+
+    * TF32: MXNet 1.9 has no switch of its own; cuDNN 8 may round fp32 convolutions to TF32 on
+      Ampere and later GPUs by default. ``fp32`` sets ``NVIDIA_TF32_OVERRIDE=0`` (NVIDIA's
+      libraries then never use TF32), ``tf32`` leaves it unset. The libraries read it once, when
+      MXNet first starts them in the process (its first GPU operation), so the first GPU
+      Trainer of a process fixes it for good; a later one asking the other way raises ValueError.
+    * ``bf16``: ValueError; MXNet 1.9's bfloat16 kernels are oneDNN's (apache/mxnet#17265), CPU only.
+    * ``deterministic``: ``MXNET_ENFORCE_DETERMINISM=1`` (``0`` otherwise), which restricts cuDNN
+      to deterministic convolution and max-pooling algorithms; it is read whenever cuDNN picks
+      one (a network's first step at each input size), so the last Trainer built sets it for
+      every network that starts afterwards. The Trainer also turns cuDNN's autotuning off in its
+      own network's convolutions (their ``cudnn_tune``, as ``MXNET_CUDNN_AUTOTUNE_DEFAULT=0``
+      does for every network). ``deterministic=False`` lets cuDNN autotune (MXNet's default) and
+      pick non-deterministic algorithms, possibly faster (not measured: no MXNet GPU here), at
+      the cost of reruns and resumed runs no longer repeating an uninterrupted one exactly.
+    """
+    global _gpu_tf32
+    check_precision(precision)
+    if device is None or device.device_type != "gpu":
+        return
+    if precision == "bf16":
+        raise ValueError("MXNet 1.9 computes bfloat16 on the CPU only (its oneDNN kernels): use --precision fp32 "
+                         "or tf32 on a GPU, or bf16 with --device cpu")
+    tf32 = precision == "tf32"
+    if _gpu_tf32 is None:
+        if tf32:
+            os.environ.pop("NVIDIA_TF32_OVERRIDE", None)
+        else:
+            os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+        _gpu_tf32 = tf32
+    elif _gpu_tf32 != tf32:
+        raise ValueError(f"this process already runs its GPU work {'with' if _gpu_tf32 else 'without'} TF32, and "
+                         f"NVIDIA's libraries read that once per process: run --precision {precision} in a new process")
+    os.environ["MXNET_ENFORCE_DETERMINISM"] = "1" if deterministic else "0"
+
+
+def _cudnn_autotune(net, allowed: bool) -> None:
+    """Let cuDNN autotune ``net``'s convolutions (MXNet's default), or not (``cudnn_tune="off"``)."""
+    def set_tuning(block):
+        if isinstance(block, nn.Conv2D):
+            if allowed:
+                block._kwargs.pop("cudnn_tune", None)
+            else:
+                block._kwargs["cudnn_tune"] = "off"
+            block._clear_cached_op()
+    net.apply(set_tuning)
+    if isinstance(net, gluon.HybridBlock):
+        net._clear_cached_op()
 
 
 def _place(net, ctx) -> None:
@@ -67,18 +135,34 @@ class Trainer(backend.Trainer):
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
     ``Sequential``, initialised or not); ``None`` builds ``resnet(arch, num_classes, in_channels, style)``.
+
+    ``precision`` (:data:`common.hparams.PRECISIONS`): ``fp32`` exact; ``tf32`` a GPU's TF32
+    convolutions (a CPU computes fp32); ``bf16`` mixed precision through MXNet's AMP graph pass
+    (:func:`resnet_mx.kernels.use_bfloat16`): convolutions and the dense layer in bfloat16;
+    the weights, their gradients, the SGD update, BatchNorm's parameters and running statistics,
+    the logits and the loss in float32. On the CPU only, and for a ``HybridBlock`` network (the
+    chapter's ``nn.Sequential`` runs imperatively: ValueError). The network keeps its fast paths
+    in bf16: oneDNN's bfloat16 convolutions on maps of a few pixels are as slow as its float32
+    ones, and the AMP pass converts the matrix products that replace them. ``deterministic``:
+    see :func:`set_precision`; it and TF32 are GPU switches, and process-wide.
     """
 
     backend = "mx"
     framework = f"MXNet {mx.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None):
+                 device=None, precision="fp32", deterministic=True):
+        self.precision, self.deterministic = check_precision(precision), bool(deterministic)
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.device_type, self.device.device_id)
+        set_precision(self.precision, self.deterministic, self.device)
         if net is None:
             net = resnet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
+        if precision == "bf16":
+            use_bfloat16(net)
         _place(net, self.device)
+        if self.device.device_type == "gpu":
+            _cudnn_autotune(net, allowed=not self.deterministic)
         net.hybridize(static_alloc=True, static_shape=True)
         self.net = net
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()  # MXNet's fused log-softmax + pick

@@ -103,18 +103,27 @@ class BatchNorm(keras.layers.Layer):
     unbiased one, as ``torch.nn.BatchNorm2d`` does. Under XLA, plain ops (moments, then one
     multiply-add) that XLA fuses with the neighbouring bias add, ReLU and residual add (the
     gradient is automatic differentiation's); otherwise TensorFlow's fused kernel.
+
+    Always in float32, as Keras' own BatchNormalization: under a mixed policy (``mixed_bfloat16``)
+    the input is cast to float32, the statistics, the normalisation and the variables
+    (``autocast=False``) stay float32, and the output is cast back to the compute dtype.
     """
 
     def build(self, input_shape):
         channels = (int(input_shape[-1]),)
-        self.gamma = self.add_weight(name="gamma", shape=channels, initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=channels, initializer="zeros")
-        self.moving_mean = self.add_weight(name="moving_mean", shape=channels, initializer="zeros", trainable=False)
+        self.gamma = self.add_weight(name="gamma", shape=channels, initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=channels, initializer="zeros", autocast=False)
+        self.moving_mean = self.add_weight(name="moving_mean", shape=channels, initializer="zeros", trainable=False,
+                                           autocast=False)
         self.moving_variance = self.add_weight(
-            name="moving_variance", shape=channels, initializer="ones", trainable=False
+            name="moving_variance", shape=channels, initializer="ones", trainable=False, autocast=False
         )
 
     def call(self, inputs, training=False):
+        # float32 in (a no-op for float32 inputs), the compute dtype out.
+        return tf.cast(self._normalize(tf.cast(inputs, tf.float32), training), self.compute_dtype)
+
+    def _normalize(self, inputs, training):
         if compiler() != "xla":
             return self._fused(inputs, training)
         if training:
@@ -295,9 +304,11 @@ class _FastConv2D(SymmetricConv2D):
             batch = inputs.shape[0] or (state[1] if state else 64)
             shape = (batch,) + tuple(inputs.shape[1:])
             (kernel, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
+            dtype = inputs.dtype  # bfloat16 under Keras' mixed_bfloat16 policy: measured apart
             site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {how} train"
+            site += "" if dtype == tf.float32 else f" {dtype.name}"
             path = _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
-                                                          lambda path: _timed_run(self, path, shape, how)))
+                                                          lambda path: _timed_run(self, path, shape, how, dtype)))
         else:
             path = NATIVE
         return self._compute(path, inputs, self.kernel, self.bias, how)
@@ -338,12 +349,14 @@ def _on_own_thread(function):
     return result["value"]
 
 
-def _timed_run(layer, path, shape, how):
-    """One forward and backward pass of ``layer`` taken by ``path`` on fresh tensors, compiled
-    as the step is (``how``: "xla", "graph" or "eager")."""
-    x = tf.random.uniform(shape)
-    kernel = tf.random.uniform(layer.kernel.shape)
-    bias = None if layer.bias is None else tf.zeros(layer.bias.shape)
+def _timed_run(layer, path, shape, how, dtype=tf.float32):
+    """One forward and backward pass of ``layer`` taken by ``path`` on fresh ``dtype`` tensors,
+    compiled as the step is (``how``: "xla", "graph" or "eager"). Seeded: with op determinism
+    on (a GPU's default, see :func:`resnet_tf.train.use_op_determinism`), TensorFlow refuses
+    random ops without a seed."""
+    x = tf.random.stateless_uniform(shape, seed=(0, 0), dtype=dtype)
+    kernel = tf.random.stateless_uniform(layer.kernel.shape, seed=(0, 1), dtype=dtype)
+    bias = None if layer.bias is None else tf.zeros(layer.bias.shape, dtype)
 
     def step(x, kernel, bias):
         sources = [x, kernel] + ([] if bias is None else [bias])

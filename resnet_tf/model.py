@@ -429,9 +429,9 @@ def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
 
 
 def forward(net, images, training=False) -> np.ndarray:
-    """Logits (NumPy) for an NCHW NumPy batch; ``training=True`` uses and updates batch statistics."""
+    """Float32 logits (NumPy) for an NCHW NumPy batch; ``training=True`` uses and updates batch statistics."""
     check_input_shape(np.shape(images), architecture(net)[1], "NCHW")
-    return to_numpy(net(to_tensor(images), training=training))
+    return to_numpy(tf.cast(net(to_tensor(images), training=training), tf.float32))
 
 
 def trace_shapes(net, images) -> List[Tuple[str, tuple]]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.backend import device_label
+from common.hparams import check_precision
 from common.spec import get_spec
 
 from .model import export_weights, import_weights
-from .train import Trainer
+from .train import DTYPE_POLICIES, TF32_DEFAULT, Trainer, use_dtype_policy, use_tf32
 
 __all__ = ["ReferenceTrainer"]
 
@@ -90,19 +91,36 @@ class ReferenceTrainer(Trainer):
     A :class:`resnet_tf.train.Trainer` for its learning rate, matmul yardstick and peak memory;
     the network, the optimizer and the steps are the book's, built here instead of this
     project's (so the base constructor is not called).
+
+    ``precision=None`` runs the book's code with TensorFlow's defaults (float32 with TF32 on, on
+    GPUs that have it). A precision (:data:`common.hparams.PRECISIONS`) applies this project's
+    settings for it, as :class:`resnet_tf.train.Trainer` does: fp32 turns TF32 off, tf32 on, and
+    bf16 sets Keras' ``mixed_bfloat16`` policy on every layer of the book's network (Keras'
+    BatchNormalization then computes in float32, and the compiled loss casts the bfloat16 logits
+    to float32). The TF32 switch is set before each step: the process's other trainers set it too.
+    No determinism switch: the book's code has none; but once a deterministic trainer on a GPU
+    has turned on TensorFlow's op determinism in this process, it stays on for this one too
+    (see :func:`resnet_tf.train.use_op_determinism`).
     """
 
-    def __init__(self, device=None, lr=0.05):
+    def __init__(self, device=None, lr=0.05, precision=None):
+        self.precision = None if precision is None else check_precision(precision)
         self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
+        self._use_tf32()
         # train_ch6, as the book writes it.
         self.strategy = tf.distribute.OneDeviceStrategy(self.device)
         with self.strategy.scope():
             self.optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
             loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             self.net = net()
+            if self.precision is not None:
+                use_dtype_policy(self.net, DTYPE_POLICIES[self.precision])
             self.net.compile(optimizer=self.optimizer, loss=loss, metrics=['accuracy'])
+
+    def _use_tf32(self):
+        use_tf32(TF32_DEFAULT if self.precision is None else self.precision == "tf32")
 
     def to_batch(self, images, labels):
         # The book's loader yields NHWC tensors (its images are NCHW-free: one channel).
@@ -111,10 +129,12 @@ class ReferenceTrainer(Trainer):
 
     def train_step(self, X, y):
         # train_on_batch returns the batch's mean loss and accuracy (metrics reset per call).
+        self._use_tf32()
         loss, accuracy = self.net.train_on_batch(X, y)
         return loss * X.shape[0], accuracy * X.shape[0]
 
     def eval_step(self, X, y):
+        self._use_tf32()
         loss, accuracy = self.net.test_on_batch(X, y)
         return loss * X.shape[0], accuracy * X.shape[0]
 

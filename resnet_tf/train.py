@@ -5,6 +5,10 @@ this module supplies TensorFlow's side of one step. Steps are ``tf.function`` gr
 with XLA (which fuses each convolution's bias add, BatchNorm, ReLU and residual add into a few
 kernels) or run by TensorFlow's graph executor (oneDNN's kernels, BatchNorm fused), whichever
 :mod:`common.autotune` measures faster for the network on this machine.
+
+Precision (:data:`common.hparams.PRECISIONS`) is set through TensorFlow's and Keras' own switches:
+``tf.config.experimental.enable_tensor_float_32_execution`` for TF32 and Keras' ``mixed_bfloat16``
+dtype policy, set on each layer of the network trained (no process-wide policy), for bf16.
 """
 from __future__ import annotations
 
@@ -17,13 +21,22 @@ import tensorflow as tf
 
 from common import autotune, backend, training
 from common.backend import device_label
+from common.hparams import check_precision
 from common.spec import trainable_parameter_names
 
 from . import kernels
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet, to_canonical_layout
 
-__all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+
+#: Keras' dtype policy of each precision: bf16 is Keras' mixed precision (bfloat16 computation,
+#: float32 variables); TF32 is no dtype but a switch of TensorFlow's GPU kernels.
+DTYPE_POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16"}
+#: TensorFlow's own TF32 setting before this package changed it (on: TensorFlow runs float32
+#: convolutions and matmuls on Ampere and later GPUs in TF32 by default).
+TF32_DEFAULT = tf.config.experimental.tensor_float_32_execution_enabled()
+
 
 def try_gpu(i=0):
     """The chapter's ``try_gpu``: ``tf.device('/GPU:i')`` if that GPU exists, else the CPU."""
@@ -33,12 +46,56 @@ def try_gpu(i=0):
 
 
 def _cross_entropy(logits, labels):
-    # TensorFlow's own fused softmax cross-entropy, one loss per example.
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    # TensorFlow's own fused softmax cross-entropy, one loss per example, in float32 whatever
+    # the network computes in (bfloat16 logits are cast up; float32 ones are left as they are).
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
+
+
+def use_dtype_policy(net, policy):
+    """Set Keras' dtype ``policy`` ("float32", "mixed_bfloat16") on every layer of ``net``, the
+    network itself included: Keras' mixed precision per layer, not the process-wide
+    ``keras.config.set_dtype_policy``. Under a mixed policy the variables stay float32 (the
+    master weights) and each layer casts its inputs and weights to bfloat16 as it computes;
+    :class:`resnet_tf.kernels.BatchNorm` and Keras' BatchNormalization compute in float32."""
+    for layer in kernels._sublayers(net):
+        if layer.dtype_policy.name != policy:
+            layer.dtype_policy = policy
+    return net
+
+
+def use_tf32(enabled: bool) -> None:
+    """TensorFlow's TF32 switch for float32 convolutions and matmuls on GPUs (Ampere and later):
+    process-wide, so each trainer sets it before each step it runs; CPUs compute float32 either way."""
+    if tf.config.experimental.tensor_float_32_execution_enabled() != enabled:
+        tf.config.experimental.enable_tensor_float_32_execution(enabled)
+
+
+def use_op_determinism(device: str) -> None:
+    """Turn on ``tf.config.experimental.enable_op_determinism()`` where ``device`` ("/GPU:0", ...) needs
+    it. On a GPU: deterministic cuDNN and XLA algorithms, no atomics.
+    On the CPU it is left off: TensorFlow's CPU kernels and XLA's already give bit-identical reruns
+    here (``tests/test_training.py``'s resume equality), and the switch would only add its costs.
+
+    The switch cannot be turned off again (TensorFlow has no public way): from then on the whole
+    process runs deterministic kernels, a trainer with ``deterministic=False`` included, and random
+    ops without a seed (``tf.random.normal(shape)`` with no ``tf.random.set_seed``) raise."""
+    if device.startswith("/GPU"):
+        tf.config.experimental.enable_op_determinism()
 
 
 def _correct(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=labels.dtype), labels), tf.float32))
+
+
+def set_precision(precision: str = "fp32", deterministic: bool = True, device=None) -> None:
+    """TensorFlow's process-wide switches for :data:`common.hparams.PRECISIONS` and determinism:
+    TF32 on for ``tf32`` only (:func:`use_tf32`), and op determinism where ``deterministic`` and
+    ``device`` ("/GPU:0", ...) is a GPU (:func:`use_op_determinism`). bf16 is no switch but a
+    property of the network (:func:`use_dtype_policy`)."""
+    check_precision(precision)
+    if deterministic and device is not None:
+        use_op_determinism(device)
+    use_tf32(precision == "tf32")
 
 
 class Trainer(backend.Trainer):
@@ -46,16 +103,47 @@ class Trainer(backend.Trainer):
 
     ``net`` may be a built network (a :class:`resnet_tf.model.ResNet` or the chapter's
     Sequential) or, as in the chapter's TensorFlow ``train_ch6``, a function that builds one.
+
+    ``precision`` (:data:`common.hparams.PRECISIONS`):
+
+    * ``"fp32"`` (the default): float32 throughout, exact; TF32 off on a GPU
+      (TensorFlow's default is on).
+    * ``"tf32"``: TensorFlow's TF32 on for convolutions and matmuls on GPUs that have it (Ampere
+      and later). CPUs have no TF32: there it computes exactly as ``"fp32"``.
+    * ``"bf16"``: Keras' mixed precision: the ``mixed_bfloat16`` dtype policy on every layer
+      (:func:`use_dtype_policy`; a network passed in gets it too, in place). Convolutions, the
+      dense layer, ReLU, pooling and the residual additions compute in bfloat16; the variables
+      (master weights) stay float32, as do BatchNorm's statistics, normalisation and running
+      statistics, the loss and its gradient's update; :meth:`export_weights` is float32. No loss
+      scaling: bfloat16 has float32's range. The fast paths (:mod:`resnet_tf.kernels`) stay
+      in: they compute in bfloat16 as well, and autotuning measures them, and the choice between
+      XLA and the graph executor, apart from fp32's.
+
+    The TF32 switch and Keras' layer policies are set here and the TF32 switch again before each
+    step, so trainers of different precisions can share a process.
+
+    ``deterministic`` (the default): bit-identical reruns, so a resumed run equals the
+    uninterrupted one, on a GPU through ``tf.config.experimental.enable_op_determinism()``
+    (:func:`use_op_determinism`: process-wide and permanent; deterministic cuDNN algorithms
+    instead of the fastest autotuned ones, no atomic accumulation: slower by an amount not
+    measured here, as no GPU build of TensorFlow was at hand). On the CPU nothing is switched:
+    its kernels are deterministic already. ``deterministic=False`` leaves TensorFlow's defaults
+    (cuDNN autotuning, atomics): the GPU's fastest kernels, but reruns differ in the last bits
+    and drift apart over epochs, so a resumed run is not the uninterrupted one; unless an
+    earlier trainer of the process already turned determinism on, which stays on.
     """
 
     backend = "tf"
     framework = f"TensorFlow {tf.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None):
+                 device=None, precision="fp32", deterministic=True):
+        self.precision = check_precision(precision)
+        self.deterministic = bool(deterministic)
         self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
+        set_precision(self.precision, self.deterministic, self.device)
         with tf.device(self.device):
             if net is None:
                 net = resnet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
@@ -63,7 +151,7 @@ class Trainer(backend.Trainer):
                 net = net()  # the chapter passes a function that builds the network
             if not net.built:
                 net.build((None, None, None, in_channels))
-            self.net = net
+            self.net = use_dtype_policy(net, DTYPE_POLICIES[self.precision])
             self.optimizer = keras.optimizers.SGD(learning_rate=lr)  # no momentum, no weight decay
             self.optimizer.build(net.trainable_variables)
         self._compiled = {}  # (compiler, train?) -> the step as a tf.function
@@ -124,6 +212,8 @@ class Trainer(backend.Trainer):
         faster on this machine (:func:`common.autotune.choose`; XLA is the fast path). Measuring
         a training step trains: the network and optimizer are put back as they were."""
         site = f"{'train' if training else 'eval'} step {architecture(self.net)[0].label} on {tuple(x.shape)}"
+        if self.precision == "bf16":
+            site += " bf16"
         state = [variable.numpy() for variable in self.net.variables + self.optimizer.variables]
 
         def make_run(path):
@@ -140,6 +230,7 @@ class Trainer(backend.Trainer):
                 variable.assign(value)
 
     def _step(self, x, y, training):
+        use_tf32(self.precision == "tf32")  # process-wide: another trainer may have changed it
         with tf.device(self.device):
             if self.compiler is None:
                 chosen = self._choose_compiler(x, y, training)
@@ -171,9 +262,11 @@ class Trainer(backend.Trainer):
 
     def matmul_gflops(self, size: int = 2048, repeats: int = 5) -> float:
         """TensorFlow's own fp32 ``size x size`` matrix multiply on the device, in GFLOP/s (bench's peak)."""
+        use_tf32(False)  # fp32 whatever the precision; each step sets the switch again
         with tf.device(self.device):
-            a = tf.random.uniform((size, size))
-            b = tf.random.uniform((size, size))
+            # Seeded: with op determinism on, TensorFlow refuses random ops without a seed.
+            a = tf.random.stateless_uniform((size, size), seed=(0, 0))
+            b = tf.random.stateless_uniform((size, size), seed=(0, 1))
             tf.reduce_sum(tf.matmul(a, b)).numpy()  # warm-up, and wait for it
             start = time.perf_counter()
             for _ in range(repeats):

@@ -19,7 +19,7 @@ from common.backend import device_label
 from common.spec import ResNetSpec, get_spec
 
 from .model import export_weights, import_weights
-from .train import Trainer
+from .train import Trainer, set_precision
 
 __all__ = ["ReferenceTrainer"]
 
@@ -81,12 +81,24 @@ class ReferenceTrainer(Trainer):
     """The book's net and ``train_ch6`` step behind the Trainer contract (see :mod:`common.backend`).
 
     Inherits the device choice, the learning-rate property and the yardsticks (matmul peak, peak
-    memory); its own constructor keeps the book's network, initialisation, optimizer and precision.
+    memory); its own constructor keeps the book's network, initialisation and optimizer.
+    ``precision=None`` runs it with PyTorch's defaults (TF32 for cuDNN convolutions, not for
+    matmuls; no deterministic algorithms); a precision of :data:`common.hparams.PRECISIONS` runs
+    it with this project's settings for it (:func:`resnet_torch.train.set_precision`, autocast
+    for bf16), for a comparison at equal arithmetic.
     """
 
-    def __init__(self, device=None, lr=0.05):
+    def __init__(self, device=None, lr=0.05, precision=None):
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
+        if precision is None:  # PyTorch's defaults, whatever a Trainer set before
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
+        else:
+            set_precision(precision, False, self.device)
+        self.precision = precision
+        self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         net = chapter_net()
 
         # train_ch6, as the book writes it.
@@ -106,8 +118,9 @@ class ReferenceTrainer(Trainer):
     def train_step(self, X, y):
         self.net.train()
         self.optimizer.zero_grad()
-        y_hat = self.net(X)
-        l = self.loss(y_hat, y)
+        with self._autocast:
+            y_hat = self.net(X)
+            l = self.loss(y_hat, y)
         l.backward()
         self.optimizer.step()
         with torch.no_grad():
@@ -116,7 +129,7 @@ class ReferenceTrainer(Trainer):
     def eval_step(self, X, y):
         # evaluate_accuracy_gpu: eval mode, no_grad; the loss is added for the contract.
         self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast:
             y_hat = self.net(X)
             return self.loss(y_hat, y) * X.shape[0], accuracy(y_hat, y)
 

@@ -10,12 +10,13 @@ from torch import nn
 
 from common import backend, training
 from common.backend import device_label
+from common.hparams import check_precision
 from common.spec import ResNetSpec, trainable_parameter_names
 
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
-__all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
 
 def try_gpu(i=0):
@@ -25,30 +26,52 @@ def try_gpu(i=0):
     return torch.device("cpu")
 
 
-def _full_precision() -> None:
-    # TF32 rounds fp32 convolutions and matmuls to a 10-bit mantissa on Ampere and later GPUs;
-    # off, so every backend computes in the same fp32 (PyTorch enables it for cuDNN by default).
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def set_precision(precision: str = "fp32", deterministic: bool = True, device=None) -> None:
+    """PyTorch's process-wide switches for :data:`common.hparams.PRECISIONS` and determinism.
+
+    TF32 rounds fp32 convolutions and matmuls to a 10-bit mantissa on Ampere and later GPUs;
+    PyTorch allows it for cuDNN convolutions by default. ``fp32`` and ``bf16`` turn it off
+    everywhere (bf16's float32 parts stay exact), ``tf32`` turns it on for both. On a GPU,
+    ``deterministic`` asks for PyTorch's deterministic algorithms and cuDNN's (an operation
+    without one raises instead of running) and no cuDNN autotuning; otherwise cuDNN may pick
+    faster, non-deterministic kernels. A CPU run is deterministic either way.
+    """
+    check_precision(precision)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if device is not None and torch.device(device).type == "cuda":
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = False  # decided per input size by the Trainer
 
 
 class Trainer(backend.Trainer):
     """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
 
     Plain NCHW memory and eager mode: channels_last and ``torch.compile`` were slower here on the CPU.
+
+    ``precision`` (:data:`common.hparams.PRECISIONS`): ``fp32`` exact; ``tf32`` a GPU's TF32
+    convolutions and matmuls (a CPU computes fp32); ``bf16`` ``torch.autocast`` to bfloat16 around
+    the forward pass and the loss: convolutions and the linear layer in bfloat16, the weights,
+    their gradients, the SGD update and BatchNorm's statistics in float32. A network the Trainer
+    builds for bf16 has plain layers (the fast paths of :mod:`resnet_torch.kernels` are fp32
+    code). ``deterministic``: see :func:`set_precision`; the switches are process-wide, so the
+    last Trainer built sets them.
     """
 
     backend = "torch"
     framework = f"PyTorch {torch.__version__.split('+')[0]}"
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None):
-        _full_precision()
+                 device=None, precision="fp32", deterministic=True):
+        self.precision, self.deterministic = check_precision(precision), bool(deterministic)
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        self.net = (resnet(arch, num_classes, in_channels, style) if net is None else net).to(self.device)
+        set_precision(self.precision, self.deterministic, self.device)
+        if net is None:
+            net = resnet(arch, num_classes, in_channels, style, plain=True if precision == "bf16" else None)
+        self.net = net.to(self.device)
+        self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.loss = nn.CrossEntropyLoss()  # mean over the batch, as in the chapter
         # No momentum, no weight decay: the chapter's plain SGD. foreach updates all tensors at once.
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, foreach=True)
@@ -89,6 +112,9 @@ class Trainer(backend.Trainer):
 
     def to_batch(self, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
         """NCHW NumPy (or tensors from :mod:`resnet_torch.data`) -> tensors on the device."""
+        if self.device.type == "cuda" and not self.deterministic:
+            # cuDNN's autotuning pays at 96 x 96 and cost time at 28 x 28 (H200, issue 13).
+            torch.backends.cudnn.benchmark = images.shape[-1] >= 64
         if isinstance(images, torch.Tensor):
             images = images.to(self.device, non_blocking=True)
         else:
@@ -102,8 +128,9 @@ class Trainer(backend.Trainer):
     def train_step(self, x, y):
         """One SGD step; (loss summed over the batch, number correct) as device scalars."""
         self.net.train()
-        logits = self.net(x)
-        loss = self.loss(logits, y)
+        with self._autocast:
+            logits = self.net(x)
+        loss = self.loss(logits.float(), y)  # the loss in float32 (a no-op unless bf16)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -114,7 +141,8 @@ class Trainer(backend.Trainer):
         """(loss summed over the batch, number correct) in eval mode, as device scalars."""
         self.net.eval()
         with torch.inference_mode():
-            logits = self.net(x)
+            with self._autocast:
+                logits = self.net(x).float()
             return self.loss(logits, y) * y.shape[0], (logits.argmax(dim=1) == y).sum()
 
     def to_host(self, values) -> List[float]:

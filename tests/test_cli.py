@@ -36,9 +36,16 @@ def assert_one_line_error(err, *words):
 # --- argument errors (no framework needed) ---------------------------------------------
 
 def test_unknown_backend(capsys):
-    code, _, err = run_exit(capsys, "train", "--backend", "jax")
+    code, _, err = run_exit(capsys, "train", "--backend", "caffe")
     assert code == 2
-    assert_one_line_error(err, "invalid choice", "jax")
+    assert_one_line_error(err, "invalid choice", "caffe")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "bench"])
+def test_unknown_precision(capsys, command):
+    code, _, err = run_exit(capsys, command, "--backend", "torch", "--precision", "fp16")
+    assert code == 2
+    assert_one_line_error(err, "--precision", "invalid choice: 'fp16'", "'fp32', 'tf32', 'bf16'")
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
@@ -253,6 +260,32 @@ def test_bench_reports_json(capsys, backend_name):
     assert result["train_share_of_peak"] == pytest.approx(result["train_gflops"] / 100, abs=1e-3)
     rounds = result["train_examples_per_sec_rounds"]
     assert len(rounds) == 3 and sorted(rounds)[1] == pytest.approx(result["train_examples_per_sec"], rel=1e-3)
+
+
+def test_bench_reference_times_the_chapters_code_twice(capsys, backend_name):
+    code, out, err = run(capsys, "bench", "--backend", backend_name, "--batch-size", "4", "--resize", "32",
+                         "--steps", "1", "--warmup", "1", "--rounds", "1", "--peak-gflops", "100", "--reference")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["code"], result["precision"], result["deterministic"]) == ("resnet-fmnist", "fp32", True)
+    chapter = result["chapter"]
+    assert chapter["framework_defaults"]["precision"] == "the framework's defaults"
+    assert chapter["same_precision"]["precision"] == "fp32"
+    for settings, speedup in result["train_speedup_vs_chapter"].items():
+        seconds_chapter = 4 / chapter[settings]["train_examples_per_sec"]
+        assert speedup == pytest.approx(seconds_chapter / (4 / result["train_examples_per_sec"]), rel=2e-2)
+
+
+def test_train_in_bf16_records_it_and_resumes_only_in_bf16(capsys, tmp_path, backend_name):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--precision", "bf16", *TINY)
+    assert code == 0, err
+    hyperparameters = json.loads((out / "metrics.json").read_text())["hyperparameters"]
+    assert (hyperparameters["precision"], hyperparameters["deterministic"]) == ("bf16", True)
+    two_epochs = [("2" if previous == "--epochs" else arg) for previous, arg in zip([None] + TINY, TINY)]
+    code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--resume", *two_epochs)
+    assert code == 1
+    assert_one_line_error(err, "precision='bf16' (now 'fp32')")
 
 
 def test_bench_takes_the_network(capsys, backend_name):

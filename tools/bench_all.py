@@ -49,7 +49,27 @@ def machine_peak(peaks):
             "theoretical_gflops": best.get("theoretical_gflops")}
 
 
+def chapter_row(result, settings="framework_defaults"):
+    """The chapter's code as timed in the same ``bench --reference`` process, as a row of its own
+    (its GFLOP/s from this project's FLOP count: the same network)."""
+    chapter = result["chapter"][settings]
+    scale = chapter["train_examples_per_sec"] / result["train_examples_per_sec"]
+    infer_scale = chapter["inference_examples_per_sec"] / result["inference_examples_per_sec"]
+    row = dict(result, code="chapter (reference)", train_examples_per_sec=chapter["train_examples_per_sec"],
+               inference_examples_per_sec=chapter["inference_examples_per_sec"],
+               train_examples_per_sec_rounds=chapter["train_examples_per_sec_rounds"],
+               train_gflops=round(result["train_gflops"] * scale, 2),
+               inference_gflops=round(result["inference_gflops"] * infer_scale, 2),
+               train_share_of_peak=round(result["train_share_of_peak"] * scale, 3),
+               inference_share_of_peak=round(result["inference_share_of_peak"] * infer_scale, 3),
+               precision=chapter["precision"])
+    for key in ("chapter", "train_speedup_vs_chapter"):
+        row.pop(key, None)
+    return row
+
+
 def run_one(backend, resize, batch_size, steps, warmup, rounds, reference, peak_gflops):
+    """One ``bench`` process: this project's row and, with ``reference``, the chapter's (framework defaults)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     command = ["tox", "exec", "-qq", "-e", backend, "--", "resnet-fmnist", "bench", "--backend", backend,
@@ -61,10 +81,11 @@ def run_one(backend, resize, batch_size, steps, warmup, rounds, reference, peak_
     completed = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL)
     try:
         if completed.returncode != 0:
-            return {"backend": backend, "resize": resize, "batch_size": batch_size, "error": completed.returncode,
-                    "code": "chapter (reference)" if reference else "resnet-fmnist"}
+            failed = {"backend": backend, "resize": resize, "batch_size": batch_size, "error": completed.returncode}
+            return [dict(failed, code="resnet-fmnist")] + ([dict(failed, code="chapter (reference)")] if reference else [])
         with open(out) as handle:
-            return json.load(handle)
+            result = json.load(handle)
+        return [result] + ([chapter_row(result)] if reference else [])
     finally:
         os.unlink(out)
 
@@ -75,8 +96,10 @@ def _size(r) -> str:
 
 
 METHOD = """\
-One `resnet-fmnist bench` process per row, on one fixed batch: warm-up steps, then rounds of
-timed steps, of which the median round counts. Train GFLOP/s counts the convolutions and the
+One `resnet-fmnist bench --reference` process per backend and size, on one fixed batch: this
+project's code, then the chapter's own code with the framework's default settings (the
+"chapter" rows; on a CPU the same arithmetic as this project's fp32), each with warm-up steps,
+then rounds of timed steps, of which the median round counts. Train GFLOP/s counts the convolutions and the
 dense layer once from `common/spec.py` (forward x 3), the same for every backend. "of peak"
 divides it by the machine's fp32 peak, one number per machine for every row: the best
 matrix product found at sizes 512 to 3072 by NumPy's BLAS and by each framework
@@ -160,9 +183,8 @@ def main(argv=None) -> int:
     results = []
     for resize, batch_size in SIZES:
         for backend in args.backends:
-            for reference in ([False] if args.no_reference else [False, True]):
-                results.append(run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds, reference,
-                                       peak["gflops"]))
+            results += run_one(backend, resize, batch_size, args.steps, args.warmup, args.rounds,
+                               not args.no_reference, peak["gflops"])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     text = open(args.out).read() if os.path.exists(args.out) else ""
     with open(args.out, "w") as handle:
