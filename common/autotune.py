@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import tempfile
+import threading
 import time
 import warnings
 from typing import Callable, Dict, Optional, Sequence
@@ -25,7 +26,7 @@ from typing import Callable, Dict, Optional, Sequence
 from .machine import cpu_info
 
 __all__ = ["FAST_PATHS_ENV", "CACHE_ENV", "NATIVE", "fast_paths_mode", "cache_path", "machine_key", "choose",
-           "time_call", "clear_memory"]
+           "time_call", "clear_memory", "on_own_thread"]
 
 FAST_PATHS_ENV = "RESNET_FAST_PATHS"
 CACHE_ENV = "RESNET_AUTOTUNE_CACHE"
@@ -142,3 +143,23 @@ def clear_memory() -> None:
     """Forget this process's choices (the cache file stays): the next :func:`choose` reads it again."""
     _MEMORY.clear()
 
+
+def on_own_thread(function):
+    """``function()`` run on a thread of its own and its result (or exception) handed back.
+
+    How a layer measures its paths while a step is being traced: TensorFlow's and JAX's tracing
+    (and TensorFlow's gradient tapes) are per thread, so the measurement neither records into
+    the step nor is traced into it."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = function()
+        except BaseException as error:  # re-raised on the caller's thread
+            result["error"] = error
+    thread = threading.Thread(target=target, name="autotune")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

@@ -222,24 +222,6 @@ def _concat(parts):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
-def _on_own_thread(function):
-    """``function()`` run on a thread of its own, where no step is being traced (JAX's tracing is per
-    thread): how a layer measures its paths while a step traces."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = function()
-        except BaseException as error:  # re-raised on the caller's thread
-            result["error"] = error
-    thread = threading.Thread(target=target, name="autotune")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 class FastConv(nn.Conv):
     """``nn.Conv`` (the same fields and variables) computed, where :func:`common.autotune.choose`
     measures it faster on this machine, by :func:`_conv_as_matmul`: convolutions with at most
@@ -269,7 +251,7 @@ class FastConv(nn.Conv):
             return NATIVE
         site = (f"conv {shape[-1]}->{self.features} k{kh}x{kw} s{strides[0]} p{padding[0][0]} g{self.feature_group_count}"
                 f" on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train")
-        return _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
+        return autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
                                                       lambda path: self._timed_run(path, shape, dtype)))
 
     def _compute(self, path, inputs, kernel):

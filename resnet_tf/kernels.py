@@ -261,7 +261,7 @@ def _native_grouped_gradients(device: str) -> bool:
                 outputs = tf.nn.conv2d(x, kernel, 1, "VALID", data_format="NHWC")
             tape.gradient(outputs, [x, kernel])
     try:
-        _on_own_thread(probe)
+        autotune.on_own_thread(probe)
     except tf.errors.OpError:
         return False
     return True
@@ -307,7 +307,7 @@ class _FastConv2D(SymmetricConv2D):
             dtype = inputs.dtype  # bfloat16 under Keras' mixed_bfloat16 policy: measured apart
             site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {how} train"
             site += "" if dtype == tf.float32 else f" {dtype.name}"
-            path = _on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
+            path = autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
                                                           lambda path: _timed_run(self, path, shape, how, dtype)))
         else:
             path = NATIVE
@@ -329,24 +329,6 @@ class _FastConv2D(SymmetricConv2D):
             else:
                 outputs = tf.nn.conv2d(inputs, kernel, self.strides, padding, data_format="NHWC")
         return outputs if bias is None else tf.nn.bias_add(outputs, bias, data_format="NHWC")
-
-
-def _on_own_thread(function):
-    """``function()`` run on a thread of its own, where no step is being traced and no gradient
-    tape records (both are per thread): how a layer measures its paths while a step traces."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = function()
-        except BaseException as error:  # re-raised on the caller's thread
-            result["error"] = error
-    thread = threading.Thread(target=target, name="autotune")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def _timed_run(layer, path, shape, how, dtype=tf.float32):
