@@ -24,7 +24,7 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def backend_name():
     if not BACKEND:
-        pytest.skip("no backend chosen: set RESNET_BACKEND=torch|tf|mx (tox -e torch|tf|mx does)")
+        pytest.skip("no backend chosen: set RESNET_BACKEND=torch|tf|mx|jax (tox -e torch|tf|mx|jax does)")
     return BACKEND
 
 
