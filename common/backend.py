@@ -35,6 +35,12 @@ supplies the framework's side:
     ``train(...)``, ``evaluate(...)`` and the chapter's ``train_ch6(net, train_iter, test_iter,
     num_epochs, lr, device)``: :mod:`common.training`'s with this backend.
 
+``distributed.py``
+    Data-parallel training on the framework's own engine (see :mod:`common.distributed`):
+    ``ENGINE`` (its name, as ``metrics.json`` records it), ``initialize(device=None)`` (join the
+    job the environment describes; ``(rank, world_size)``), ``DistributedTrainer`` (a ``Trainer``
+    whose step averages gradients and BatchNorm running statistics over the workers, as
+    :func:`common.oracle.sharded_sgd_step` does) and ``shutdown()``.
 ``reference.py``
     ``ReferenceTrainer(device=None)``: the chapter's own, unmodified network and training step
     for the framework behind the same :class:`Trainer` contract, so ``resnet-fmnist bench
@@ -120,6 +126,13 @@ class Trainer(abc.ABC):
     device_name: str = "cpu"
     #: The network being trained.
     net = None
+    #: This process's rank among the workers of a data-parallel job, their number, and the engine
+    #: that joins them (``None`` for a single process); see :mod:`common.distributed`. A backend's
+    #: ``distributed.DistributedTrainer`` sets them; its ``train_step`` takes the worker's shard of
+    #: each batch and returns the loss and number correct summed over all workers' shards.
+    rank: int = 0
+    world_size: int = 1
+    engine: Optional[str] = None
 
     @property
     @abc.abstractmethod

@@ -14,8 +14,10 @@ import time
 
 import numpy as np
 
+from . import distributed
 from .autotune import fast_paths_mode
 from .backend import load_backend
+from .data import check_shardable, shard_slices
 from .hparams import check_precision
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
 from .spec import forward_flops_per_example, get_spec, training_flops_per_example
@@ -84,6 +86,10 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     settings (PyTorch and TensorFlow allow TF32 on a GPU by default) and with this run's
     ``precision`` settings, and reports this project's speed over each
     (``train_speedup_vs_chapter``).
+
+    In a worker of a data-parallel job (:mod:`common.distributed`), each worker steps on its
+    shard of the batch with the backend's ``DistributedTrainer``; worker 0 returns the figures
+    for the whole batch (every step waits for all workers' gradients), the others ``None``.
     """
     precision = check_precision(precision)
     backend = load_backend(backend_name)
@@ -91,12 +97,19 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     spec = get_spec(arch, style)
     if reference and (spec.name, spec.style) != ("resnet18", "d2l"):
         raise ValueError(f"--reference times the chapter's own ResNet-18; it has no {spec.label}")
-    trainer = backend.Trainer(arch=spec, style=spec.style, device=device, precision=precision,
-                              deterministic=deterministic)
+    workers = distributed.job_size(backend_name)
+    if workers > 1 and reference:
+        raise ValueError("--reference times the chapter's code in one process; leave out --workers")
+    check_shardable(batch_size, workers)
+    trainer_class = backend.Trainer if workers == 1 else importlib.import_module(f"{backend.__name__}.distributed").DistributedTrainer
+    trainer = trainer_class(arch=spec, style=spec.style, device=device, precision=precision,
+                            deterministic=deterministic)
     trainer.import_weights(init_weights(spec, 0))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
+    shard = shard_slices(batch_size, trainer.world_size)[trainer.rank]
+    images, labels = images[shard], labels[shard]
 
     peak = measure_peak(trainer) if peak_gflops is None else {"gflops": float(peak_gflops), "by": "given"}
     train_flops = batch_size * training_flops_per_example(spec, 1, size, size)
@@ -104,6 +117,8 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     timed = _time_trainer(trainer, images, labels, steps=steps, warmup=warmup, rounds=rounds)
     train_seconds, infer_seconds = timed["train_seconds"], timed["inference_seconds"]
     train_gflops, infer_gflops = train_flops / train_seconds / 1e9, infer_flops / infer_seconds / 1e9
+    if trainer.rank != 0:
+        return None
     result = {
         "backend": trainer.backend,
         "code": "resnet-fmnist",
@@ -115,6 +130,8 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "device": trainer.device_name,
         "cpu": describe(),
         "batch_size": batch_size,
+        "workers": trainer.world_size,
+        "engine": trainer.engine,
         "resize": size,
         "steps": steps,
         "warmup": warmup,

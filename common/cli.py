@@ -7,6 +7,7 @@ never a traceback, and never an overwritten checkpoint.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -99,6 +100,15 @@ def _add_precision(parser, determinism=True):
                                  "(cuDNN autotuning, atomics); a resumed run then differs from an uninterrupted one")
 
 
+def _add_workers(parser):
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="data-parallel worker processes on this machine, joined by the framework's own "
+                             "distributed engine; each takes batch-size / N examples of every batch and a share of "
+                             "the CPU cores (or one GPU each). Default 1")
+    parser.add_argument("--port", type=_bounded(int, "a port number", lambda value: 1 <= value <= 65535),
+                        default=None, help="the workers' coordinator port on 127.0.0.1 (default: a free one)")
+
+
 def _add_backend(parser):
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
                         help="framework to run: torch (PyTorch), tf (TensorFlow/Keras), mx (MXNet Gluon)")
@@ -131,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory for checkpoint.npz and metrics.json (default: runs/<backend>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    _add_workers(train)
     _add_data_options(train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a weights or checkpoint file")
@@ -164,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peak-gflops", type=_positive_float, default=None,
                        help="the machine's fp32 peak to measure against (default: measured, see 'peak')")
     bench.add_argument("--out", default=None, help="also write the JSON to this file")
+    _add_workers(bench)
 
     peak = commands.add_parser("peak", help="the machine's fp32 peak GFLOP/s (measured and theoretical) as JSON")
     _add_backend(peak)
@@ -180,8 +192,9 @@ def _checkpoint_resize(args, weights_path):
     return state.get("config", {}).get("resize", D2L.resize)
 
 
-def _train(args):
-    backend = load_backend(args.backend)
+def _train(args, argv):
+    from . import distributed
+
     overrides = {
         key: value for key, value in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
@@ -194,11 +207,40 @@ def _train(args):
     if args.resize is not UNSET:
         overrides["resize"] = args.resize
     out_dir = args.out or os.path.join("runs", args.backend)
-    backend.train(preset=args.preset or "d2l", out_dir=out_dir, resume=args.resume, quiet=args.quiet,
-                  device=args.device, data_dir=args.data_dir, synthetic=args.synthetic, **overrides)
+    preset = args.preset or "d2l"
+    job = distributed.job_size(args.backend)
+    if job > 1 and args.workers not in (1, job):
+        raise distributed.DistributedError(f"--workers {args.workers}, but the environment describes a job of {job} "
+                                           f"workers; give one or the other")
+    if args.workers > 1 and job == 1:
+        _launch_workers(args, argv, preset, overrides, out_dir)
+    else:  # one process, or one worker of a job (ours, torchrun's, or one started by hand on several hosts)
+        load_backend(args.backend).train(preset=preset, out_dir=out_dir, resume=args.resume, quiet=args.quiet,
+                                         device=args.device, data_dir=args.data_dir, synthetic=args.synthetic,
+                                         **overrides)
+        if job > 1:
+            return 0  # worker 0 printed its epochs; the launcher (if any) says what was written
     if not args.quiet:
         print(f"[{args.backend}] wrote {os.path.join(out_dir, 'checkpoint.npz')} and {os.path.join(out_dir, 'metrics.json')}")
     return 0
+
+
+def _launch_workers(args, argv, preset, overrides, out_dir):
+    """``--workers N``: refuse once what every worker would refuse, hold the run directory, and
+    run this same command line as N worker processes (:func:`common.distributed.launch`)."""
+    from . import distributed
+    from .data import check_shardable
+    from .training import check_start, resolve_config, run_directory_lock
+
+    name, framework, module, extra = BACKENDS[args.backend]
+    if importlib.util.find_spec(module) is None:  # one line here rather than one per worker
+        raise BackendUnavailable(f"backend '{args.backend}' needs {framework}, which is not installed here; install it "
+                                 f"with pip install 'resnet-fmnist[{extra}]' or run in its tox environment")
+    config = resolve_config(preset, None, overrides)
+    check_shardable(config.batch_size, args.workers)
+    with run_directory_lock(out_dir):
+        check_start(out_dir, args.resume, config)
+        distributed.launch([sys.executable, "-m", "common", *argv], args.backend, args.workers, port=args.port)
 
 
 def _evaluate(args):
@@ -220,19 +262,66 @@ def _compare(args):
     return 0
 
 
-def _bench(args):
+def _bench(args, argv):
+    from . import distributed
     from .bench import run_bench
     from .weights import atomic_write
 
-    result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
-                       warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
-                       peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l",
-                       precision=args.precision or "fp32", deterministic=not args.nondeterministic)
+    job = distributed.job_size(args.backend)
+    if job > 1 and args.workers not in (1, job):
+        raise distributed.DistributedError(f"--workers {args.workers}, but the environment describes a job of {job} "
+                                           f"workers; give one or the other")
+    if args.workers > 1 and job == 1:
+        result = _bench_workers(args, argv)
+    else:
+        result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
+                           warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
+                           peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l",
+                           precision=args.precision or "fp32", deterministic=not args.nondeterministic)
+        if result is None:
+            return 0  # another worker than worker 0: it reports for the job
     text = json.dumps(result, indent=2) + "\n"
-    sys.stdout.write(text)
+    if not distributed.launched():  # a launched worker 0 hands its figures to the launcher in --out
+        sys.stdout.write(text)
     if args.out:
         atomic_write(args.out, lambda handle: handle.write(text.encode()))
     return 0
+
+
+def _bench_workers(args, argv):
+    """``bench --workers N``: one worker first (the same command, all the cores), then N workers,
+    and how N scale against one: ``train_speedup_vs_one_worker`` and ``scaling_efficiency`` (that
+    speed-up over N; on CPUs the workers split the cores, so there the ideal is 1 / N)."""
+    import subprocess
+    import tempfile
+
+    from . import distributed
+    from .data import check_shardable
+
+    if args.reference:
+        raise ValueError("--reference times the chapter's code in one process; leave out --workers")
+    check_shardable(args.batch_size, args.workers)
+    command = [sys.executable, "-m", "common", *argv]
+    with tempfile.TemporaryDirectory(prefix="resnet-bench-") as scratch:
+        one_path, many_path = os.path.join(scratch, "one.json"), os.path.join(scratch, "many.json")
+        single = subprocess.run(command + ["--workers", "1", "--out", one_path], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if single.returncode != 0:
+            lines = single.stderr.strip().splitlines() or ["no output"]
+            raise distributed.DistributedError(f"the one-worker run failed: {lines[-1]}")
+        with open(one_path) as handle:
+            one = json.load(handle)
+        distributed.launch(command + ["--out", many_path, "--peak-gflops", str(one["peak"]["gflops"])],
+                           args.backend, args.workers, port=args.port)
+        with open(many_path) as handle:
+            many = json.load(handle)
+    many["peak"] = one["peak"]
+    many["one_worker"] = {key: one[key] for key in ("train_examples_per_sec", "inference_examples_per_sec",
+                                                     "train_examples_per_sec_rounds")}
+    speedup = many["train_examples_per_sec"] / one["train_examples_per_sec"]
+    many["train_speedup_vs_one_worker"] = round(speedup, 3)
+    many["scaling_efficiency"] = round(speedup / args.workers, 3)
+    return many
 
 
 def _peak(args):
@@ -247,20 +336,22 @@ def _peak(args):
 def _expected_errors():
     from .compare import CompareError
     from .data import DataError
+    from .distributed import DistributedError
     from .training import CheckpointError, TrainingDiverged
     from .weights import WeightsError
 
-    return (BackendUnavailable, CheckpointError, CompareError, DataError, TrainingDiverged, WeightsError,
-            ValueError, OSError)
+    return (BackendUnavailable, CheckpointError, CompareError, DataError, DistributedError, TrainingDiverged,
+            WeightsError, ValueError, OSError)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     handler = {"train": _train, "evaluate": _evaluate, "compare": _compare, "bench": _bench,
                "peak": _peak}[args.command]
     try:
-        return handler(args)
+        return handler(args, argv) if args.command in ("train", "bench") else handler(args)
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if args.command == "train" else ""
         print(f"{PROG}: interrupted{hint}", file=sys.stderr)
@@ -269,7 +360,10 @@ def main(argv=None) -> int:
         if os.environ.get("RESNET_FMNIST_DEBUG") == "1":
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        from .distributed import report_error
+
+        if not report_error(message):  # a launched worker's error is the launcher's to print, naming the worker
+            print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

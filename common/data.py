@@ -56,6 +56,8 @@ __all__ = [
     "resize_images",
     "subset_indices",
     "synthetic_fashion_mnist",
+    "shard_slices",
+    "check_shardable",
     "BatchLoader",
     "ConvertedLoader",
     "chapter_loaders",
@@ -625,6 +627,27 @@ def _synthetic_cached(num_examples: int, seed: int) -> Tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- batching
 
 
+def shard_slices(batch_size: int, world_size: int) -> List[slice]:
+    """How data-parallel training splits a global batch of ``batch_size`` examples over
+    ``world_size`` workers: ``world_size`` contiguous shards of ``batch_size // world_size``
+    examples, shard ``r`` to worker ``r``; the last ``batch_size % world_size`` examples are left
+    out (only a last, partial batch can have any: a full batch must divide evenly, see
+    :func:`check_shardable`). Empty when there are fewer examples than workers."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    size = batch_size // world_size
+    if size == 0:
+        return []
+    return [slice(rank * size, (rank + 1) * size) for rank in range(world_size)]
+
+
+def check_shardable(batch_size: int, world_size: int) -> None:
+    """A one-line error unless a global batch of ``batch_size`` splits evenly over ``world_size`` workers."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} does not split evenly over {world_size} workers; choose a batch "
+                         f"size divisible by {world_size} (each worker takes batch_size / workers examples a step)")
+
+
 class BatchLoader:
     """Batches of ``(images, labels)``: float32 NCHW NumPy and int64, the same in every backend.
 
@@ -643,10 +666,17 @@ class BatchLoader:
     the GIL, so this overlaps with the framework's work); the batches are identical to
     ``prefetch=0``, and the thread stops when the iteration ends, is abandoned (``break``, an
     exception, garbage collection) or is closed.
+
+    ``shard=(rank, world_size)``: data-parallel worker ``rank``'s part of every batch, by
+    :func:`shard_slices` (``batch_size`` must divide by ``world_size``; the examples of a last
+    partial batch that do not divide evenly are skipped, and so is a last batch smaller than
+    ``world_size``). The global order is the one above, whatever ``world_size``; only the
+    shard's examples are decoded and resized.
     """
 
     def __init__(self, images, labels, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 resize: Optional[int] = None, drop_last: bool = False, prefetch: int = 0):
+                 resize: Optional[int] = None, drop_last: bool = False, prefetch: int = 0,
+                 shard: Tuple[int, int] = (0, 1)):
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[1] != 1):
             raise ValueError(f"images must have shape (N, H, W) or (N, 1, H, W), got {images.shape}")
@@ -659,6 +689,11 @@ class BatchLoader:
             resize_images(images[:0], resize)  # validates resize
         if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative integer (batches prepared ahead), got {prefetch!r}")
+        rank, world_size = shard
+        if not (isinstance(world_size, (int, np.integer)) and world_size >= 1 and 0 <= rank < world_size):
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+        check_shardable(batch_size, world_size)
+        self.shard = (int(rank), int(world_size))
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.resize, self.drop_last, self.prefetch = resize, bool(drop_last), int(prefetch)
@@ -681,7 +716,7 @@ class BatchLoader:
 
     def __len__(self) -> int:
         full, partial = divmod(self.num_examples, self.batch_size)
-        return full + (1 if partial and not self.drop_last else 0)
+        return full + (1 if partial >= self.shard[1] and not self.drop_last else 0)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The example indices in the order ``epoch`` visits them."""
@@ -703,12 +738,17 @@ class BatchLoader:
         return _Prefetcher(batches, self.prefetch) if self.prefetch else batches
 
     def _batches(self, order: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        rank, world_size = self.shard
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.make_batch(order[start:start + self.batch_size])
+            indices = order[start:start + self.batch_size]
+            if world_size > 1:
+                indices = indices[shard_slices(len(indices), world_size)[rank]]
+            yield self.make_batch(indices)
 
     def __repr__(self) -> str:
+        shard = f", shard={self.shard}" if self.shard[1] > 1 else ""
         return (f"BatchLoader({self.num_examples} examples, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"seed={self.seed}, resize={self.resize}, drop_last={self.drop_last}, prefetch={self.prefetch})")
+                f"seed={self.seed}, resize={self.resize}, drop_last={self.drop_last}, prefetch={self.prefetch}{shard})")
 
 
 def _put_unless_stopped(slots: queue.Queue, item, stop: threading.Event) -> bool:
@@ -829,14 +869,15 @@ _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 def fashion_mnist_loader(split: str, batch_size: int, resize: Optional[int] = None, seed: int = 0,
                          subset: Optional[int] = None, data_dir=None, drop_last: bool = False,
                          synthetic: bool = False, prefetch: int = 2, subset_seed: int = 0, verify: bool = True,
-                         download: bool = True) -> BatchLoader:
+                         download: bool = True, shard: Tuple[int, int] = (0, 1)) -> BatchLoader:
     """The loader of one split ("train" shuffles with ``seed``; "test" keeps its order and every example).
 
     ``subset`` takes a class-stratified sample of that many examples, drawn with
     ``subset_seed``, not ``seed``, so runs with different seeds see the same examples.
     ``synthetic`` uses :func:`synthetic_fashion_mnist` (``subset`` or the split's usual size)
     instead of the real data and needs no files; otherwise ``data_dir``, ``verify`` and
-    ``download`` go to :func:`load_fashion_mnist`. ``drop_last`` applies to "train" only.
+    ``download`` go to :func:`load_fashion_mnist`. ``drop_last`` applies to "train" only, and so
+    does ``shard`` (:class:`BatchLoader`; every data-parallel worker evaluates the whole test set).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -853,22 +894,22 @@ def fashion_mnist_loader(split: str, batch_size: int, resize: Optional[int] = No
             images, labels = images[chosen], labels[chosen]
         labels = labels.astype(np.int64)
     return BatchLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, resize=resize,
-                       drop_last=drop_last and shuffle, prefetch=prefetch)
+                       drop_last=drop_last and shuffle, prefetch=prefetch, shard=shard if shuffle else (0, 1))
 
 
 def fashion_mnist_loaders(batch_size: int, resize: Optional[int] = None, seed: int = 0,
                           subset: Optional[int] = None, test_subset: Optional[int] = None,
                           data_dir=None, drop_last: bool = False, synthetic: bool = False,
                           prefetch: int = 2, subset_seed: int = 0, verify: bool = True,
-                          download: bool = True) -> Tuple[BatchLoader, BatchLoader]:
+                          download: bool = True, shard: Tuple[int, int] = (0, 1)) -> Tuple[BatchLoader, BatchLoader]:
     """``(train_loader, test_loader)``: the one data pipeline every backend and the training use.
 
-    :func:`fashion_mnist_loader` for "train" (``subset``) and "test" (``test_subset``).
+    :func:`fashion_mnist_loader` for "train" (``subset``, ``shard``) and "test" (``test_subset``).
     """
     options = dict(batch_size=batch_size, resize=resize, seed=seed, data_dir=data_dir, drop_last=drop_last,
                    synthetic=synthetic, prefetch=prefetch, subset_seed=subset_seed, verify=verify,
                    download=download)
-    return (fashion_mnist_loader("train", subset=subset, **options),
+    return (fashion_mnist_loader("train", subset=subset, shard=shard, **options),
             fashion_mnist_loader("test", subset=test_subset, **options))
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .data import shard_slices
 from .spec import (BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, is_buffer, iter_blocks,
                    parameter_shapes)
 from .weights import check_weights
@@ -36,6 +37,7 @@ __all__ = [
     "forward",
     "loss_and_gradients",
     "sgd_step",
+    "sharded_sgd_step",
     "step_batch",
     "batch_norm_fed_conv_biases",
 ]
@@ -500,6 +502,34 @@ def sgd_step(weights: Mapping[str, Array], images, labels, lr: float, arch="resn
             new_value = state[name]
         new_weights[name] = new_value.astype(np.float32)
     return loss, new_weights
+
+
+def sharded_sgd_step(weights: Mapping[str, Array], images, labels, lr: float, world_size: int, arch="resnet18",
+                     precision: str = "fp32") -> Tuple[float, Dict[str, Array]]:
+    """One data-parallel step on ``world_size`` workers: what every backend's distributed
+    engine computes.
+
+    The batch is split by :func:`common.data.shard_slices`. Each worker runs the train-mode pass on its
+    shard (BatchNorm with that shard's statistics, the mean loss over the shard) and updates the
+    running statistics from them; the gradients are averaged over the workers, every worker
+    applies ``-lr * mean gradient``, and the running statistics become the mean of the
+    workers' updated ones. Returns the mean of the shards' losses (the loss of the examples
+    used) and the new float32 weights. ``world_size=1`` is :func:`sgd_step`.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    shards = shard_slices(len(labels), world_size)
+    if not shards:
+        raise ValueError(f"a batch of {len(labels)} examples cannot be split over {world_size} workers")
+    passes = [_train_pass(weights, images[part], labels[part], arch, precision) for part in shards]
+    new_weights = {}
+    for name, value in weights.items():
+        if name in passes[0][1]:
+            gradient = sum(gradients[name] for _, gradients, _ in passes) / len(passes)
+            new_value = np.asarray(value, np.float64) - lr * gradient
+        else:
+            new_value = sum(state[name] for _, _, state in passes) / len(passes)
+        new_weights[name] = new_value.astype(np.float32)
+    return float(np.mean([loss for loss, _, _ in passes])), new_weights
 
 
 def step_batch(seed: int, batch_size: int, size: int, in_channels: int = 1, num_classes: int = 10) -> Tuple[Array, Array]:

@@ -14,6 +14,7 @@ the number of training examples. Evaluation is not counted; neither is the check
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -26,7 +27,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .data import fashion_mnist_loader, fashion_mnist_loaders
+from . import distributed
+from .backend import BACKENDS
+from .data import check_shardable, fashion_mnist_loader, fashion_mnist_loaders
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .spec import arch_name, get_spec
 from .weights import atomic_write, init_weights, load_weights, read_architecture, read_metadata, save_weights
@@ -76,12 +79,15 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
     """One pass over ``loader``: SGD steps if ``train`` else evaluation steps.
 
     Returns ``{"loss", "accuracy", "examples", "seconds", "step_losses"}`` (mean loss,
-    fraction correct, and each step's mean loss in order). Scalars are read back every
+    fraction correct, and each step's mean loss in order). A data-parallel trainer's steps take
+    its shard of each batch and return the sums over all workers' shards, which count here.
+    Scalars are read back every
     ``trainer.sync_every`` steps; a non-finite training loss raises :class:`TrainingDiverged`
     naming the (1-based) epoch and step where it first appeared.
     """
     step_fn = trainer.train_step if train else trainer.eval_step
     sync_every = trainer.sync_every if train else 10**9
+    workers = trainer.world_size if train else 1
     bar = _progress(len(loader) if hasattr(loader, "__len__") else None, description, progress)
     loss_sum = correct = 0.0
     examples = 0
@@ -112,7 +118,7 @@ def run_epoch(trainer, loader, *, epoch: int = 0, train: bool = True, progress: 
     try:
         for step, (images, labels) in enumerate(loader):
             x, y = trainer.to_batch(images, labels)
-            size = _batch_size(labels)
+            size = _batch_size(labels) * workers
             pending.append((step, size, step_fn(x, y)))
             examples += size
             if len(pending) >= sync_every:
@@ -143,6 +149,8 @@ def _environment(trainer) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "workers": trainer.world_size,
+        "engine": trainer.engine,
     }
 
 
@@ -195,6 +203,10 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
     """
     if progress is None:
         progress = not quiet and sys.stderr.isatty()
+    shard = getattr(train_loader, "shard", (0, 1))
+    if shard != (trainer.rank, trainer.world_size):
+        raise ValueError(f"the training loader gives shard {shard[0]} of {shard[1]}, but the trainer is worker "
+                         f"{trainer.rank} of {trainer.world_size}; build the loader with shard=(rank, world_size)")
     history = list(history or [])
     step_losses = list(step_losses or [])
     wall_start = time.perf_counter() - sum(h["seconds"] + h["eval_seconds"] for h in history)
@@ -292,7 +304,7 @@ def run_directory_lock(out_dir):
                 os.rmdir(out_dir)
 
 
-def _resolve_config(preset, config, overrides) -> TrainConfig:
+def resolve_config(preset, config, overrides) -> TrainConfig:
     if preset is not None and config is not None:
         raise ValueError("pass either preset or config, not both")
     if preset is not None:
@@ -335,6 +347,11 @@ def _trainer_class(backend):
     return backend
 
 
+def _distributed_module(trainer_class):
+    """The ``distributed`` module of the backend package ``trainer_class`` comes from."""
+    return importlib.import_module(trainer_class.__module__.rsplit(".", 1)[0] + ".distributed")
+
+
 def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
           out_dir=None, resume: bool = False, quiet: bool = False, progress: Optional[bool] = None,
           device=None, data_dir=None, synthetic: bool = False, print_fn=print, **overrides) -> List[dict]:
@@ -346,33 +363,51 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
     from :mod:`common.data` for the seed, so every backend computes the same run. With
     ``out_dir``, a checkpoint and ``metrics.json`` are written after every epoch; an existing
     checkpoint is never overwritten unless ``resume`` continues it.
+
+    In a process whose environment describes a data-parallel job (:mod:`common.distributed`),
+    this trains as one of its workers, with the backend's ``distributed.DistributedTrainer`` on
+    its shard of every batch; worker 0 alone writes, prints and shows progress, and every
+    worker returns the same history.
     """
-    config = _resolve_config(preset, config, overrides)
-    if out_dir is None:
-        if resume:
-            raise CheckpointError("--resume needs --out DIR (the run's directory)")
-        return _train(backend, net, config, None, False, quiet, progress, device, data_dir, synthetic, print_fn)
-    with run_directory_lock(out_dir):
-        return _train(backend, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn)
+    config = resolve_config(preset, config, overrides)
+    if out_dir is None and resume:
+        raise CheckpointError("--resume needs --out DIR (the run's directory)")
+    name = backend if isinstance(backend, str) else backend.backend
+    workers = distributed.job_size(name) if name in BACKENDS else 1
+    if workers > 1:
+        check_shardable(config.batch_size, workers)
+        module = _distributed_module(_trainer_class(backend))
+        try:
+            return _train(module.DistributedTrainer, net, config, out_dir, resume, quiet, progress, device, data_dir,
+                          synthetic, print_fn)
+        finally:
+            module.shutdown()
+    lock = run_directory_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with lock:
+        return _train(_trainer_class(backend), net, config, out_dir, resume, quiet, progress, device, data_dir,
+                      synthetic, print_fn)
 
 
-def _train(backend, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn):
-    start_epoch, history, step_losses, weights = 0, [], [], None
+def check_start(out_dir, resume: bool, config: TrainConfig):
+    """Where a run into ``out_dir`` starts: ``(start_epoch, history, step_losses, weights)``
+    (``weights`` None for a new run); a one-line :class:`CheckpointError` when it cannot (a
+    checkpoint there without ``resume``, or one ``resume`` cannot continue)."""
     if out_dir is not None:
         checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
         if resume:
             weights, state = _resume_state(out_dir, config)
-            start_epoch, history, step_losses = state["epoch"], state.get("history", []), state.get("step_losses", [])
-        elif os.path.exists(checkpoint):
+            return state["epoch"], state.get("history", []), state.get("step_losses", []), weights
+        if os.path.exists(checkpoint):
             raise CheckpointError(
                 f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
             )
-    train_loader, test_loader = fashion_mnist_loaders(
-        config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
-        test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
-    )
-    trainer = _trainer_class(backend)(net, arch=config.arch, style=config.style, lr=config.lr, device=device,
-                                      precision=config.precision, deterministic=config.deterministic)
+    return 0, [], [], None
+
+
+def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn):
+    start_epoch, history, step_losses, weights = check_start(out_dir, resume, config)
+    trainer = trainer_class(net, arch=config.arch, style=config.style, lr=config.lr, device=device,
+                            precision=config.precision, deterministic=config.deterministic)
     spec, in_channels, num_classes = trainer.architecture()
     if (spec.name, spec.style) != (config.arch, config.style):
         raise ValueError(f"the network passed in is {spec.label}, the run's is {get_spec(config.arch, config.style).label}; "
@@ -380,10 +415,23 @@ def _train(backend, net, config, out_dir, resume, quiet, progress, device, data_
     if weights is None:
         weights = init_weights(spec, config.seed, in_channels, num_classes)
     trainer.import_weights(weights)
-    if start_epoch and not quiet:
-        print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
-    return fit(trainer, train_loader, test_loader, config, out_dir=out_dir, start_epoch=start_epoch,
-               history=history, step_losses=step_losses, quiet=quiet, progress=progress, print_fn=print_fn)
+    rank, world_size = trainer.rank, trainer.world_size
+    writer = rank == 0
+    # A data-parallel job's worker 0 holds the run directory, unless the launcher does already.
+    lock = (run_directory_lock(out_dir) if world_size > 1 and writer and out_dir is not None
+            and not distributed.launched() else contextlib.nullcontext())
+    with lock:
+        train_loader, test_loader = fashion_mnist_loaders(
+            config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
+            test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
+            shard=(rank, world_size),
+        )
+        quiet = quiet or not writer
+        if start_epoch and not quiet:
+            print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
+        return fit(trainer, train_loader, test_loader, config, out_dir=out_dir if writer else None,
+                   start_epoch=start_epoch, history=history, step_losses=step_losses, quiet=quiet,
+                   progress=False if not writer else progress, print_fn=print_fn)
 
 
 def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] = 96, batch_size: int = 256,

@@ -1,0 +1,360 @@
+"""Data-parallel training: N worker processes on each framework's own distributed engine.
+
+What a step means (the same in every backend; :func:`common.oracle.sharded_sgd_step` computes it):
+a global batch of B examples, in the single-process order, is split into N contiguous shards of
+B / N (:func:`common.data.shard_slices`), shard r to worker r. Each worker runs the train-mode
+pass on its shard (BatchNorm with its own shard's statistics, as each engine does by default),
+the gradients are averaged over the workers by the engine's all-reduce, and every worker applies
+the same SGD update. BatchNorm's running statistics become the mean of the workers' updated
+ones, so every worker holds the same network. The data order depends only on seed and epoch,
+never on N, so a run may resume with another number of workers. A full batch must divide by N
+(a one-line error otherwise); of a last, partial batch of b examples, the first
+``N * (b // N)`` are used, and none when b < N.
+
+How a job is described: by each engine's own environment variables, so the engines' own tools
+and multi-host set-ups work unchanged (see README, "Data-parallel training"):
+
+=======  ================================================================================
+torch    torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
+tf       ``TF_CONFIG`` (``{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}``)
+mx       ps-lite's ``DMLC_ROLE=worker``, ``DMLC_NUM_WORKER``, ``DMLC_NUM_SERVER``,
+         ``DMLC_PS_ROOT_URI``, ``DMLC_PS_ROOT_PORT`` (plus a scheduler and a server process)
+jax      ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
+=======  ================================================================================
+
+A process whose environment describes a job of more than one worker trains as one of its
+workers (:func:`job_size`): each backend's ``distributed.DistributedTrainer`` joins the job;
+worker 0 alone writes the checkpoint and ``metrics.json`` and shows progress.
+
+:func:`launch` (``resnet-fmnist train --workers N``) starts N such processes on this machine over
+loopback, with the engine's variables set as above, and watches them: when one fails or dies,
+the others are stopped within :data:`STOP_GRACE_SECONDS` and the job ends with one line naming
+the worker; the last good checkpoint stays as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["ENGINE_VARIABLES", "LAUNCHED_ENV", "ERROR_FILE_ENV", "WORKER_INDEX_ENV", "STOP_GRACE_SECONDS",
+           "DistributedError", "job_size", "launched", "worker_environments", "free_port", "check_port",
+           "cpu_groups", "report_error", "launch"]
+
+#: Per backend, the variables that describe a job to its engine (see the module docstring).
+ENGINE_VARIABLES: Dict[str, Sequence[str]] = {
+    "torch": ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+    "tf": ("TF_CONFIG",),
+    "mx": ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER"),
+    "jax": ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"),
+}
+
+#: Set by :func:`launch` in its workers: the launcher holds the run directory's lock.
+LAUNCHED_ENV = "RESNET_LAUNCHED"
+#: Set by :func:`launch`: where a worker writes its one-line error for the launcher to report.
+ERROR_FILE_ENV = "RESNET_ERROR_FILE"
+#: Set by :func:`launch`: the launcher's index of the worker (its rank, except in MXNet, whose
+#: scheduler assigns ranks).
+WORKER_INDEX_ENV = "RESNET_WORKER_INDEX"
+#: How long stopped workers get to exit after SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 5.0
+#: How often the launcher looks at its processes.
+POLL_SECONDS = 0.1
+
+
+class DistributedError(RuntimeError):
+    """A data-parallel job that cannot start or did not finish; the message is one line."""
+
+
+def _integer(environ, name) -> int:
+    text = environ.get(name, "")
+    try:
+        return int(text)
+    except ValueError:
+        raise DistributedError(f"{name} must be an integer, got {text!r}") from None
+
+
+def job_size(backend: str, environ=None) -> int:
+    """The number of workers of the job ``environ`` (default ``os.environ``) describes to
+    ``backend``'s engine; 1 when it describes none (a single-process run)."""
+    environ = os.environ if environ is None else environ
+    if backend == "torch":
+        return _integer(environ, "WORLD_SIZE") if "RANK" in environ and "WORLD_SIZE" in environ else 1
+    if backend == "tf":
+        if not environ.get("TF_CONFIG"):
+            return 1
+        try:
+            cluster = json.loads(environ["TF_CONFIG"]).get("cluster", {})
+        except (ValueError, AttributeError):
+            raise DistributedError("TF_CONFIG is not a JSON object; see the README's data-parallel section") from None
+        return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    if backend == "mx":
+        role = environ.get("DMLC_ROLE")
+        if role is None:
+            return 1
+        if role != "worker":
+            raise DistributedError(f"DMLC_ROLE={role}: MXNet's {role} is not a training process; start it with "
+                                   f"python -c 'import mxnet' (see the README's data-parallel section)")
+        return _integer(environ, "DMLC_NUM_WORKER")
+    if backend == "jax":
+        return _integer(environ, "JAX_NUM_PROCESSES") if "JAX_COORDINATOR_ADDRESS" in environ else 1
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def launched(environ=None) -> bool:
+    """Whether this process is a worker that :func:`launch` started."""
+    return (os.environ if environ is None else environ).get(LAUNCHED_ENV) == "1"
+
+
+def worker_environments(backend: str, workers: int, host: str, ports: Sequence[int]) -> List[Dict[str, str]]:
+    """The engine's variables for each of ``workers`` processes on ``host`` (``ports``: as many as
+    :func:`ports_needed` says, the first one the coordinator's)."""
+    port = ports[0]
+    if backend == "torch":
+        return [{"MASTER_ADDR": host, "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(workers),
+                 "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(workers)} for rank in range(workers)]
+    if backend == "tf":
+        cluster = {"worker": [f"{host}:{ports[rank]}" for rank in range(workers)]}
+        return [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": rank}})}
+                for rank in range(workers)]
+    if backend == "mx":
+        return [dict(_dmlc(host, port, workers), DMLC_ROLE="worker") for _ in range(workers)]
+    if backend == "jax":
+        return [{"JAX_COORDINATOR_ADDRESS": f"{host}:{port}", "JAX_NUM_PROCESSES": str(workers),
+                 "JAX_PROCESS_ID": str(rank)} for rank in range(workers)]
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _dmlc(host, port, workers):
+    return {"DMLC_PS_ROOT_URI": host, "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_WORKER": str(workers),
+            "DMLC_NUM_SERVER": "1", "DMLC_NODE_HOST": host}
+
+
+def ports_needed(backend: str, workers: int) -> int:
+    """TensorFlow's workers each listen on a port of their own; the other engines need one
+    (the coordinator's, or MXNet's scheduler's)."""
+    return workers if backend == "tf" else 1
+
+
+def _helper_processes(backend: str, workers: int, host: str, port: int) -> List[tuple]:
+    """Processes besides the workers: MXNet's ps-lite scheduler and one parameter server
+    (importing mxnet with ``DMLC_ROLE`` set runs them)."""
+    if backend != "mx":
+        return []
+    command = [sys.executable, "-c", "import mxnet"]
+    # They only route and sum: one thread each leaves the cores to the workers.
+    return [(f"MXNet {role}", command, dict(_dmlc(host, port, workers), DMLC_ROLE=role, OMP_NUM_THREADS="1"))
+            for role in ("scheduler", "server")]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def check_port(port: int, host: str = "127.0.0.1") -> int:
+    """``port`` if it can be listened on, else a one-line :class:`DistributedError`."""
+    if not 1 <= port <= 65535:
+        raise DistributedError(f"--port must lie in 1..65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise DistributedError(f"port {port} on {host} is not free ({error.strerror}); choose another --port "
+                                   f"or leave it out to take a free one") from None
+    return port
+
+
+def cpu_groups(workers: int, cpus=None) -> List[List[int]]:
+    """The CPUs this process may use, split into ``workers`` contiguous groups (the cores are
+    divided between the workers); with fewer CPUs than workers, the workers share them in turn."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
+    if len(cpus) < workers:
+        return [[cpus[rank % len(cpus)]] for rank in range(workers)]
+    size, extra = divmod(len(cpus), workers)
+    groups, start = [], 0
+    for rank in range(workers):
+        end = start + size + (1 if rank < extra else 0)
+        groups.append(cpus[start:end])
+        start = end
+    return groups
+
+
+def report_error(message: str) -> bool:
+    """In a launched worker, hand the one-line ``message`` to the launcher (which names the
+    worker when it reports it) and return True; elsewhere return False (print it yourself)."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path or not launched():
+        return False
+    with contextlib.suppress(OSError):
+        with open(path, "w") as handle:
+            handle.write(message.strip().splitlines()[0] if message.strip() else "failed")
+        return True
+    return False
+
+
+def _gpu_count() -> int:
+    """NVIDIA GPUs the driver reports, without importing a framework."""
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    return 0
+
+
+def _preexec(cpus):
+    def setup():
+        # Die with the launcher, whatever kills it (Linux); never outlive the job.
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if cpus is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cpus)
+        os.setpgrp()  # its own process group: a terminal's Ctrl-C reaches the launcher only
+    return setup
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class _Process:
+    def __init__(self, name, command, env, cpus):
+        self.name = name
+        self.popen = subprocess.Popen(command, env=env, preexec_fn=_preexec(cpus))
+        self.returncode = None
+        self.ended_at = None
+
+    def poll(self, round_=None):
+        if self.returncode is None:
+            self.returncode = self.popen.poll()
+            if self.returncode is not None:
+                self.ended_at = round_
+        return self.returncode
+
+
+def _stop(processes, grace):
+    """SIGTERM every process still running, SIGKILL those left after ``grace`` seconds; reap all."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    for process in running:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.popen.kill()
+            process.popen.wait()
+            process.poll()
+
+
+def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional[int] = None,
+           host: str = "127.0.0.1", grace: float = STOP_GRACE_SECONDS, environ=None) -> None:
+    """Run ``command`` (a worker's argv, e.g. ``[python, -m, common, train, ...]``) as ``workers``
+    processes of one ``backend`` job over ``host`` and wait for all of them.
+
+    Each worker gets the engine's variables (:func:`worker_environments`), a share of the CPUs
+    (:func:`cpu_groups`, with ``OMP_NUM_THREADS`` to match unless set, and no GPU) or, on a
+    machine with at least ``workers`` NVIDIA GPUs, one GPU (``CUDA_VISIBLE_DEVICES``). ``port`` is the
+    coordinator's (TensorFlow's workers take ``port .. port + workers - 1``); by default free
+    ones are picked. Returns when every worker exited with status 0. When one fails or dies,
+    the rest are stopped (SIGTERM, then SIGKILL after ``grace`` seconds) and a one-line
+    :class:`DistributedError` names the worker and its error; Ctrl-C stops them all too.
+    """
+    if workers < 1:
+        raise DistributedError(f"--workers must be at least 1, got {workers}")
+    count = ports_needed(backend, workers)
+    if port is None:
+        ports = [free_port(host) for _ in range(count)]
+    else:
+        ports = [check_port(port + offset, host) for offset in range(count)]
+    base = dict(os.environ if environ is None else environ)
+    for names in ENGINE_VARIABLES.values():  # a job of its own, whatever the caller's environment says
+        for name in names:
+            base.pop(name, None)
+    gpus = _gpu_count()
+    groups = cpu_groups(workers) if gpus < workers else [None] * workers
+    with tempfile.TemporaryDirectory(prefix="resnet-workers-") as scratch:
+        processes: List[_Process] = []
+        workers_started: List[_Process] = []
+        try:
+            for name, helper_command, helper_env in _helper_processes(backend, workers, host, ports[0]):
+                processes.append(_Process(name, helper_command, dict(base, **helper_env), None))
+            for index, engine_env in enumerate(worker_environments(backend, workers, host, ports)):
+                env = dict(base, **engine_env)
+                env.update({LAUNCHED_ENV: "1", WORKER_INDEX_ENV: str(index),
+                            ERROR_FILE_ENV: _error_file(scratch, f"worker {index}")})
+                if groups[index] is not None:
+                    env.setdefault("OMP_NUM_THREADS", str(len(groups[index])))
+                    if gpus:  # fewer GPUs than workers: all of them on the CPUs, none fighting over a GPU
+                        env["CUDA_VISIBLE_DEVICES"] = ""
+                else:
+                    env["CUDA_VISIBLE_DEVICES"] = str(index)
+                worker = _Process(f"worker {index}", list(command), env, groups[index])
+                processes.append(worker)
+                workers_started.append(worker)
+            failed = _watch(processes, workers_started, scratch)
+        except BaseException:
+            _stop(processes, grace)
+            raise
+        _stop(processes, grace)
+        if failed is not None:
+            raise DistributedError(_failure_message(failed, scratch, workers))
+
+
+#: Signals that come from outside (a user, the OOM killer, a scheduler), not from a crash.
+_KILLED_FROM_OUTSIDE = (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT)
+
+
+def _watch(processes, workers, scratch):
+    """Wait until every worker succeeded (None) or one process failed (the one to blame)."""
+    round_ = 0
+    while True:
+        round_ += 1
+        for process in processes:
+            process.poll(round_)
+        failures = [p for p in processes if p.returncode not in (None, 0)]
+        if failures:
+            # The first to end is the cause, its peers' broken connections the effect. Seen
+            # ending together: a process killed from outside, then one that reported an error,
+            # before one that crashed (JAX aborts a worker whose coordinator is gone).
+            def blame(process):
+                reported = os.path.exists(_error_file(scratch, process.name))
+                return (process.ended_at, process.returncode not in _KILLED_FROM_OUTSIDE, not reported)
+
+            return min(failures, key=blame)
+        if all(p.returncode == 0 for p in workers):
+            return None
+        time.sleep(POLL_SECONDS)
+
+
+def _error_file(scratch, name) -> str:
+    return os.path.join(scratch, name.replace(" ", "") + ".error")
+
+
+def _failure_message(process, scratch, workers) -> str:
+    detail = ""
+    if process.name.startswith("worker "):
+        with contextlib.suppress(OSError):
+            with open(_error_file(scratch, process.name)) as handle:
+                detail = handle.read().strip()
+    what = _describe_exit(process.returncode)
+    name = f"{process.name} of {workers}" if process.name.startswith("worker ") else f"the {process.name}"
+    return (f"{name} (pid {process.popen.pid}) {what}" + (f": {detail}" if detail else "")
+            + "; the other workers were stopped")
