@@ -9,3 +9,4 @@ from . import kernels  # noqa: F401
 from .model import *  # noqa: F401,F403
 from .data import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
+from . import distributed  # noqa: F401  (data-parallel training: resnet_torch.distributed)
