@@ -21,3 +21,4 @@ if "OMP_NUM_THREADS" not in os.environ and "MXNET_OMP_MAX_THREADS" not in os.env
 from .model import *  # noqa: E402,F401,F403
 from .data import *  # noqa: E402,F401,F403
 from .train import *  # noqa: E402,F401,F403
+from . import distributed  # noqa: E402,F401  (data-parallel training: resnet_mx.distributed)
