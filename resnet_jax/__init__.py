@@ -12,3 +12,4 @@ from . import kernels  # noqa: E402,F401
 from .model import *  # noqa: E402,F401,F403
 from .data import *  # noqa: E402,F401,F403
 from .train import *  # noqa: E402,F401,F403
+from . import distributed  # noqa: E402,F401  (data-parallel training: resnet_jax.distributed)
