@@ -315,7 +315,7 @@ def _bench_workers(args, argv):
                            args.backend, args.workers, port=args.port)
         with open(many_path) as handle:
             many = json.load(handle)
-    many["peak"] = one["peak"]
+    many["peak"], many["cpu"] = one["peak"], one["cpu"]  # the machine's, not one worker's share
     many["one_worker"] = {key: one[key] for key in ("train_examples_per_sec", "inference_examples_per_sec",
                                                      "train_examples_per_sec_rounds")}
     speedup = many["train_examples_per_sec"] / one["train_examples_per_sec"]

@@ -8,3 +8,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from .model import *  # noqa: E402,F401,F403
 from .data import *  # noqa: E402,F401,F403
 from .train import *  # noqa: E402,F401,F403
+from . import distributed  # noqa: E402,F401  (data-parallel training: resnet_tf.distributed)

@@ -330,3 +330,14 @@ def test_a_killed_worker_ends_the_job_and_keeps_the_checkpoint(backend_name, tmp
     assert state["epoch"] >= 1
     load_weights(out / "checkpoint.npz", get_spec(get_spec(SMALL_ARCH).name))
     assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz", "metrics.json"]
+
+
+def test_bench_reports_the_scaling_against_one_worker(backend_name):
+    done = _cli("bench", "--backend", backend_name, "--workers", "2", "--arch", SMALL_ARCH, "--resize", "none",
+                "--batch-size", "8", "--steps", "2", "--rounds", "1", "--warmup", "1", "--peak-gflops", "100")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["workers"] == 2 and result["one_worker"]["train_examples_per_sec"] > 0
+    speedup = result["train_examples_per_sec"] / result["one_worker"]["train_examples_per_sec"]
+    assert result["train_speedup_vs_one_worker"] == pytest.approx(speedup, abs=1e-3)
+    assert result["scaling_efficiency"] == pytest.approx(speedup / 2, abs=1e-3)
