@@ -311,8 +311,9 @@ def _bench_workers(args, argv):
             raise distributed.DistributedError(f"the one-worker run failed: {lines[-1]}")
         with open(one_path) as handle:
             one = json.load(handle)
+        # The workers' own output (the engines log to stdout) goes to stderr: stdout is the JSON.
         distributed.launch(command + ["--out", many_path, "--peak-gflops", str(one["peak"]["gflops"])],
-                           args.backend, args.workers, port=args.port)
+                           args.backend, args.workers, port=args.port, stdout=sys.stderr.fileno())
         with open(many_path) as handle:
             many = json.load(handle)
     many["peak"], many["cpu"] = one["peak"], one["cpu"]  # the machine's, not one worker's share

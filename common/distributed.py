@@ -211,13 +211,22 @@ def _gpu_count() -> int:
     return 0
 
 
+def _prctl():
+    """libc's ``prctl``, looked up in the launcher (a child between fork and exec must not import)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
 def _preexec(cpus):
+    prctl = _prctl()
+
     def setup():
         # Die with the launcher, whatever kills it (Linux); never outlive the job.
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if cpus is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
         os.setpgrp()  # its own process group: a terminal's Ctrl-C reaches the launcher only
@@ -233,9 +242,9 @@ def _describe_exit(returncode: int) -> str:
 
 
 class _Process:
-    def __init__(self, name, command, env, cpus):
+    def __init__(self, name, command, env, cpus, stdout=None):
         self.name = name
-        self.popen = subprocess.Popen(command, env=env, preexec_fn=_preexec(cpus))
+        self.popen = subprocess.Popen(command, env=env, preexec_fn=_preexec(cpus), stdout=stdout)
         self.returncode = None
         self.ended_at = None
 
@@ -265,7 +274,7 @@ def _stop(processes, grace):
 
 
 def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional[int] = None,
-           host: str = "127.0.0.1", grace: float = STOP_GRACE_SECONDS, environ=None) -> None:
+           host: str = "127.0.0.1", grace: float = STOP_GRACE_SECONDS, environ=None, stdout=None) -> None:
     """Run ``command`` (a worker's argv, e.g. ``[python, -m, common, train, ...]``) as ``workers``
     processes of one ``backend`` job over ``host`` and wait for all of them.
 
@@ -276,6 +285,8 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
     ones are picked. Returns when every worker exited with status 0. When one fails or dies,
     the rest are stopped (SIGTERM, then SIGKILL after ``grace`` seconds) and a one-line
     :class:`DistributedError` names the worker and its error; Ctrl-C stops them all too.
+    ``stdout``: where the processes' standard output goes (``subprocess.Popen``'s; default this
+    process's).
     """
     if workers < 1:
         raise DistributedError(f"--workers must be at least 1, got {workers}")
@@ -295,7 +306,7 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
         workers_started: List[_Process] = []
         try:
             for name, helper_command, helper_env in _helper_processes(backend, workers, host, ports[0]):
-                processes.append(_Process(name, helper_command, dict(base, **helper_env), None))
+                processes.append(_Process(name, helper_command, dict(base, **helper_env), None, stdout))
             for index, engine_env in enumerate(worker_environments(backend, workers, host, ports)):
                 env = dict(base, **engine_env)
                 env.update({LAUNCHED_ENV: "1", WORKER_INDEX_ENV: str(index),
@@ -306,7 +317,7 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
                         env["CUDA_VISIBLE_DEVICES"] = ""
                 else:
                     env["CUDA_VISIBLE_DEVICES"] = str(index)
-                worker = _Process(f"worker {index}", list(command), env, groups[index])
+                worker = _Process(f"worker {index}", list(command), env, groups[index], stdout)
                 processes.append(worker)
                 workers_started.append(worker)
             failed = _watch(processes, workers_started, scratch)

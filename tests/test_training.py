@@ -16,6 +16,10 @@ from helpers import data_source, load_expected
 
 # Small enough for 2 CPU cores, large enough to learn something in one epoch.
 SMALL = dict(epochs=1, batch_size=32, lr=0.05, resize=None, subset=480, test_subset=200, seed=0)
+#: For what the training loop does (resume, stopping, caching) rather than what a network computes:
+#: two small stages of the book's arch tuple compile in seconds where ResNet-18 takes half a minute
+#: per Trainer under XLA.
+LOOP_ARCH = "((1, 16), (1, 32))"
 
 
 def _first_steps():
@@ -194,13 +198,13 @@ def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
 
 
 def test_resume_ends_with_the_same_weights(backend, tmp_path):
-    tiny = dict(SMALL, subset=64, test_subset=32, epochs=2)
+    tiny = dict(SMALL, subset=64, test_subset=32, epochs=2, arch=LOOP_ARCH)
     backend.train(out_dir=str(tmp_path / "whole"), quiet=True, synthetic=True, **tiny)
     backend.train(out_dir=str(tmp_path / "split"), quiet=True, synthetic=True, **dict(tiny, epochs=1))
     history = backend.train(out_dir=str(tmp_path / "split"), resume=True, quiet=True, synthetic=True, **tiny)
     assert [h["epoch"] for h in history] == [1, 2]
-    whole = load_weights(tmp_path / "whole" / CHECKPOINT_NAME)
-    split = load_weights(tmp_path / "split" / CHECKPOINT_NAME)
+    whole = load_weights(tmp_path / "whole" / CHECKPOINT_NAME, LOOP_ARCH)
+    split = load_weights(tmp_path / "split" / CHECKPOINT_NAME, LOOP_ARCH)
     for name in whole:
         np.testing.assert_allclose(split[name], whole[name], rtol=0, atol=1e-6, err_msg=name)
     # Every step's loss survives the resume: two epochs of 4 steps, the same steps as the whole run's.
@@ -233,23 +237,23 @@ class _PoisonedLoader:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
-    config = TrainConfig(**dict(SMALL, subset=96, test_subset=32, epochs=2))
+    config = TrainConfig(**dict(SMALL, subset=96, test_subset=32, epochs=2, arch=LOOP_ARCH))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=96, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(lr=config.lr)
-    trainer.import_weights(init_weights("resnet18", 0))
+    trainer = backend.Trainer(arch=LOOP_ARCH, lr=config.lr)
+    trainer.import_weights(init_weights(LOOP_ARCH, 0))
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint"):
         fit(trainer, _PoisonedLoader(train_loader, 1, 2), test_loader, config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
-    for name, value in load_weights(tmp_path / CHECKPOINT_NAME).items():
+    for name, value in load_weights(tmp_path / CHECKPOINT_NAME, LOOP_ARCH).items():
         assert np.all(np.isfinite(value)), name
 
 
 def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
     # A finite training loss does not make a usable network: the eval-mode forward can overflow alone.
-    config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2))
+    config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2, arch=LOOP_ARCH))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=64, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(lr=config.lr)
-    trainer.import_weights(init_weights("resnet18", 0))
+    trainer = backend.Trainer(arch=LOOP_ARCH, lr=config.lr)
+    trainer.import_weights(init_weights(LOOP_ARCH, 0))
     with pytest.raises(TrainingDiverged, match=r"test loss is nan after epoch 2.*last good checkpoint"):
         fit(trainer, train_loader, _PoisonedLoader(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
@@ -259,12 +263,12 @@ def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, 
 def test_evaluating_first_leaves_training_intact(backend):
     # Evaluation runs without autograd (inference mode); what it caches must still train.
     images, labels = oracle.step_batch(seed=2, batch_size=8, size=28)
-    weights = init_weights("resnet18", 0)
-    trainer = backend.Trainer(lr=0.05)
+    weights = init_weights(LOOP_ARCH, 0)
+    trainer = backend.Trainer(arch=LOOP_ARCH, lr=0.05)
     trainer.import_weights(weights)
     trainer.to_host(list(trainer.eval_step(*trainer.to_batch(images, labels))))
     loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
-    want_loss, want_after = oracle.sgd_step(weights, images, labels, 0.05)
+    want_loss, want_after = oracle.sgd_step(weights, images, labels, 0.05, arch=LOOP_ARCH)
     assert trainer.to_host([loss_sum])[0] / len(labels) == pytest.approx(want_loss, abs=1e-3)
     after = trainer.export_weights()
     assert _update_norm(after, want_after) <= 1e-3 * _update_norm(after, weights)
