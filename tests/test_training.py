@@ -16,9 +16,10 @@ from helpers import data_source, load_expected
 
 # Small enough for 2 CPU cores, large enough to learn something in one epoch.
 SMALL = dict(epochs=1, batch_size=32, lr=0.05, resize=None, subset=480, test_subset=200, seed=0)
-#: For what the training loop does (resume, stopping, caching) rather than what a network computes:
-#: two small stages of the book's arch tuple compile in seconds where ResNet-18 takes half a minute
-#: per Trainer under XLA.
+#: For what the training loop does (resume, caching) rather than what a network computes: two small
+#: stages of the book's arch tuple compile in seconds where ResNet-18 takes half a minute per Trainer
+#: under XLA. (Not for the NaN tests: in tf and jax this network's logits stay finite for NaN
+#: images, ResNet-18's do not; not investigated yet.)
 LOOP_ARCH = "((1, 16), (1, 32))"
 
 
@@ -237,23 +238,23 @@ class _PoisonedLoader:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
-    config = TrainConfig(**dict(SMALL, subset=96, test_subset=32, epochs=2, arch=LOOP_ARCH))
+    config = TrainConfig(**dict(SMALL, subset=96, test_subset=32, epochs=2))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=96, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(arch=LOOP_ARCH, lr=config.lr)
-    trainer.import_weights(init_weights(LOOP_ARCH, 0))
+    trainer = backend.Trainer(lr=config.lr)
+    trainer.import_weights(init_weights("resnet18", 0))
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint"):
         fit(trainer, _PoisonedLoader(train_loader, 1, 2), test_loader, config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
-    for name, value in load_weights(tmp_path / CHECKPOINT_NAME, LOOP_ARCH).items():
+    for name, value in load_weights(tmp_path / CHECKPOINT_NAME).items():
         assert np.all(np.isfinite(value)), name
 
 
 def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
     # A finite training loss does not make a usable network: the eval-mode forward can overflow alone.
-    config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2, arch=LOOP_ARCH))
+    config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=64, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(arch=LOOP_ARCH, lr=config.lr)
-    trainer.import_weights(init_weights(LOOP_ARCH, 0))
+    trainer = backend.Trainer(lr=config.lr)
+    trainer.import_weights(init_weights("resnet18", 0))
     with pytest.raises(TrainingDiverged, match=r"test loss is nan after epoch 2.*last good checkpoint"):
         fit(trainer, train_loader, _PoisonedLoader(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
