@@ -101,7 +101,7 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     if workers > 1 and reference:
         raise ValueError("--reference times the chapter's code in one process; leave out --workers")
     check_shardable(batch_size, workers)
-    trainer_class = backend.Trainer if workers == 1 else importlib.import_module(f"{backend.__name__}.distributed").DistributedTrainer
+    trainer_class = backend.Trainer if workers == 1 else backend.distributed.DistributedTrainer
     trainer = trainer_class(arch=spec, style=spec.style, device=device, precision=precision,
                             deterministic=deterministic)
     trainer.import_weights(init_weights(spec, 0))

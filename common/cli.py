@@ -192,9 +192,18 @@ def _checkpoint_resize(args, weights_path):
     return state.get("config", {}).get("resize", D2L.resize)
 
 
-def _train(args, argv):
+def _job_size(args) -> int:
+    """The number of workers the environment describes (1: none); one line if ``--workers`` says otherwise."""
     from . import distributed
 
+    job = distributed.job_size(args.backend)
+    if job > 1 and args.workers not in (1, job):
+        raise distributed.DistributedError(f"--workers {args.workers}, but the environment describes a job of {job} "
+                                           f"workers; give one or the other")
+    return job
+
+
+def _train(args, argv):
     overrides = {
         key: value for key, value in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
@@ -208,10 +217,7 @@ def _train(args, argv):
         overrides["resize"] = args.resize
     out_dir = args.out or os.path.join("runs", args.backend)
     preset = args.preset or "d2l"
-    job = distributed.job_size(args.backend)
-    if job > 1 and args.workers not in (1, job):
-        raise distributed.DistributedError(f"--workers {args.workers}, but the environment describes a job of {job} "
-                                           f"workers; give one or the other")
+    job = _job_size(args)
     if args.workers > 1 and job == 1:
         _launch_workers(args, argv, preset, overrides, out_dir)
     else:  # one process, or one worker of a job (ours, torchrun's, or one started by hand on several hosts)
@@ -267,10 +273,7 @@ def _bench(args, argv):
     from .bench import run_bench
     from .weights import atomic_write
 
-    job = distributed.job_size(args.backend)
-    if job > 1 and args.workers not in (1, job):
-        raise distributed.DistributedError(f"--workers {args.workers}, but the environment describes a job of {job} "
-                                           f"workers; give one or the other")
+    job = _job_size(args)
     if args.workers > 1 and job == 1:
         result = _bench_workers(args, argv)
     else:
