@@ -35,7 +35,21 @@ def _update_norm(after, before) -> float:
     return float(np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before)))
 
 
-def test_first_ten_steps_are_the_oracles_steps(backend):
+@pytest.fixture(scope="module")
+def resnet18_trainer(backend):
+    """One ResNet-18 Trainer, shared by the tests below that import their own weights and set their
+    own lr: TensorFlow compiles each new Trainer's steps anew (about 15 s under XLA on 2 cores).
+    A Trainer that keeps training after ``import_weights`` is what ``--resume`` relies on too."""
+    return backend.Trainer()
+
+
+def _trainer_at(trainer, lr, weights):
+    trainer.lr = lr
+    trainer.import_weights(weights)
+    return trainer
+
+
+def test_first_ten_steps_are_the_oracles_steps(resnet18_trainer):
     """Same start, same steps: each of the first 10 SGD steps is the oracle's step.
 
     At the chapter's lr 0.05 from Xavier-initialised weights the steps are ill-conditioned:
@@ -49,8 +63,7 @@ def test_first_ten_steps_are_the_oracles_steps(backend):
     what 1e-6 of jitter in the weights changes in the oracle's own update.
     """
     expected, config, loader = _first_steps()
-    trainer = backend.Trainer(lr=config["lr"])
-    trainer.import_weights(init_weights("resnet18", config["seed"]))
+    trainer = _trainer_at(resnet18_trainer, config["lr"], init_weights("resnet18", config["seed"]))
     losses = []
     for step, (images, labels) in enumerate(loader, start=1):
         before = trainer.export_weights()
@@ -115,7 +128,7 @@ def _late_loss(losses) -> float:
     return float(np.mean(losses[len(losses) // 2:]))
 
 
-def test_seeds_spread_like_the_oracles(backend):
+def test_seeds_spread_like_the_oracles(resnet18_trainer):
     """Past the first steps a run is decided by rounding, but the spread over seeds is not.
 
     For each of 10 seeds (initial weights and batch order), the mean loss of steps 5-8 at the
@@ -126,10 +139,9 @@ def test_seeds_spread_like_the_oracles(backend):
     expected = load_expected()["seed_spread"]
     config = expected["config"]
     images, labels = synthetic_fashion_mnist(config["num_examples"], seed=config["data_seed"])
-    trainer = backend.Trainer(lr=config["lr"])
     ours = []
     for seed in config["seeds"]:
-        trainer.import_weights(init_weights(config["arch"], seed))
+        trainer = _trainer_at(resnet18_trainer, config["lr"], init_weights(config["arch"], seed))
         loader = BatchLoader(images, labels, batch_size=config["batch_size"], shuffle=True, seed=seed)
         losses = [trainer.train_step(*trainer.to_batch(x, y))[0] for x, y in loader]
         ours.append(_late_loss([value / config["batch_size"] for value in trainer.to_host(losses)]))
@@ -237,11 +249,10 @@ class _PoisonedLoader:
             yield images, labels
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(resnet18_trainer, tmp_path):
     config = TrainConfig(**dict(SMALL, subset=96, test_subset=32, epochs=2))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=96, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(lr=config.lr)
-    trainer.import_weights(init_weights("resnet18", 0))
+    trainer = _trainer_at(resnet18_trainer, config.lr, init_weights("resnet18", 0))
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint"):
         fit(trainer, _PoisonedLoader(train_loader, 1, 2), test_loader, config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
@@ -249,12 +260,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
         assert np.all(np.isfinite(value)), name
 
 
-def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(backend, tmp_path):
+def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(resnet18_trainer, tmp_path):
     # A finite training loss does not make a usable network: the eval-mode forward can overflow alone.
     config = TrainConfig(**dict(SMALL, subset=64, test_subset=32, epochs=2))
     train_loader, test_loader = fashion_mnist_loaders(32, resize=None, subset=64, test_subset=32, synthetic=True)
-    trainer = backend.Trainer(lr=config.lr)
-    trainer.import_weights(init_weights("resnet18", 0))
+    trainer = _trainer_at(resnet18_trainer, config.lr, init_weights("resnet18", 0))
     with pytest.raises(TrainingDiverged, match=r"test loss is nan after epoch 2.*last good checkpoint"):
         fit(trainer, train_loader, _PoisonedLoader(test_loader, 1), config, out_dir=str(tmp_path), quiet=True)
     assert read_metadata(tmp_path / CHECKPOINT_NAME)["train_state"]["epoch"] == 1
