@@ -154,11 +154,13 @@ def test_seeds_spread_like_the_oracles(resnet18_trainer):
 
 @pytest.fixture(scope="module")
 def small_run(backend, tmp_path_factory):
-    """One epoch on a small real subset when the data is present, else on synthetic data."""
+    """One epoch on a small real subset when the data is present, else on synthetic data (the loop's
+    network: what is checked is the files and what they say, not what ResNet-18 computes)."""
     out = tmp_path_factory.mktemp("run")
     source = data_source()
     data_dir, synthetic = source.get("data_dir"), source.get("synthetic", False)
-    history = backend.train(out_dir=str(out), quiet=True, data_dir=data_dir, synthetic=synthetic, **SMALL)
+    history = backend.train(out_dir=str(out), quiet=True, data_dir=data_dir, synthetic=synthetic, arch=LOOP_ARCH,
+                            **SMALL)
     return history, out, data_dir, synthetic
 
 
@@ -186,7 +188,7 @@ def test_one_epoch_writes_its_files(backend, backend_name, small_run):
     state = read_metadata(out / CHECKPOINT_NAME)["train_state"]
     assert state["epoch"] == 1 and state["config"]["seed"] == 0 and state["backend"] == backend_name
     assert state["step_losses"] == metrics["step_losses"]
-    load_weights(out / CHECKPOINT_NAME)  # the canonical format: loads in any backend
+    load_weights(out / CHECKPOINT_NAME, LOOP_ARCH)  # the canonical format: loads in any backend
 
 
 def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
@@ -196,14 +198,14 @@ def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
     oracle in its own environment), so a checkpoint moves between all three.
     """
     _, out, data_dir, synthetic = small_run
-    weights = load_weights(out / CHECKPOINT_NAME)
+    weights = load_weights(out / CHECKPOINT_NAME, LOOP_ARCH)
     ours = backend.evaluate(weights=str(out / CHECKPOINT_NAME), resize=None, batch_size=100,
                             test_subset=SMALL["test_subset"], data_dir=data_dir, synthetic=synthetic)
     _, test_loader = fashion_mnist_loaders(100, resize=None, test_subset=SMALL["test_subset"], data_dir=data_dir,
                                            synthetic=synthetic)
     correct = total = 0
     for images, labels in test_loader:
-        logits = oracle.forward(weights, images, training=False)
+        logits = oracle.forward(weights, images, training=False, arch=LOOP_ARCH)
         correct += int((logits.argmax(axis=1) == labels).sum())
         total += len(labels)
     assert total == ours["examples"] == SMALL["test_subset"]
