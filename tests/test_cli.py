@@ -11,6 +11,8 @@ from common.cli import main
 from common.spec import get_spec, training_flops_per_example
 from common.weights import init_weights, read_architecture, save_weights
 
+from helpers import SMALL_ARCH
+
 
 def run(capsys, *argv):
     code = main(list(argv))
@@ -143,9 +145,6 @@ def test_compare_bad_input(capsys, tmp_path):
 
 # --- with this environment's backend ---------------------------------------------------
 
-#: Two small stages of the book's arch tuple: what the command line does does not depend on the
-#: network, and this one compiles in seconds where ResNet-18 takes half a minute under XLA.
-SMALL_ARCH = "((1, 16), (1, 32))"
 TINY = ["--synthetic", "--epochs", "1", "--batch-size", "16", "--resize", "none", "--subset", "32",
         "--test-subset", "16", "--quiet", "--arch", SMALL_ARCH]
 

@@ -28,7 +28,8 @@ JOB_TIMEOUT = 240
 #: A killed worker ends the job within this many seconds (the launcher polls every 0.1 s and
 #: gives the others STOP_GRACE_SECONDS before SIGKILL).
 FAULT_BOUND = distributed.STOP_GRACE_SECONDS + 10
-SMALL_ARCH = "((1, 8), (1, 16))"
+#: Smaller still than helpers.SMALL_ARCH: each worker is a process that builds and compiles it.
+TINY_ARCH = "((1, 8), (1, 16))"
 
 
 def _update_norm(after, before) -> float:
@@ -77,7 +78,7 @@ def test_a_batch_size_that_does_not_split_is_refused_in_one_line():
 def test_the_sharded_step_of_copies_is_the_single_step():
     """N workers holding copies of one batch see the same statistics and gradients as one
     worker: the mean over workers must give back exactly the single-process step."""
-    arch = SMALL_ARCH
+    arch = TINY_ARCH
     weights = init_weights(arch, 0)
     images, labels = oracle.step_batch(seed=4, batch_size=4, size=16)
     loss, single = oracle.sgd_step(weights, images, labels, 0.05, arch=arch)
@@ -91,7 +92,7 @@ def test_the_sharded_step_of_copies_is_the_single_step():
 
 def test_the_sharded_step_averages_the_shards():
     """Two different halves: gradients and running statistics are the means of the halves'."""
-    arch = SMALL_ARCH
+    arch = TINY_ARCH
     weights = init_weights(arch, 1)
     images, labels = oracle.step_batch(seed=5, batch_size=8, size=16)
     halves = [oracle.sgd_step(weights, images[part], labels[part], 0.05, arch=arch) for part in shard_slices(8, 2)]
@@ -251,10 +252,10 @@ def test_an_epoch_on_two_workers_then_resumed_on_one(backend_name, tmp_path):
     """20 examples in batches of 8: two full batches and a last one of 4 (2 per worker). Then
     epoch 2 on one worker from epoch 1's checkpoint, the global order unchanged."""
     out = tmp_path / "run"
-    common_args = ("--arch", SMALL_ARCH, "--subset", "20", "--test-subset", "8", "--batch-size", "8", "--lr", "0.02")
+    common_args = ("--arch", TINY_ARCH, "--subset", "20", "--test-subset", "8", "--batch-size", "8", "--lr", "0.02")
     done = _cli(*_train_args(backend_name, out, "--workers", "2", "--epochs", "1", *common_args))
     assert done.returncode == 0, done.stderr[-3000:]
-    arch = get_spec(SMALL_ARCH).name
+    arch = get_spec(TINY_ARCH).name
     loader = fashion_mnist_loader("train", 8, synthetic=True, subset=20)
     start = init_weights(arch, 0)
     losses, want = _oracle_epoch(start, loader, 0, 2, 0.02, arch)
@@ -301,7 +302,7 @@ def _environ(pid):
 def test_a_killed_worker_ends_the_job_and_keeps_the_checkpoint(backend_name, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    args = _train_args(backend_name, out, "--workers", "2", "--epochs", "1000", "--arch", SMALL_ARCH, "--subset", "16",
+    args = _train_args(backend_name, out, "--workers", "2", "--epochs", "1000", "--arch", TINY_ARCH, "--subset", "16",
                        "--test-subset", "8", "--batch-size", "8")
     launcher = subprocess.Popen([sys.executable, "-m", "common", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, text=True)
@@ -329,12 +330,12 @@ def test_a_killed_worker_ends_the_job_and_keeps_the_checkpoint(backend_name, tmp
     assert not any(_alive(pid) for pid in family)
     state = read_metadata(out / "checkpoint.npz")["train_state"]  # whole: written atomically by worker 0
     assert state["epoch"] >= 1
-    load_weights(out / "checkpoint.npz", get_spec(get_spec(SMALL_ARCH).name))
+    load_weights(out / "checkpoint.npz", get_spec(get_spec(TINY_ARCH).name))
     assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz", "metrics.json"]
 
 
 def test_bench_reports_the_scaling_against_one_worker(backend_name):
-    done = _cli("bench", "--backend", backend_name, "--workers", "2", "--arch", SMALL_ARCH, "--resize", "none",
+    done = _cli("bench", "--backend", backend_name, "--workers", "2", "--arch", TINY_ARCH, "--resize", "none",
                 "--batch-size", "8", "--steps", "2", "--rounds", "1", "--warmup", "1", "--peak-gflops", "100")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

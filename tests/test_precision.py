@@ -15,7 +15,7 @@ from common.hparams import PRECISIONS, TrainConfig, check_precision
 from common.spec import is_buffer
 from common.weights import init_weights
 
-from helpers import damped_residuals, disturbed_weights, scaled_for_unit_logits
+from helpers import SMALL_ARCH, damped_residuals, disturbed_weights, scaled_for_unit_logits
 
 #: Measured with resnet_torch's bf16 autocast (28 px, batch 32, this test's weights): the step's
 #: update differs from the exact one by 0.17 of its size against the emulation's 0.16, the loss
@@ -123,17 +123,13 @@ def fp32_step(backend, step_case):
     return _backend_step(backend, "fp32", step_case)
 
 
-#: The tests of settings that must not change a bit (not of bounds) use a network of two small stages:
-#: in tf and jax each Trainer compiles its step, ResNet-18's for about 12 s on 2 cores, this one's in seconds.
-EQUALITY_ARCH = "((1, 16), (1, 32))"
-
-
 @pytest.fixture(scope="module")
 def equality_case(backend):
-    """A small network's step case and its fp32 step, the reference of the bit-for-bit tests."""
+    """A small network's step case and its fp32 step: the reference of the tests of settings that must
+    not change a bit (each Trainer compiles in tf and jax; bounds are tested on ResNet-18)."""
     images, labels = oracle.step_batch(0, 8, 28)
-    case = (images, labels, init_weights(EQUALITY_ARCH, 0), None, None)
-    return case, _backend_step(backend, "fp32", case, arch=EQUALITY_ARCH)
+    case = (images, labels, init_weights(SMALL_ARCH, 0), None, None)
+    return case, _backend_step(backend, "fp32", case, arch=SMALL_ARCH)
 
 
 def test_fp32_on_a_cpu_is_the_exact_step(fp32_step, step_case):
@@ -146,7 +142,7 @@ def test_fp32_on_a_cpu_is_the_exact_step(fp32_step, step_case):
 def test_tf32_on_a_cpu_is_fp32_bit_for_bit(backend, equality_case):
     """CPUs have no TF32: a tf32 run computes fp32, bit for bit."""
     case, fp32_step = equality_case
-    loss, after, trainer = _backend_step(backend, "tf32", case, arch=EQUALITY_ARCH)
+    loss, after, trainer = _backend_step(backend, "tf32", case, arch=SMALL_ARCH)
     assert trainer.precision == "tf32"
     assert loss == fp32_step[0]
     for name in after:
@@ -189,7 +185,7 @@ def test_a_bf16_step_is_the_oracles_within_bf16_rounding(backend, step_case):
 def test_the_cpu_computes_the_same_step_with_and_without_determinism(backend, equality_case):
     """deterministic=False only frees a GPU's kernel choice; on the CPU the step is the same."""
     case, fp32_step = equality_case
-    loss, after, trainer = _backend_step(backend, "fp32", case, arch=EQUALITY_ARCH, deterministic=False)
+    loss, after, trainer = _backend_step(backend, "fp32", case, arch=SMALL_ARCH, deterministic=False)
     assert trainer.deterministic is False
     assert loss == fp32_step[0]
     for name in after:

@@ -12,15 +12,10 @@ from common.spec import is_buffer
 from common.training import CHECKPOINT_NAME, METRICS_NAME, TrainingDiverged, fit
 from common.weights import init_weights, jittered_weights, load_weights, read_metadata
 
-from helpers import data_source, load_expected
+from helpers import SMALL_ARCH, data_source, load_expected
 
 # Small enough for 2 CPU cores, large enough to learn something in one epoch.
 SMALL = dict(epochs=1, batch_size=32, lr=0.05, resize=None, subset=480, test_subset=200, seed=0)
-#: For what the training loop does (resume, caching) rather than what a network computes: two small
-#: stages of the book's arch tuple compile in seconds where ResNet-18 takes half a minute per Trainer
-#: under XLA. (Not for the NaN tests: in tf and jax this network's logits stay finite for NaN
-#: images, ResNet-18's do not; not investigated yet.)
-LOOP_ARCH = "((1, 16), (1, 32))"
 
 
 def _first_steps():
@@ -159,7 +154,7 @@ def small_run(backend, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     source = data_source()
     data_dir, synthetic = source.get("data_dir"), source.get("synthetic", False)
-    history = backend.train(out_dir=str(out), quiet=True, data_dir=data_dir, synthetic=synthetic, arch=LOOP_ARCH,
+    history = backend.train(out_dir=str(out), quiet=True, data_dir=data_dir, synthetic=synthetic, arch=SMALL_ARCH,
                             **SMALL)
     return history, out, data_dir, synthetic
 
@@ -188,7 +183,7 @@ def test_one_epoch_writes_its_files(backend, backend_name, small_run):
     state = read_metadata(out / CHECKPOINT_NAME)["train_state"]
     assert state["epoch"] == 1 and state["config"]["seed"] == 0 and state["backend"] == backend_name
     assert state["step_losses"] == metrics["step_losses"]
-    load_weights(out / CHECKPOINT_NAME, LOOP_ARCH)  # the canonical format: loads in any backend
+    load_weights(out / CHECKPOINT_NAME, SMALL_ARCH)  # the canonical format: loads in any backend
 
 
 def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
@@ -198,14 +193,14 @@ def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
     oracle in its own environment), so a checkpoint moves between all three.
     """
     _, out, data_dir, synthetic = small_run
-    weights = load_weights(out / CHECKPOINT_NAME, LOOP_ARCH)
+    weights = load_weights(out / CHECKPOINT_NAME, SMALL_ARCH)
     ours = backend.evaluate(weights=str(out / CHECKPOINT_NAME), resize=None, batch_size=100,
                             test_subset=SMALL["test_subset"], data_dir=data_dir, synthetic=synthetic)
     _, test_loader = fashion_mnist_loaders(100, resize=None, test_subset=SMALL["test_subset"], data_dir=data_dir,
                                            synthetic=synthetic)
     correct = total = 0
     for images, labels in test_loader:
-        logits = oracle.forward(weights, images, training=False, arch=LOOP_ARCH)
+        logits = oracle.forward(weights, images, training=False, arch=SMALL_ARCH)
         correct += int((logits.argmax(axis=1) == labels).sum())
         total += len(labels)
     assert total == ours["examples"] == SMALL["test_subset"]
@@ -213,13 +208,13 @@ def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
 
 
 def test_resume_ends_with_the_same_weights(backend, tmp_path):
-    tiny = dict(SMALL, subset=64, test_subset=32, epochs=2, arch=LOOP_ARCH)
+    tiny = dict(SMALL, subset=64, test_subset=32, epochs=2, arch=SMALL_ARCH)
     backend.train(out_dir=str(tmp_path / "whole"), quiet=True, synthetic=True, **tiny)
     backend.train(out_dir=str(tmp_path / "split"), quiet=True, synthetic=True, **dict(tiny, epochs=1))
     history = backend.train(out_dir=str(tmp_path / "split"), resume=True, quiet=True, synthetic=True, **tiny)
     assert [h["epoch"] for h in history] == [1, 2]
-    whole = load_weights(tmp_path / "whole" / CHECKPOINT_NAME, LOOP_ARCH)
-    split = load_weights(tmp_path / "split" / CHECKPOINT_NAME, LOOP_ARCH)
+    whole = load_weights(tmp_path / "whole" / CHECKPOINT_NAME, SMALL_ARCH)
+    split = load_weights(tmp_path / "split" / CHECKPOINT_NAME, SMALL_ARCH)
     for name in whole:
         np.testing.assert_allclose(split[name], whole[name], rtol=0, atol=1e-6, err_msg=name)
     # Every step's loss survives the resume: two epochs of 4 steps, the same steps as the whole run's.
@@ -276,12 +271,12 @@ def test_non_finite_test_loss_stops_and_keeps_the_last_good_checkpoint(resnet18_
 def test_evaluating_first_leaves_training_intact(backend):
     # Evaluation runs without autograd (inference mode); what it caches must still train.
     images, labels = oracle.step_batch(seed=2, batch_size=8, size=28)
-    weights = init_weights(LOOP_ARCH, 0)
-    trainer = backend.Trainer(arch=LOOP_ARCH, lr=0.05)
+    weights = init_weights(SMALL_ARCH, 0)
+    trainer = backend.Trainer(arch=SMALL_ARCH, lr=0.05)
     trainer.import_weights(weights)
     trainer.to_host(list(trainer.eval_step(*trainer.to_batch(images, labels))))
     loss_sum, _ = trainer.train_step(*trainer.to_batch(images, labels))
-    want_loss, want_after = oracle.sgd_step(weights, images, labels, 0.05, arch=LOOP_ARCH)
+    want_loss, want_after = oracle.sgd_step(weights, images, labels, 0.05, arch=SMALL_ARCH)
     assert trainer.to_host([loss_sum])[0] / len(labels) == pytest.approx(want_loss, abs=1e-3)
     after = trainer.export_weights()
     assert _update_norm(after, want_after) <= 1e-3 * _update_norm(after, weights)
