@@ -174,23 +174,19 @@ PLAIN_FAMILY += [(CUSTOM, style) for style in STYLES]
 #: torchvision's, ResNeXt-50 (ResNet-50 with 32 groups) in the book's; ResNet-101 and ResNet-152
 #: (ResNet-50 deeper) and, in jax, the ResNet-50s of Flax's own layers not at all. Every block
 #: kind, shortcut and style still runs in both; RESNET_ALL_FAMILIES=1 runs every case, as the
-#: torch and mx environments always do.
-COMPILED_CASES = {
-    "resnet34": "torchvision", "resnext50_32x4d": "d2l", "resnet101": None, "resnet152": None,
-    "plain resnet50": {"tf"}, "plain resnext50_32x4d": {"tf"},
-}
+#: torch and mx environments always do. XLA_ONE_STYLE: the style each runs in there (None: none).
+XLA_ONE_STYLE = {"resnet34": "torchvision", "resnext50_32x4d": "d2l", "resnet101": None, "resnet152": None}
+#: The plain-layer cases each of them leaves out as well.
+XLA_NO_PLAIN = {"tf": set(), "jax": {"resnet50", "resnext50_32x4d"}}
 
 
 def _skip_cases_that_only_add_compiling(arch, style, plain):
     backend_name = os.environ.get("RESNET_BACKEND", "")
-    if backend_name not in ("tf", "jax") or os.environ.get("RESNET_ALL_FAMILIES") == "1":
+    if backend_name not in XLA_NO_PLAIN or os.environ.get("RESNET_ALL_FAMILIES") == "1":
         return
-    if plain:
-        if backend_name not in COMPILED_CASES.get(f"plain {arch}", {backend_name}):
-            pytest.skip(f"plain {arch} only adds minutes of compiling in {backend_name}: RESNET_ALL_FAMILIES=1 runs it")
-    elif arch in COMPILED_CASES and COMPILED_CASES[arch] != style:
-        pytest.skip(f"{arch} in {style} style only adds compiling in {backend_name} (see COMPILED_CASES): "
-                    f"RESNET_ALL_FAMILIES=1 runs it")
+    if arch in XLA_NO_PLAIN[backend_name] if plain else XLA_ONE_STYLE.get(arch, style) != style:
+        pytest.skip(f"{'plain ' if plain else ''}{arch} in {style} style only adds compiling in {backend_name} "
+                    f"(XLA_ONE_STYLE, XLA_NO_PLAIN): RESNET_ALL_FAMILIES=1 runs it")
 
 
 @pytest.mark.parametrize("arch, style", PLAIN_FAMILY, ids=[_family_id(case) for case in PLAIN_FAMILY])
