@@ -330,7 +330,8 @@ class Network:
     def __init__(self, module: nn.Module, in_channels: int = 1, fast: bool = False):
         self.module, self.in_channels, self.fast = module, in_channels, fast
         shapes, order = _initial_shapes(module, in_channels)
-        self.variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)  # (host arrays: no compile per shape)
+        # (host arrays: jnp.zeros would compile once per shape, and import_weights replaces them all)
+        self.variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         units = _units(_merged(order))
         if isinstance(module, ResNet):
             self.spec, self.num_classes = module.spec, module.num_classes
