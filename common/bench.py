@@ -7,7 +7,6 @@ machine's fp32 peak (one yardstick for every backend, :mod:`common.machine`), an
 """
 from __future__ import annotations
 
-import importlib
 import resource
 import statistics
 import time
@@ -16,11 +15,12 @@ import numpy as np
 
 from . import distributed
 from .autotune import fast_paths_mode
-from .backend import load_backend
-from .data import check_shardable, shard_slices
+from .backend import backend_part
+from .sharding import check_shardable, shard_slices
 from .hparams import check_precision
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
-from .spec import forward_flops_per_example, get_spec, training_flops_per_example
+from .flops import forward_flops_per_example, training_flops_per_example
+from .spec import get_spec
 from .weights import init_weights
 
 __all__ = ["run_bench", "measure_peak", "time_steps"]
@@ -92,7 +92,6 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     for the whole batch (every step waits for all workers' gradients), the others ``None``.
     """
     precision = check_precision(precision)
-    backend = load_backend(backend_name)
     size = resize or 28
     spec = get_spec(arch, style)
     if reference and (spec.name, spec.style) != ("resnet18", "d2l"):
@@ -101,7 +100,10 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     if workers > 1 and reference:
         raise ValueError("--reference times the chapter's code in one process; leave out --workers")
     check_shardable(batch_size, workers)
-    trainer_class = backend.Trainer if workers == 1 else backend.distributed.DistributedTrainer
+    if workers == 1:
+        trainer_class = backend_part(backend_name, "train").Trainer
+    else:
+        trainer_class = backend_part(backend_name, "distributed").DistributedTrainer
     trainer = trainer_class(arch=spec, style=spec.style, device=device, precision=precision,
                             deterministic=deterministic)
     trainer.import_weights(init_weights(spec, 0))
@@ -149,7 +151,7 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     }
     if reference:
         del trainer
-        reference_trainer = importlib.import_module(f"{backend.__name__}.reference").ReferenceTrainer
+        reference_trainer = backend_part(backend_name, "reference").ReferenceTrainer
         result["chapter"], result["train_speedup_vs_chapter"] = {}, {}
         for settings, chapter_precision in (("framework_defaults", None), ("same_precision", precision)):
             try:

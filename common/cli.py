@@ -1,4 +1,4 @@
-"""``resnet-fmnist``: train, evaluate, compare and benchmark the three backends.
+"""``resnet-fmnist``: train, evaluate, compare and benchmark the backends (:data:`common.backend.BACKENDS`).
 
 Every failure a user can cause (a bad argument, a framework that is not installed, missing or
 corrupt data, an unreadable checkpoint) ends with one line on stderr and a non-zero exit,
@@ -7,13 +7,12 @@ never a traceback, and never an overwritten checkpoint.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
 from . import __version__
-from .backend import BACKENDS, BackendUnavailable, load_backend
+from .backend import BACKENDS, BackendUnavailable, check_installed, load_backend
 from .hparams import D2L, PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -111,7 +110,7 @@ def _add_workers(parser):
 
 def _add_backend(parser):
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
-                        help="framework to run: torch (PyTorch), tf (TensorFlow/Keras), mx (MXNet Gluon)")
+                        help="framework to run: " + ", ".join(f"{name} ({row.framework})" for name, row in BACKENDS.items()))
     parser.add_argument("--device", default=None,
                         help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
 
@@ -119,7 +118,7 @@ def _add_backend(parser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="ResNet on Fashion-MNIST (the D2L chapter: ResNet-18; its exercises: ResNet-34 to 152, "
-                                 "ResNeXt, three styles) with PyTorch, TensorFlow or MXNet.")
+                                 "ResNeXt, three styles) with " + ", ".join(row.framework for row in BACKENDS.values()) + ".")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -235,13 +234,10 @@ def _launch_workers(args, argv, preset, overrides, out_dir):
     """``--workers N``: refuse once what every worker would refuse, hold the run directory, and
     run this same command line as N worker processes (:func:`common.distributed.launch`)."""
     from . import distributed
-    from .data import check_shardable
+    from .sharding import check_shardable
     from .training import check_start, resolve_config, run_directory_lock
 
-    name, framework, module, extra = BACKENDS[args.backend]
-    if importlib.util.find_spec(module) is None:  # one line here rather than one per worker
-        raise BackendUnavailable(f"backend '{args.backend}' needs {framework}, which is not installed here; install it "
-                                 f"with pip install 'resnet-fmnist[{extra}]' or run in its tox environment")
+    check_installed(args.backend)  # one line here rather than one per worker
     config = resolve_config(preset, None, overrides)
     check_shardable(config.batch_size, args.workers)
     with run_directory_lock(out_dir):
@@ -299,7 +295,7 @@ def _bench_workers(args, argv):
     import tempfile
 
     from . import distributed
-    from .data import check_shardable
+    from .sharding import check_shardable
 
     if args.reference:
         raise ValueError("--reference times the chapter's code in one process; leave out --workers")

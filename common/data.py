@@ -39,6 +39,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from .sharding import check_shardable, shard_slices
+
 __all__ = [
     "CLASS_NAMES",
     "FILES",
@@ -56,8 +58,6 @@ __all__ = [
     "resize_images",
     "subset_indices",
     "synthetic_fashion_mnist",
-    "shard_slices",
-    "check_shardable",
     "BatchLoader",
     "ConvertedLoader",
     "chapter_loaders",
@@ -625,27 +625,6 @@ def _synthetic_cached(num_examples: int, seed: int) -> Tuple[np.ndarray, np.ndar
 
 
 # --------------------------------------------------------------------------- batching
-
-
-def shard_slices(batch_size: int, world_size: int) -> List[slice]:
-    """How data-parallel training splits a global batch of ``batch_size`` examples over
-    ``world_size`` workers: ``world_size`` contiguous shards of ``batch_size // world_size``
-    examples, shard ``r`` to worker ``r``; the last ``batch_size % world_size`` examples are left
-    out (only a last, partial batch can have any: a full batch must divide evenly, see
-    :func:`check_shardable`). Empty when there are fewer examples than workers."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    size = batch_size // world_size
-    if size == 0:
-        return []
-    return [slice(rank * size, (rank + 1) * size) for rank in range(world_size)]
-
-
-def check_shardable(batch_size: int, world_size: int) -> None:
-    """A one-line error unless a global batch of ``batch_size`` splits evenly over ``world_size`` workers."""
-    if batch_size % world_size:
-        raise ValueError(f"--batch-size {batch_size} does not split evenly over {world_size} workers; choose a batch "
-                         f"size divisible by {world_size} (each worker takes batch_size / workers examples a step)")
 
 
 class BatchLoader:

@@ -2,7 +2,7 @@
 
 What a step means (the same in every backend; :func:`common.oracle.sharded_sgd_step` computes it):
 a global batch of B examples, in the single-process order, is split into N contiguous shards of
-B / N (:func:`common.data.shard_slices`), shard r to worker r. Each worker runs the train-mode
+B / N (:func:`common.sharding.shard_slices`), shard r to worker r. Each worker runs the train-mode
 pass on its shard (BatchNorm with its own shard's statistics, as each engine does by default),
 the gradients are averaged over the workers by the engine's all-reduce, and every worker applies
 the same SGD update. BatchNorm's running statistics become the mean of the workers' updated
@@ -12,15 +12,9 @@ never on N, so a run may resume with another number of workers. A full batch mus
 ``N * (b // N)`` are used, and none when b < N.
 
 How a job is described: by each engine's own environment variables, so the engines' own tools
-and multi-host set-ups work unchanged (see README, "Data-parallel training"):
-
-=======  ================================================================================
-torch    torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
-tf       ``TF_CONFIG`` (``{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}``)
-mx       ps-lite's ``DMLC_ROLE=worker``, ``DMLC_NUM_WORKER``, ``DMLC_NUM_SERVER``,
-         ``DMLC_PS_ROOT_URI``, ``DMLC_PS_ROOT_PORT`` (plus a scheduler and a server process)
-jax      ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
-=======  ================================================================================
+and multi-host set-ups work unchanged (see docs/distributed.md). Which variables, and what else an
+engine needs to start (ports, helper processes), each backend says in its framework-free
+``launch`` module (:class:`common.contract.Launch`); this module only manages processes.
 
 A process whose environment describes a job of more than one worker trains as one of its
 workers (:func:`job_size`): each backend's ``distributed.DistributedTrainer`` joins the job;
@@ -34,27 +28,17 @@ the worker; the last good checkpoint stays as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["ENGINE_VARIABLES", "LAUNCHED_ENV", "ERROR_FILE_ENV", "WORKER_INDEX_ENV", "STOP_GRACE_SECONDS",
-           "DistributedError", "job_size", "launched", "worker_environments", "free_port", "check_port",
+__all__ = ["LAUNCHED_ENV", "ERROR_FILE_ENV", "WORKER_INDEX_ENV", "STOP_GRACE_SECONDS",
+           "DistributedError", "integer_variable", "all_engine_variables", "job_size", "launched", "worker_environments", "free_port", "check_port",
            "cpu_groups", "report_error", "launch"]
-
-#: Per backend, the variables that describe a job to its engine (see the module docstring).
-ENGINE_VARIABLES: Dict[str, Sequence[str]] = {
-    "torch": ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
-    "tf": ("TF_CONFIG",),
-    "mx": ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER"),
-    "jax": ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"),
-}
 
 #: Set by :func:`launch` in its workers: the launcher holds the run directory's lock.
 LAUNCHED_ENV = "RESNET_LAUNCHED"
@@ -73,7 +57,8 @@ class DistributedError(RuntimeError):
     """A data-parallel job that cannot start or did not finish; the message is one line."""
 
 
-def _integer(environ, name) -> int:
+def integer_variable(environ, name) -> int:
+    """The integer value of the environment variable ``name``, or a one-line :class:`DistributedError`."""
     text = environ.get(name, "")
     try:
         return int(text)
@@ -81,31 +66,16 @@ def _integer(environ, name) -> int:
         raise DistributedError(f"{name} must be an integer, got {text!r}") from None
 
 
+def _launch_facts(backend: str):
+    from .backend import backend_part
+
+    return backend_part(backend, "launch")
+
+
 def job_size(backend: str, environ=None) -> int:
     """The number of workers of the job ``environ`` (default ``os.environ``) describes to
     ``backend``'s engine; 1 when it describes none (a single-process run)."""
-    environ = os.environ if environ is None else environ
-    if backend == "torch":
-        return _integer(environ, "WORLD_SIZE") if "RANK" in environ and "WORLD_SIZE" in environ else 1
-    if backend == "tf":
-        if not environ.get("TF_CONFIG"):
-            return 1
-        try:
-            cluster = json.loads(environ["TF_CONFIG"]).get("cluster", {})
-        except (ValueError, AttributeError):
-            raise DistributedError("TF_CONFIG is not a JSON object; see the README's data-parallel section") from None
-        return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-    if backend == "mx":
-        role = environ.get("DMLC_ROLE")
-        if role is None:
-            return 1
-        if role != "worker":
-            raise DistributedError(f"DMLC_ROLE={role}: MXNet's {role} is not a training process; start it with "
-                                   f"python -c 'import mxnet' (see the README's data-parallel section)")
-        return _integer(environ, "DMLC_NUM_WORKER")
-    if backend == "jax":
-        return _integer(environ, "JAX_NUM_PROCESSES") if "JAX_COORDINATOR_ADDRESS" in environ else 1
-    raise ValueError(f"unknown backend {backend!r}")
+    return _launch_facts(backend).job_size(os.environ if environ is None else environ)
 
 
 def launched(environ=None) -> bool:
@@ -115,43 +85,8 @@ def launched(environ=None) -> bool:
 
 def worker_environments(backend: str, workers: int, host: str, ports: Sequence[int]) -> List[Dict[str, str]]:
     """The engine's variables for each of ``workers`` processes on ``host`` (``ports``: as many as
-    :func:`ports_needed` says, the first one the coordinator's)."""
-    port = ports[0]
-    if backend == "torch":
-        return [{"MASTER_ADDR": host, "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(workers),
-                 "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(workers)} for rank in range(workers)]
-    if backend == "tf":
-        cluster = {"worker": [f"{host}:{ports[rank]}" for rank in range(workers)]}
-        return [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": rank}})}
-                for rank in range(workers)]
-    if backend == "mx":
-        return [dict(_dmlc(host, port, workers), DMLC_ROLE="worker") for _ in range(workers)]
-    if backend == "jax":
-        return [{"JAX_COORDINATOR_ADDRESS": f"{host}:{port}", "JAX_NUM_PROCESSES": str(workers),
-                 "JAX_PROCESS_ID": str(rank)} for rank in range(workers)]
-    raise ValueError(f"unknown backend {backend!r}")
-
-
-def _dmlc(host, port, workers):
-    return {"DMLC_PS_ROOT_URI": host, "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_WORKER": str(workers),
-            "DMLC_NUM_SERVER": "1", "DMLC_NODE_HOST": host}
-
-
-def ports_needed(backend: str, workers: int) -> int:
-    """TensorFlow's workers each listen on a port of their own; the other engines need one
-    (the coordinator's, or MXNet's scheduler's)."""
-    return workers if backend == "tf" else 1
-
-
-def _helper_processes(backend: str, workers: int, host: str, port: int) -> List[tuple]:
-    """Processes besides the workers: MXNet's ps-lite scheduler and one parameter server
-    (importing mxnet with ``DMLC_ROLE`` set runs them)."""
-    if backend != "mx":
-        return []
-    command = [sys.executable, "-c", "import mxnet"]
-    # They only route and sum: one thread each leaves the cores to the workers.
-    return [(f"MXNet {role}", command, dict(_dmlc(host, port, workers), DMLC_ROLE=role, OMP_NUM_THREADS="1"))
-            for role in ("scheduler", "server")]
+    the backend's ``launch.ports_needed`` says, the first one the coordinator's)."""
+    return _launch_facts(backend).worker_environments(workers, host, ports)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -279,7 +214,8 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
     processes of one ``backend`` job over ``host`` and wait for all of them.
 
     Each worker gets the engine's variables (:func:`worker_environments`), a share of the CPUs
-    (:func:`cpu_groups`, with ``OMP_NUM_THREADS`` to match unless set, and no GPU) or, on a
+    (:func:`cpu_groups`, with ``OMP_NUM_THREADS`` to match unless set, the backend's
+    ``launch.THREAD_VARIABLES`` following it, and no GPU) or, on a
     machine with at least ``workers`` NVIDIA GPUs, one GPU (``CUDA_VISIBLE_DEVICES``). ``port`` is the
     coordinator's (TensorFlow's workers take ``port .. port + workers - 1``); by default free
     ones are picked. Returns when every worker exited with status 0. When one fails or dies,
@@ -290,29 +226,31 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
     """
     if workers < 1:
         raise DistributedError(f"--workers must be at least 1, got {workers}")
-    count = ports_needed(backend, workers)
+    facts = _launch_facts(backend)
+    count = facts.ports_needed(workers)
     if port is None:
         ports = [free_port(host) for _ in range(count)]
     else:
         ports = [check_port(port + offset, host) for offset in range(count)]
     base = dict(os.environ if environ is None else environ)
-    for names in ENGINE_VARIABLES.values():  # a job of its own, whatever the caller's environment says
-        for name in names:
-            base.pop(name, None)
+    for name in all_engine_variables():  # a job of its own, whatever the caller's environment says
+        base.pop(name, None)
     gpus = _gpu_count()
     groups = cpu_groups(workers) if gpus < workers else [None] * workers
     with tempfile.TemporaryDirectory(prefix="resnet-workers-") as scratch:
         processes: List[_Process] = []
         workers_started: List[_Process] = []
         try:
-            for name, helper_command, helper_env in _helper_processes(backend, workers, host, ports[0]):
+            for name, helper_command, helper_env in facts.helper_processes(workers, host, ports[0]):
                 processes.append(_Process(name, helper_command, dict(base, **helper_env), None, stdout))
-            for index, engine_env in enumerate(worker_environments(backend, workers, host, ports)):
+            for index, engine_env in enumerate(facts.worker_environments(workers, host, ports)):
                 env = dict(base, **engine_env)
                 env.update({LAUNCHED_ENV: "1", WORKER_INDEX_ENV: str(index),
                             ERROR_FILE_ENV: _error_file(scratch, f"worker {index}")})
                 if groups[index] is not None:
                     env.setdefault("OMP_NUM_THREADS", str(len(groups[index])))
+                    for name in facts.THREAD_VARIABLES:  # the framework's own count follows it
+                        env[name] = env["OMP_NUM_THREADS"]
                     if gpus:  # fewer GPUs than workers: all of them on the CPUs, none fighting over a GPU
                         env["CUDA_VISIBLE_DEVICES"] = ""
                 else:
@@ -327,6 +265,13 @@ def launch(command: Sequence[str], backend: str, workers: int, *, port: Optional
         _stop(processes, grace)
         if failed is not None:
             raise DistributedError(_failure_message(failed, scratch, workers))
+
+
+def all_engine_variables() -> List[str]:
+    """Every backend's ``launch.ENGINE_VARIABLES``: what a new job's processes must not inherit."""
+    from .backend import BACKENDS
+
+    return [name for backend in BACKENDS for name in _launch_facts(backend).ENGINE_VARIABLES]
 
 
 #: Signals that come from outside (a user, the OOM killer, a scheduler), not from a crash.

@@ -27,9 +27,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .data import shard_slices
-from .spec import (BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, is_buffer, iter_blocks,
-                   parameter_shapes)
+from .sharding import shard_slices
+from .naming import is_buffer, parameter_shapes
+from .spec import BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, iter_blocks
 from .weights import check_weights
 
 __all__ = [
@@ -509,7 +509,7 @@ def sharded_sgd_step(weights: Mapping[str, Array], images, labels, lr: float, wo
     """One data-parallel step on ``world_size`` workers: what every backend's distributed
     engine computes.
 
-    The batch is split by :func:`common.data.shard_slices`. Each worker runs the train-mode pass on its
+    The batch is split by :func:`common.sharding.shard_slices`. Each worker runs the train-mode pass on its
     shard (BatchNorm with that shard's statistics, the mean loss over the shard) and updates the
     running statistics from them; the gradients are averaged over the workers, every worker
     applies ``-lr * mean gradient``, and the running statistics become the mean of the

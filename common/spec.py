@@ -20,14 +20,16 @@ num_channels)`` pairs) in one of :data:`STYLES`:
 
 Adding a depth means adding a row to :data:`RESNET_SPECS`; a new block type also needs a
 builder in each backend, keyed by :attr:`ResNetSpec.block_kind`.
+
+This module holds the table and its iteration (blocks, convolutions, map sizes) and the checks of
+a network's inputs against it; the names of a network's arrays are :mod:`common.naming`'s, its
+FLOPs :mod:`common.flops`', the thresholds of the backends' fast paths :mod:`common.fastpaths`'.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
-
 import ast
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
@@ -46,24 +48,10 @@ __all__ = [
     "iter_blocks",
     "block_convs",
     "iter_convs",
-    "unit_prefixes",
-    "parameter_shapes",
-    "CANONICAL_PARTS",
-    "CHAPTER_BLOCK_PARTS",
-    "is_residual_block",
-    "canonical_names",
-    "trainable_parameter_names",
-    "is_buffer",
-    "count_parameters",
-    "stage_output_shapes",
-    "training_flops_per_example",
-    "forward_flops_per_example",
-    "check_input_shape",
     "conv_output_size",
-    "tap_selection",
-    "DENSE_CONV_MAX_PIXEL_PAIRS",
-    "MATMUL_CONV_MAX_OUTPUT_PIXELS",
-    "MATMUL_CONV_MAX_IN_CHANNELS",
+    "stage_output_shapes",
+    "check_positive",
+    "check_input_shape",
 ]
 
 #: BatchNorm epsilon in every backend (PyTorch's and Gluon's default; Keras' is 1e-3).
@@ -307,141 +295,6 @@ def iter_convs(arch="resnet18", in_channels=1, height=224, width=224) -> Iterato
         h, w = out_h, out_w
 
 
-def _conv(prefix, out_channels, in_channels, kernel, bias, groups=1):
-    shapes = {f"{prefix}.weight": (out_channels, in_channels // groups, kernel, kernel)}
-    if bias:
-        shapes[f"{prefix}.bias"] = (out_channels,)
-    return shapes
-
-
-def _bn(prefix, channels):
-    return {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")}
-
-
-def _block_shapes(spec: ResNetSpec, block: BlockConfig) -> Dict[str, Tuple[int, ...]]:
-    """One block's arrays in the order they run: a BatchNorm after each convolution (before it
-    in pre-activation blocks, so there ``bn1`` normalises the block's input), the shortcut last."""
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    convs = block_convs(block, spec, shortcut=False)
-    for number, conv in enumerate(convs, start=1):
-        conv_shapes = _conv(conv.name, conv.out_channels, conv.in_channels, conv.kernel, spec.conv_bias, conv.groups)
-        if spec.preact:
-            shapes.update(_bn(f"{block.name}.bn{number}", conv.in_channels))
-            shapes.update(conv_shapes)
-        else:
-            shapes.update(conv_shapes)
-            shapes.update(_bn(f"{block.name}.bn{number}", conv.out_channels))
-    if block.use_1x1conv:
-        shapes.update(_conv(f"{block.name}.downsample.0", block.out_channels, block.in_channels, 1, spec.conv_bias))
-        if spec.norm_shortcut:
-            shapes.update(_bn(f"{block.name}.downsample.1", block.out_channels))
-    return shapes
-
-
-def parameter_shapes(arch="resnet18", in_channels=1, num_classes=10) -> Dict[str, Tuple[int, ...]]:
-    """Canonical name -> shape of every array in a network's weights, in build order.
-
-    Names and layouts are torchvision's (``conv1.weight`` OIHW, ``bn1.running_var``,
-    ``layer2.0.downsample.0.weight``, ``fc.weight`` as ``(out, in)``); BatchNorm running
-    statistics are included (see :func:`is_buffer`), ``num_batches_tracked`` is not. A
-    pre-activation network's final BatchNorm is ``norm`` (timm's name; torchvision has none).
-    """
-    spec = get_spec(arch)
-    _check_positive(in_channels=in_channels, num_classes=num_classes)
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    shapes.update(_conv("conv1", spec.stem_channels, in_channels, spec.stem_kernel, spec.conv_bias))
-    shapes.update(_bn("bn1", spec.stem_channels))
-    for block in iter_blocks(spec):
-        shapes.update(_block_shapes(spec, block))
-    if spec.preact:
-        shapes.update(_bn("norm", spec.feature_channels))
-    shapes["fc.weight"] = (num_classes, spec.feature_channels)
-    shapes["fc.bias"] = (num_classes,)
-    return shapes
-
-
-def unit_prefixes(arch="resnet18") -> List[str]:
-    """The canonical prefix of each unit of :func:`canonical_names`, in order: stem convolution and
-    BatchNorm, each block, the final BatchNorm of a pre-activation network, the classifier."""
-    spec = get_spec(arch)
-    return ["conv1", "bn1"] + [block.name for block in iter_blocks(spec)] + (["norm"] if spec.preact else []) + ["fc"]
-
-
-V = TypeVar("V")
-
-#: The frameworks' names for a layer's arrays (Keras', Gluon's) -> the canonical (torchvision's).
-CANONICAL_PARTS = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                   "moving_variance": "running_var"}
-#: Block type -> the book's names inside a block that torchvision names otherwise: the shortcut
-#: of its ``Residual`` (``conv3``) and of its ``ResNeXtBlock`` (``conv4``, ``bn4``).
-CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}, "bottleneck": {"conv4": "downsample.0", "bn4": "downsample.1"}}
-
-
-def is_residual_block(sublayer_names) -> bool:
-    """Whether a layer with these sublayer names is a residual block (it has a conv1 and a conv2,
-    as the chapter's, the book's and torchvision's blocks do): one unit of :func:`canonical_names`."""
-    return {"conv1", "conv2"} <= set(sublayer_names)
-
-
-def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channels=1, num_classes=10,
-                    shape: Callable[[V], Sequence[int]] = lambda value: tuple(value.shape)) -> Dict[str, V]:
-    """Canonical name -> array of a network given as its units: the mapping every backend uses.
-
-    ``units`` are the network's layers with weights and its residual blocks, in the order they
-    run (stem convolution, stem BatchNorm, each block, classifier), each as *name within the
-    unit -> array* in the framework's own words (``weight``, ``gamma``, ``conv1.kernel``,
-    ``conv3.weight``). A unit's position gives its prefix (``layer2.0``); its names are renamed
-    part by part with :data:`CANONICAL_PARTS` and :data:`CHAPTER_BLOCK_PARTS`. So a ResNet, the chapter's ``Sequential`` and the
-    book's own code (with ``conv3``) map alike. ``shape(array)`` is its shape in canonical
-    layout; unknown dimensions (None, 0 or -1: not yet inferred) pass the check.
-    """
-    spec = get_spec(arch)
-    shapes = parameter_shapes(spec, in_channels, num_classes)
-    prefixes = unit_prefixes(spec)
-    how = "build it with resnet() or the chapter's Residual and resnet_block"
-    if len(units) != len(prefixes):
-        blocks = len(list(iter_blocks(spec)))
-        raise ValueError(f"the network has {len(units)} layers with weights and residual blocks, {spec.label} has "
-                         f"{len(prefixes)} (stem convolution and BatchNorm, {blocks} blocks, "
-                         f"{'final BatchNorm, ' if spec.preact else ''}dense); {how}")
-    renames = {**CANONICAL_PARTS, **CHAPTER_BLOCK_PARTS.get(spec.block, {})}
-    named = {}
-    for prefix, unit in zip(prefixes, units):
-        for key, value in unit.items():
-            named[".".join([prefix] + [renames.get(part, part) for part in key.split(".")])] = value
-    unexpected, missing = [n for n in named if n not in shapes], [n for n in shapes if n not in named]
-    if unexpected or missing:
-        raise ValueError(f"the network's weights do not map to {spec.label}'s: unexpected {unexpected[:3]}, "
-                         f"missing {missing[:3]}; {how}")
-    for name, want in shapes.items():
-        have = tuple(shape(named[name]))
-        if len(have) != len(want) or not all(d in (None, 0, -1, w) for d, w in zip(have, want)):
-            raise ValueError(f"network weight '{name}' has shape {have}, {spec.label}'s is {want}; {how}")
-    return {name: named[name] for name in shapes}
-
-
-def is_buffer(name: str) -> bool:
-    """True for BatchNorm running statistics: state, not trainable parameters."""
-    return name.endswith(".running_mean") or name.endswith(".running_var")
-
-
-def trainable_parameter_names(arch="resnet18", in_channels=1, num_classes=10) -> List[str]:
-    return [n for n in parameter_shapes(arch, in_channels, num_classes) if not is_buffer(n)]
-
-
-def count_parameters(arch="resnet18", in_channels=1, num_classes=10, trainable_only=True) -> int:
-    """Number of scalars; 11,178,378 trainable for ResNet-18, 1 input channel, 10 classes."""
-    total = 0
-    for name, shape in parameter_shapes(arch, in_channels, num_classes).items():
-        if trainable_only and is_buffer(name):
-            continue
-        size = 1
-        for dim in shape:
-            size *= dim
-        total += size
-    return total
-
-
 def conv_output_size(size, kernel, stride, padding):
     """Output size of a convolution or pooling window: ``(size + 2 * padding - kernel) // stride + 1``.
 
@@ -454,42 +307,6 @@ def conv_output_size(size, kernel, stride, padding):
     length = max(len(value) for value in arguments if np.ndim(value) != 0)
     n, k, s, p = ([int(v) for v in value] if np.ndim(value) != 0 else [int(value)] * length for value in arguments)
     return tuple((n[i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(length))
-
-
-# Where the backends' fast paths (their kernels.py) take over from the framework's own layers.
-# Each path computes the same function as the layer it replaces (the oracle tests run both ways).
-
-#: A convolution whose input pixels times output pixels are at most this (2 x 2 -> 2 x 2,
-#: 2 x 2 -> 1 x 1, 1 x 1 -> 1 x 1: layer3/layer4 at 28 x 28) runs as one dense layer with
-#: the kernel unfolded by :func:`tap_selection`.
-DENSE_CONV_MAX_PIXEL_PAIRS = 16
-#: A convolution with at most this many output pixels per map (layer4 at 96 x 96) takes a
-#: matrix-product (im2col) path: for its weight gradient in PyTorch, for the whole layer in
-#: TensorFlow and MXNet.
-MATMUL_CONV_MAX_OUTPUT_PIXELS = 9
-#: ... and so does one with at most this many input channels (the one-channel stem).
-MATMUL_CONV_MAX_IN_CHANNELS = 4
-
-
-def tap_selection(size, kernel, stride, padding) -> np.ndarray:
-    """The 0/1 matrix that turns a convolution on a tiny map into one dense layer.
-
-    Shape ``(kh * kw, Ho * Wo * H * W)``: column ``(i, j, a, b)`` (row-major) has a 1 in the
-    row of the kernel tap joining output pixel ``(i, j)`` to input pixel ``(a, b)`` of an
-    ``H x W`` map, and none where no tap joins them (the window misses that pixel). The
-    kernel ``(O, C, kh * kw)`` times this matrix is, rearranged to ``(O * Ho * Wo, C * H * W)``,
-    the weight of a dense layer on the flattened input map that computes the convolution:
-    the same terms, summed in another order. ``size``, ``kernel``, ``stride`` and
-    ``padding`` are (height, width) pairs.
-    """
-    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
-    out_h, out_w = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    i, j, a, b = np.meshgrid(np.arange(out_h), np.arange(out_w), np.arange(h), np.arange(w), indexing="ij")
-    row, col = (a - i * sh + ph).ravel(), (b - j * sw + pw).ravel()
-    valid = (row >= 0) & (row < kh) & (col >= 0) & (col < kw)
-    selection = np.zeros((kh * kw, out_h * out_w * h * w), dtype=np.float32)
-    selection[(row * kw + col)[valid], np.flatnonzero(valid)] = 1.0
-    return selection
 
 
 def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, num_classes=10):
@@ -517,28 +334,8 @@ def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, n
     return shapes
 
 
-def forward_flops_per_example(arch="resnet18", in_channels=1, height=96, width=96, num_classes=10) -> int:
-    """Multiply-adds x 2 of the convolutions and the dense layer for one example.
-
-    BatchNorm, ReLU, pooling and additions are left out (a few percent); the count is the
-    same for every backend, which is what the benchmark's ratios need. Half of it is what
-    torchvision's tables call GFLOPS (multiply-adds).
-    """
-    spec = get_spec(arch)
-    flops = 0
-    for conv, (h, w) in iter_convs(spec, in_channels, height, width):
-        out_h, out_w = conv_output_size((h, w), conv.kernel, conv.stride, conv.padding)
-        flops += 2 * conv.in_channels // conv.groups * conv.out_channels * conv.kernel ** 2 * out_h * out_w
-    flops += 2 * spec.feature_channels * num_classes
-    return flops
-
-
-def training_flops_per_example(arch="resnet18", in_channels=1, height=96, width=96, num_classes=10) -> int:
-    """Forward plus backward (input and weight gradients): three times the forward count."""
-    return 3 * forward_flops_per_example(arch, in_channels, height, width, num_classes)
-
-
-def _check_positive(**values):
+def check_positive(**values):
+    """A one-line ValueError unless every value is a positive integer (not a bool)."""
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")

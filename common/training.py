@@ -14,7 +14,6 @@ the number of training examples. Evaluation is not counted; neither is the check
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -28,8 +27,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import distributed
-from .backend import BACKENDS
-from .data import check_shardable, fashion_mnist_loader, fashion_mnist_loaders
+from .backend import BACKENDS, backend_part
+from .data import fashion_mnist_loader, fashion_mnist_loaders
+from .sharding import check_shardable
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .spec import arch_name, get_spec
 from .weights import atomic_write, init_weights, load_weights, read_architecture, read_metadata, save_weights
@@ -340,16 +340,7 @@ def _resume_state(out_dir, config: TrainConfig):
 
 def _trainer_class(backend):
     """A backend's short name ("torch") or its Trainer class -> the class."""
-    if isinstance(backend, str):
-        from .backend import load_backend
-
-        return load_backend(backend).Trainer
-    return backend
-
-
-def _distributed_module(trainer_class):
-    """The ``distributed`` module of the backend package ``trainer_class`` comes from."""
-    return importlib.import_module(trainer_class.__module__.rsplit(".", 1)[0] + ".distributed")
+    return backend_part(backend, "train").Trainer if isinstance(backend, str) else backend
 
 
 def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
@@ -376,7 +367,7 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
     workers = distributed.job_size(name) if name in BACKENDS else 1
     if workers > 1:
         check_shardable(config.batch_size, workers)
-        module = _distributed_module(_trainer_class(backend))
+        module = backend_part(name, "distributed")
         try:
             return _train(module.DistributedTrainer, net, config, out_dir, resume, quiet, progress, device, data_dir,
                           synthetic, print_fn)

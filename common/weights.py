@@ -1,7 +1,7 @@
 """Initial weights and the canonical weights file, shared by every backend.
 
 Weights are a ``dict`` of canonical name -> float32 NumPy array (see
-:func:`common.spec.parameter_shapes`). :func:`init_weights` makes them from a seed in NumPy,
+:func:`common.naming.parameter_shapes`). :func:`init_weights` makes them from a seed in NumPy,
 so every backend starts from bit-identical numbers; :func:`save_weights` /
 :func:`load_weights` read and write them as an ``.npz`` file that needs no pickle, carries
 the architecture's name, and is replaced atomically.
@@ -16,7 +16,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .spec import get_spec, parameter_shapes
+from .naming import parameter_shapes
+from .spec import get_spec
 
 __all__ = [
     "WeightsError",

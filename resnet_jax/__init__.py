@@ -1,4 +1,4 @@
-"""ResNet-18 on Fashion-MNIST with JAX and Flax linen (see :mod:`common.backend`)."""
+"""ResNet-18 on Fashion-MNIST with JAX and Flax linen (the contract: :mod:`common.contract`)."""
 import os
 
 # Deterministic GPU kernels (Trainer(deterministic=True) on a GPU): XLA reads its flags once, when
@@ -8,8 +8,8 @@ import os
 if "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
 
-from . import kernels  # noqa: E402,F401
-from .model import *  # noqa: E402,F401,F403
-from .data import *  # noqa: E402,F401,F403
-from .train import *  # noqa: E402,F401,F403
-from . import distributed  # noqa: E402,F401  (data-parallel training: resnet_jax.distributed)
+from common.backend import lazy_exports  # noqa: E402
+
+# The names of model, data and train, and the framework with them, load on first use (PEP 562):
+# resnet_jax.launch, which the launcher needs, imports without the framework.
+__getattr__, __dir__ = lazy_exports(__name__)

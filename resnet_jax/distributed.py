@@ -61,13 +61,12 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import OPTIMIZER, Trainer, _apply_train, _correct, _losses
 from . import kernels
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
-#: What ``metrics.json`` records as the engine on CPUs (on GPUs: ``"jax.distributed (nccl)"``).
-ENGINE = "jax.distributed (gloo)"
 
 #: The environment that describes a job (see the module docstring).
 COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"

@@ -34,8 +34,8 @@ from jax import lax
 
 from common import autotune
 from common.autotune import NATIVE
-from common.spec import (BN_EPSILON, BN_MOMENTUM, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
-                         conv_output_size)
+from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS
+from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["FRAMEWORK", "fast_paths", "fast_paths_enabled", "fast_key", "precision_scope", "conv2d", "batch_norm", "max_pool2d",
            "BatchNorm", "FastConv", "use_fast_layers", "fast_layer_count"]

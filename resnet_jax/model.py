@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from common.backend import plain_layers
-from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
-                         parameter_shapes)
+from common.fastpaths import plain_layers
+from common.naming import canonical_names, is_residual_block, parameter_shapes
+from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights, init_weights
 
 from . import kernels
@@ -403,7 +403,7 @@ def _local_name(path) -> str:
 
 def _units(tree) -> List[Dict[str, tuple]]:
     """The network's layers with weights and its residual blocks (what has a conv1 and a conv2), in
-    order, each as its structural names; see :func:`common.spec.canonical_names`."""
+    order, each as its structural names; see :func:`common.naming.canonical_names`."""
     if all(not isinstance(value, dict) for value in tree.values()) or is_residual_block(tree):
         return [{_local_name(path): ref for path, ref in _refs(tree)}]
     units = []
@@ -423,7 +423,7 @@ def _refs(tree, path=()):
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None, dtype=None) -> Network:
     """The network ``arch`` (see :class:`ResNet`) in ``style``, variables made; the kernels' fast
-    paths on unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
+    paths on unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
     spec = get_spec(arch, style)
     parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
     arch = spec.name if spec == get_spec(spec.name, spec.style) else spec
@@ -481,7 +481,7 @@ def _get(variables, collection, path):
 
 def canonical_variables(net) -> Dict[str, jax.Array]:
     """Canonical name -> the net's array (Flax's layout: HWIO kernels, (in, out) dense), in spec
-    order: a :class:`ResNet`, the chapter's network or the book's, by :func:`common.spec.canonical_names`."""
+    order: a :class:`ResNet`, the chapter's network or the book's, by :func:`common.naming.canonical_names`."""
     return {name: _get(net.variables, collection, path) for name, (collection, path, _) in net.layout.items()}
 
 

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common import backend, training
+from common import contract, training
 from common.backend import device_label
 from common.hparams import check_precision
-from common.spec import trainable_parameter_names
+from common.naming import trainable_parameter_names
 
 from . import kernels
 from .data import to_tensor
@@ -96,8 +96,8 @@ def _loss_and_gradients(module, fast, params, batch_stats, x, y):
     return value, gradients, batch_stats
 
 
-class Trainer(backend.Trainer):
-    """JAX's side of :func:`common.training.fit` (the contract: :class:`common.backend.Trainer`).
+class Trainer(contract.Trainer):
+    """JAX's side of :func:`common.training.fit` (the contract: :class:`common.contract.Trainer`).
 
     ``net`` may be a :class:`resnet_jax.model.Network` or, as in the chapter's ``train_ch6``, a
     function that builds one. The trainer keeps the network's variables up to date in

@@ -1,4 +1,4 @@
-"""ResNet-18 on Fashion-MNIST with MXNet Gluon (see :mod:`common.backend`)."""
+"""ResNet-18 on Fashion-MNIST with MXNet Gluon (the contract: :mod:`common.contract`)."""
 import os
 import sys
 import warnings
@@ -18,7 +18,8 @@ if "OMP_NUM_THREADS" not in os.environ and "MXNET_OMP_MAX_THREADS" not in os.env
                       f"import resnet_mx first or set MXNET_OMP_MAX_THREADS={physical_cpu_cores()}",
                       RuntimeWarning, stacklevel=2)
 
-from .model import *  # noqa: E402,F401,F403
-from .data import *  # noqa: E402,F401,F403
-from .train import *  # noqa: E402,F401,F403
-from . import distributed  # noqa: E402,F401  (data-parallel training: resnet_mx.distributed)
+from common.backend import lazy_exports  # noqa: E402
+
+# The names of model, data and train, and the framework with them, load on first use (PEP 562):
+# resnet_mx.launch, which the launcher needs, imports without the framework.
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -49,15 +49,11 @@ import mxnet as mx
 from mxnet import autograd
 
 from .kernels import legacy_operators
+from .launch import ENGINE, ENGINE_VARIABLES
 from .train import Trainer, _correct
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
-#: What ``metrics.json`` records as the engine.
-ENGINE = "MXNet kvstore dist_sync (ps-lite)"
-
-#: The variables a worker reads (ps-lite's), in the order they are checked.
-REQUIRED_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER")
 
 _kv = None          # this process's dist_sync kvstore, while it is in a job
 _left = False       # True once shutdown() has left the job: ps-lite cannot start again in a process
@@ -65,9 +61,9 @@ _next_key = 0       # kvstore keys handed out so far (every worker hands them ou
 
 
 def _check_environment() -> None:
-    for name in REQUIRED_ENV:
+    for name in ENGINE_VARIABLES:
         if not os.environ.get(name, "").strip():
-            raise RuntimeError(f"{name} is not set: a dist_sync worker needs {', '.join(REQUIRED_ENV)} "
+            raise RuntimeError(f"{name} is not set: a dist_sync worker needs {', '.join(ENGINE_VARIABLES)} "
                                "(see resnet_mx.distributed)")
     if os.environ["DMLC_ROLE"].strip() != "worker":
         raise RuntimeError(f"DMLC_ROLE={os.environ['DMLC_ROLE']!r}: a trainer is a worker (DMLC_ROLE=worker); the "

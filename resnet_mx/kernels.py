@@ -33,8 +33,8 @@ from mxnet.util import is_np_array
 
 from common import autotune
 from common.autotune import NATIVE
-from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
-                         conv_output_size, iter_blocks, iter_convs, stage_output_shapes)
+from common.fastpaths import DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS
+from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size, iter_blocks, iter_convs, stage_output_shapes
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
            "TinyMapConv2D", "tap_selection", "legacy_operators", "use_bfloat16", "uses_bfloat16"]
@@ -316,7 +316,7 @@ class TinyMapConv2D(nn.Conv2D):
 
 
 def tap_selection(F, size, kernel, stride, padding):
-    """:func:`common.spec.tap_selection` built with ``F`` (``mx.nd`` or ``mx.sym``, legacy):
+    """:func:`common.fastpaths.tap_selection` built with ``F`` (``mx.nd`` or ``mx.sym``, legacy):
     the (kh*kw, Ho*Wo*H*W) 0/1 matrix whose column (i, j, a, b) selects the kernel tap that
     joins output pixel (i, j) to input pixel (a, b) of an H x W map, or none.
 

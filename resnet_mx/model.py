@@ -14,9 +14,9 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
-from common.backend import plain_layers
-from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
-                         parameter_shapes)
+from common.fastpaths import plain_layers
+from common.naming import canonical_names, is_residual_block, parameter_shapes
+from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights
 
 from .kernels import batch_norm, forward_as_pytorch, use_fast_layers, with_batch_statistics
@@ -285,7 +285,7 @@ class ResNet(nn.HybridBlock):
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
     """The network ``arch`` (see :class:`ResNet`) in ``style`` with Gluon's default init on the CPU, its
-    fast paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
+    fast paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
     net = ResNet(arch, num_classes, in_channels, style)
     net.initialize(ctx=mx.cpu())
     return net if plain_layers(plain) else use_fast_layers(net)
@@ -342,7 +342,7 @@ def architecture(net) -> Tuple[ResNetSpec, int, int]:
 
 def _units(block) -> Iterator[Dict[str, gluon.Parameter]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
-    each as its Gluon structural names; see :func:`common.spec.canonical_names`."""
+    each as its Gluon structural names; see :func:`common.naming.canonical_names`."""
     children = block._children  # Gluon 1.x has no public child iterator
     if children and not is_residual_block(children):
         for child in children.values():
@@ -355,7 +355,7 @@ def _units(block) -> Iterator[Dict[str, gluon.Parameter]]:
 
 def canonical_variables(net) -> Dict[str, gluon.Parameter]:
     """Canonical name -> the net's Parameter, in spec order: a :class:`ResNet`, the chapter's
-    ``Sequential`` of this or the book's ``Residual``, by :func:`common.spec.canonical_names`.
+    ``Sequential`` of this or the book's ``Residual``, by :func:`common.naming.canonical_names`.
     Shapes not yet inferred pass the check."""
     return canonical_names(list(_units(net)), *architecture(net))
 

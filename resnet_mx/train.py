@@ -20,10 +20,11 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.util import is_np_array
 
-from common import backend, training
+from common import contract, training
 from common.backend import device_label
 from common.hparams import check_precision
-from common.spec import ResNetSpec, trainable_parameter_names
+from common.naming import trainable_parameter_names
+from common.spec import ResNetSpec
 
 from .data import to_tensor
 from .kernels import legacy_operators, use_bfloat16
@@ -130,8 +131,8 @@ def _scalar(value) -> float:
     return float(value.asnumpy().item())
 
 
-class Trainer(backend.Trainer):
-    """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
+class Trainer(contract.Trainer):
+    """One network, its SGD optimizer and loss on one device; see :class:`common.contract.Trainer`.
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
     ``Sequential``, initialised or not); ``None`` builds ``resnet(arch, num_classes, in_channels, style)``.

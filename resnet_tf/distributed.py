@@ -49,12 +49,11 @@ import keras
 import tensorflow as tf
 
 from . import kernels
+from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import Trainer, _correct, _cross_entropy
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
-#: What ``metrics.json`` records as the engine (on GPUs the all-reduce is NCCL's).
-ENGINE = "tf.distribute.MultiWorkerMirroredStrategy (collective ring over gRPC)"
 ENGINE_GPU = "tf.distribute.MultiWorkerMirroredStrategy (NCCL)"
 
 

@@ -30,8 +30,8 @@ import tensorflow as tf
 from common import autotune
 from common.autotune import NATIVE
 
-from common.spec import (BN_EPSILON, BN_MOMENTUM, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS,
-                         conv_output_size)
+from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS
+from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["FRAMEWORK", "tracing", "compiler", "conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
            "SymmetricMaxPool2D"]

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.backend import plain_layers
-from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
-                         parameter_shapes)
+from common.fastpaths import plain_layers
+from common.naming import canonical_names, is_residual_block, parameter_shapes
+from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights
 
 from . import kernels
@@ -307,7 +307,7 @@ class ResNet(keras.Model):
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
     """The network ``arch`` (see :class:`ResNet`) in ``style``, variables built; the kernels' fast
-    paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
+    paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
     net = ResNet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
     return net if plain_layers(plain) else kernels.use_fast_layers(net)
 
@@ -381,7 +381,7 @@ def _variables(layer, prefix="") -> Dict[str, tf.Variable]:
 
 def _units(layer) -> Iterator[Dict[str, tf.Variable]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
-    each as its structural names; see :func:`common.spec.canonical_names`."""
+    each as its structural names; see :func:`common.naming.canonical_names`."""
     sublayers = _sublayers(layer)
     if sublayers and not is_residual_block(sublayers):
         for sublayer in sublayers.values():
@@ -399,7 +399,7 @@ def _canonical_shape(variable) -> Tuple[int, ...]:
 
 def canonical_variables(net) -> Dict[str, tf.Variable]:
     """Canonical name -> the net's variable, in spec order: a :class:`ResNet`, the chapter's
-    Sequential of this or the book's ``Residual``, by :func:`common.spec.canonical_names`."""
+    Sequential of this or the book's ``Residual``, by :func:`common.naming.canonical_names`."""
     return canonical_names(list(_units(net)), *architecture(net), shape=_canonical_shape)
 
 

@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import autotune, backend, training
+from common import autotune, contract, training
 from common.backend import device_label
 from common.hparams import check_precision
-from common.spec import trainable_parameter_names
+from common.naming import trainable_parameter_names
 
 from . import kernels
 from .data import to_tensor
@@ -98,8 +98,8 @@ def set_precision(precision: str = "fp32", deterministic: bool = True, device=No
     use_tf32(precision == "tf32")
 
 
-class Trainer(backend.Trainer):
-    """TensorFlow's side of :func:`common.training.fit` (the contract: :class:`common.backend.Trainer`).
+class Trainer(contract.Trainer):
+    """TensorFlow's side of :func:`common.training.fit` (the contract: :class:`common.contract.Trainer`).
 
     ``net`` may be a built network (a :class:`resnet_tf.model.ResNet` or the chapter's
     Sequential) or, as in the chapter's TensorFlow ``train_ch6``, a function that builds one.

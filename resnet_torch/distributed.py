@@ -36,13 +36,11 @@ from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import Trainer
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
-#: What ``metrics.json`` records: gloo's on a CPU; :attr:`DistributedTrainer.engine` says ``nccl``
-#: where the job runs on GPUs.
-ENGINE = "torch.distributed (gloo)"
 
 #: Seconds the rendezvous and any one collective may wait for the other workers before raising
 #: (a worker that died, or never started). A dead peer's closed connection fails at once; this

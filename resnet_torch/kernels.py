@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from common import autotune
 from common.autotune import NATIVE
-from common.spec import (BN_EPSILON, BN_MOMENTUM, DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_IN_CHANNELS,
-                         MATMUL_CONV_MAX_OUTPUT_PIXELS, conv_output_size, tap_selection)
+from common.fastpaths import (DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, tap_selection)
+from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "use_fast_layers", "fast_layer_count"]
 
@@ -67,7 +67,7 @@ _SELECTIONS: Dict[tuple, torch.Tensor] = {}
 
 def _conv_as_dense(x, weight, bias, stride, padding):
     """A convolution on a tiny map as one dense layer from the flattened input map to the
-    flattened output map, its weight the kernel times :func:`common.spec.tap_selection`.
+    flattened output map, its weight the kernel times :func:`common.fastpaths.tap_selection`.
 
     Autograd takes the gradient to the kernel through that product, a matrix product too.
     Taps that only ever meet padding get a zero gradient, as the convolution's do.
@@ -120,7 +120,7 @@ def _timed_run(path, x, weight, bias, stride, padding, training):
 class _FastConv2d(nn.Conv2d):
     """``nn.Conv2d`` with faster paths for the shapes where oneDNN can be slow; the same function.
 
-    * Input times output map of at most :data:`common.spec.DENSE_CONV_MAX_PIXEL_PAIRS` pixel
+    * Input times output map of at most :data:`common.fastpaths.DENSE_CONV_MAX_PIXEL_PAIRS` pixel
       pairs (layer3/layer4 at 28 x 28): one dense layer with the kernel unfolded
       (:func:`_conv_as_dense`), which skips the padding taps oneDNN multiplies.
     * Few input channels (the stem) or a small output map (layer4 at 96 x 96): the weight

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.backend import plain_layers
-from common.spec import (ResNetSpec, canonical_names, check_input_shape, get_spec, is_residual_block, iter_blocks,
-                         parameter_shapes)
+from common.fastpaths import plain_layers
+from common.naming import canonical_names, is_residual_block, parameter_shapes
+from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights
 
 from . import kernels
@@ -269,7 +269,7 @@ class ResNet(nn.Module):
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
     """The network ``arch`` (see :class:`ResNet`) in ``style`` with PyTorch's default init, its
-    fast paths bound in unless :func:`common.backend.plain_layers` (``plain``) says plain layers."""
+    fast paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
     net = ResNet(arch, num_classes, in_channels, style)
     return net if plain_layers(plain) else kernels.use_fast_layers(net)
 
@@ -317,7 +317,7 @@ def architecture(net) -> Tuple[ResNetSpec, int, int]:
 
 def _units(module) -> Iterator[Dict[str, torch.Tensor]]:
     """The net's layers with weights and its residual blocks (what has a conv1 and a conv2), in order,
-    each as its state-dict entries; see :func:`common.spec.canonical_names`."""
+    each as its state-dict entries; see :func:`common.naming.canonical_names`."""
     children = dict(module.named_children())
     if children and not is_residual_block(children):
         for child in children.values():
@@ -330,7 +330,7 @@ def _units(module) -> Iterator[Dict[str, torch.Tensor]]:
 
 def canonical_variables(net) -> Dict[str, torch.Tensor]:
     """Canonical name -> the net's parameter or buffer tensor, in spec order: a :class:`ResNet`, the
-    chapter's ``nn.Sequential`` of this or the book's ``Residual``, by :func:`common.spec.canonical_names`."""
+    chapter's ``nn.Sequential`` of this or the book's ``Residual``, by :func:`common.naming.canonical_names`."""
     return canonical_names(list(_units(net)), *architecture(net))
 
 

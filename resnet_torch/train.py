@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import backend, training
+from common import contract, training
 from common.backend import device_label
 from common.hparams import check_precision
-from common.spec import ResNetSpec, trainable_parameter_names
+from common.naming import trainable_parameter_names
+from common.spec import ResNetSpec
 
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
@@ -45,8 +46,8 @@ def set_precision(precision: str = "fp32", deterministic: bool = True, device=No
         torch.backends.cudnn.benchmark = False  # decided per input size by the Trainer
 
 
-class Trainer(backend.Trainer):
-    """One network, its SGD optimizer and loss on one device; see :class:`common.backend.Trainer`.
+class Trainer(contract.Trainer):
+    """One network, its SGD optimizer and loss on one device; see :class:`common.contract.Trainer`.
 
     Plain NCHW memory and eager mode: channels_last and ``torch.compile`` were slower here on the CPU.
 

@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from common.backend import PLAIN_LAYERS_ENV, load_backend, physical_cpu_cores, plain_layers
-from common.spec import tap_selection
+from common.backend import load_backend, physical_cpu_cores
+from common.fastpaths import PLAIN_LAYERS_ENV, plain_layers
+from common.fastpaths import tap_selection
 
 
 def _topology(root, cpu, package, core):

@@ -8,7 +8,8 @@ import pytest
 
 from common.backend import BACKENDS
 from common.cli import main
-from common.spec import get_spec, training_flops_per_example
+from common.flops import training_flops_per_example
+from common.spec import get_spec
 from common.weights import init_weights, read_architecture, save_weights
 
 from helpers import SMALL_ARCH

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from common import distributed, oracle
-from common.data import BatchLoader, fashion_mnist_loader, shard_slices
+from common.data import fashion_mnist_loader, BatchLoader
+from common.sharding import shard_slices
+from common.backend import backend_part
 from common.distributed import DistributedError
 from common.spec import get_spec
 from common.weights import init_weights, load_weights, read_metadata
@@ -113,7 +115,16 @@ def test_each_engines_variables_describe_the_job(name):
     assert [distributed.job_size(name, env) for env in environments] == [3, 3, 3]
     assert distributed.job_size(name, {}) == 1
     for env in environments:
-        assert set(env) <= set(distributed.ENGINE_VARIABLES[name]) | {"DMLC_NODE_HOST"}
+        assert set(env) <= set(backend_part(name, "launch").ENGINE_VARIABLES) | {"DMLC_NODE_HOST"}
+
+
+@pytest.mark.parametrize("name", ["torch", "tf", "mx", "jax"])
+def test_the_launch_facts_import_without_the_framework(name):
+    """The launcher runs where the framework is absent: a backend's launch module imports none."""
+    code = (f"import sys; from common.backend import backend_part; backend_part({name!r}, 'launch'); "
+            f"frameworks = {{'torch', 'tensorflow', 'mxnet', 'jax', 'flax', 'keras'}} & set(sys.modules); "
+            f"assert not frameworks, frameworks")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_a_job_description_that_cannot_be_read_is_one_line():
@@ -197,9 +208,8 @@ def test_a_failing_worker_stops_the_others_and_is_named(tmp_path):
 def _cli(*args, timeout=JOB_TIMEOUT):
     """``resnet-fmnist ARGS`` in a process of its own (the launcher), with a time limit."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for names in distributed.ENGINE_VARIABLES.values():
-        for name in names:
-            env.pop(name, None)
+    for name in distributed.all_engine_variables():
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=timeout)
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import (RESNET_SPECS, STYLES, count_parameters, forward_flops_per_example, get_spec, iter_blocks,
-                         parameter_shapes, stage_output_shapes, trainable_parameter_names)
+from common.flops import forward_flops_per_example
+from common.naming import count_parameters, parameter_shapes, trainable_parameter_names
+from common.spec import RESNET_SPECS, STYLES, get_spec, iter_blocks, stage_output_shapes
 from common.weights import jittered_weights
 
 from helpers import damped_residuals, disturbed_weights, scaled_for_unit_logits

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import BN_EPSILON, get_spec, iter_blocks, parameter_shapes
+from common.naming import parameter_shapes
+from common.spec import BN_EPSILON, get_spec, iter_blocks
 
 from helpers import disturbed_weights, scaled_for_unit_logits
 

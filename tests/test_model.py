@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import count_parameters, parameter_shapes, stage_output_shapes
+from common.naming import count_parameters, parameter_shapes
+from common.spec import stage_output_shapes
 from common.weights import WeightsError, init_weights
 
 from helpers import disturbed_weights, load_expected, scaled_for_unit_logits

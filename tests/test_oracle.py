@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import (BN_EPSILON, BN_MOMENTUM, STYLES, ResNetSpec, StageSpec, is_buffer, iter_blocks, parameter_shapes,
-                         trainable_parameter_names)
+from common.naming import is_buffer, parameter_shapes, trainable_parameter_names
+from common.spec import BN_EPSILON, BN_MOMENTUM, STYLES, iter_blocks, ResNetSpec, StageSpec
 from common.weights import init_weights
 
 from helpers import disturbed_weights

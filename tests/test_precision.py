@@ -12,7 +12,7 @@ import pytest
 
 from common import oracle
 from common.hparams import PRECISIONS, TrainConfig, check_precision
-from common.spec import is_buffer
+from common.naming import is_buffer
 from common.weights import init_weights
 
 from helpers import SMALL_ARCH, damped_residuals, disturbed_weights, scaled_for_unit_logits

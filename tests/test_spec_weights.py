@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.spec import (canonical_names, check_input_shape, count_parameters, get_spec, iter_blocks, parameter_shapes,
-                         stage_output_shapes, tap_selection, trainable_parameter_names, training_flops_per_example)
+from common.fastpaths import tap_selection
+from common.flops import training_flops_per_example
+from common.naming import canonical_names, count_parameters, parameter_shapes, trainable_parameter_names
+from common.spec import check_input_shape, get_spec, iter_blocks, stage_output_shapes
 from common.weights import (FORMAT_TAG, WeightsError, check_weights, init_weights, load_weights, read_metadata,
                             save_weights)
 

@@ -2,7 +2,7 @@
 
 Each of torchvision's model builders makes its network with random weights (seeded; BatchNorm
 scales, shifts and running statistics randomised too, so no term is trivial). Its
-``state_dict()`` must have the canonical names and shapes of :func:`common.spec.parameter_shapes`
+``state_dict()`` must have the canonical names and shapes of :func:`common.naming.parameter_shapes`
 in the same order, and its weights, as float32 NumPy arrays (no pickle), loaded into
 ``resnet_torch`` (through ``import_weights``) and into the oracle must give its logits within
 1e-4, in eval mode and in train mode, and its running statistics after the train-mode pass
@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 import resnet_torch  # noqa: E402
 from common import oracle  # noqa: E402
-from common.spec import get_spec, is_buffer, parameter_shapes  # noqa: E402
+from common.naming import is_buffer, parameter_shapes  # noqa: E402
+from common.spec import get_spec  # noqa: E402
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d"]
 NUM_CLASSES = 10

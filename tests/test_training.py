@@ -8,7 +8,7 @@ import pytest
 from common import oracle
 from common.data import BatchLoader, fashion_mnist_loaders, synthetic_fashion_mnist
 from common.hparams import TrainConfig
-from common.spec import is_buffer
+from common.naming import is_buffer
 from common.training import CHECKPOINT_NAME, METRICS_NAME, TrainingDiverged, fit
 from common.weights import init_weights, jittered_weights, load_weights, read_metadata
 
