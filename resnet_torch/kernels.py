@@ -1,10 +1,12 @@
-"""What exists for speed or exact agreement, bound into the chapter's network by name.
+"""What exists for speed or exact agreement, kept out of ``model.py``: the layers a network is built from.
 
 PyTorch's own layers already compute the reference function (symmetric integer padding,
-BatchNorm with the project's constants, NaN kept by ReLU), so this module holds only faster
-convolutions for the shapes where oneDNN is slow on the CPU. :func:`use_fast_layers` binds them
-into a built network; they compute the same function as ``nn.Conv2d`` (the oracle tests run
-both ways), with the same parameters, so ``state_dict()`` and the weights do not change.
+BatchNorm with the project's constants, NaN kept by ReLU), so this module holds only a faster
+convolution for the shapes where oneDNN is slow on the CPU, :class:`FastConv2d`. :data:`PLAIN`
+and :data:`FAST` are the two :class:`common.fastpaths.Layers` a ``ResNet`` is built from (how and
+why: :mod:`common.fastpaths`); they differ only in the convolution, which computes the same
+function as ``nn.Conv2d`` (the oracle tests run both) with the same parameters, so
+``state_dict()`` and the weights are the same either way.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from torch.nn import functional as F
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import (DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, tap_selection)
+from common.fastpaths import (DENSE_CONV_MAX_PIXEL_PAIRS, Layers, MATMUL_CONV_MAX_IN_CHANNELS,
+                              MATMUL_CONV_MAX_OUTPUT_PIXELS, tap_selection)
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
-__all__ = ["batch_norm", "use_fast_layers", "fast_layer_count"]
+__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FastConv2d"]
 
 #: What an autotuned choice is measured for (with the machine): this PyTorch.
 FRAMEWORK = f"PyTorch {torch.__version__}"
@@ -97,7 +100,7 @@ def _native_conv(x, weight, bias, stride, padding):
     return F.conv2d(x, weight, bias, stride, padding)
 
 
-#: The ways :class:`_FastConv2d` can compute a convolution, fast ones in order of preference.
+#: The ways :class:`FastConv2d` can compute a convolution, fast ones in order of preference.
 _PATHS = {"dense": _conv_as_dense, "unfold_weight_grad": _unfold_weight_grad_conv, NATIVE: _native_conv}
 
 
@@ -117,7 +120,7 @@ def _timed_run(path, x, weight, bias, stride, padding, training):
     return run
 
 
-class _FastConv2d(nn.Conv2d):
+class FastConv2d(nn.Conv2d):
     """``nn.Conv2d`` with faster paths for the shapes where oneDNN can be slow; the same function.
 
     * Input times output map of at most :data:`common.fastpaths.DENSE_CONV_MAX_PIXEL_PAIRS` pixel
@@ -129,6 +132,7 @@ class _FastConv2d(nn.Conv2d):
     Where one applies, :func:`common.autotune.choose` picks between it and oneDNN's own
     convolution by timing both once per machine, shape and PyTorch version. Grouped convolutions
     (ResNeXt's) take ``nn.Conv2d``'s own path; convolutions with and without a bias both fit.
+    Constructed as ``nn.Conv2d`` is, with no state of its own: the same parameters under the same names.
     """
 
     def forward(self, x):
@@ -154,18 +158,12 @@ class _FastConv2d(nn.Conv2d):
         return _PATHS[path](x, *args)
 
 
-def use_fast_layers(net: nn.Module) -> nn.Module:
-    """Bind the fast convolutions into ``net`` in place and return it.
-
-    Every ``nn.Conv2d`` becomes a :class:`_FastConv2d`: the same module with the same
-    parameters (no new state), whose forward takes a fast path where one applies.
-    """
-    for module in net.modules():
-        if type(module) is nn.Conv2d:
-            module.__class__ = _FastConv2d
-    return net
+#: The framework's own layers (``plain=True``, ``RESNET_PLAIN_LAYERS=1``, the chapter's blocks by default).
+PLAIN = Layers("plain", conv=nn.Conv2d, max_pool=nn.MaxPool2d, global_pool=nn.AdaptiveAvgPool2d)
+#: The same with :class:`FastConv2d`; PyTorch's pools are fast already, so they stay.
+FAST = Layers("fast", conv=FastConv2d, max_pool=nn.MaxPool2d, global_pool=nn.AdaptiveAvgPool2d)
 
 
 def fast_layer_count(net: nn.Module) -> int:
-    """How many layers of ``net`` run a fast path of this module."""
-    return sum(isinstance(module, _FastConv2d) for module in net.modules())
+    """How many layers of ``net`` run a fast path of this module (0 for a network built from :data:`PLAIN`)."""
+    return sum(isinstance(module, FastConv2d) for module in net.modules())

@@ -3,8 +3,8 @@ pre-activation blocks; ResNet-18 to 152 and ResNeXt-50 in every style), built fr
 and weights I/O.
 
 Module names are torchvision's (``conv1``, ``bn1``, ``layer2.0.downsample.0``, ``fc``), so the
-``state_dict()`` keys are the canonical names of :mod:`common.spec`. The faster convolutions of
-:mod:`resnet_torch.kernels` are bound in by :func:`resnet` unless plain layers are asked for.
+``state_dict()`` keys are the canonical names of :mod:`common.spec`.
+Fast paths: ``layers=kernels.FAST`` (blocks: ``conv=``), a constructor argument, as :mod:`common.fastpaths` says.
 """
 from __future__ import annotations
 
@@ -57,15 +57,16 @@ class Residual(nn.Module):
     """The Residual block of ResNet models."""
 
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bias=True,
-                 norm_shortcut=False):
+                 norm_shortcut=False, conv=nn.Conv2d):
         super().__init__()
         # Registered in the canonical parameter order: conv1, bn1, conv2, bn2, downsample.
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.conv1 = conv(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
         self.bn1 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.conv2 = conv(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
         self.bn2 = batch_norm(num_channels)
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
-            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut)
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut,
+                                          conv=conv)
         else:
             self.downsample = None
 
@@ -89,10 +90,10 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False)
 
 # --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
 
-def _projection(input_channels, num_channels, strides=1, *, bias=True, norm=False):
+def _projection(input_channels, num_channels, strides=1, *, bias=True, norm=False, conv=nn.Conv2d):
     """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
     (``downsample.1``) where ``norm`` is set (torchvision's style)."""
-    layers = [nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)]
+    layers = [conv(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)]
     if norm:
         layers.append(batch_norm(num_channels))
     return nn.Sequential(*layers)
@@ -105,18 +106,19 @@ class Bottleneck(nn.Module):
     after the addition of the shortcut."""
 
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None,
-                 groups=1, bias=True, norm_shortcut=False):
+                 groups=1, bias=True, norm_shortcut=False, conv=nn.Conv2d):
         super().__init__()
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
-        self.conv1 = nn.Conv2d(input_channels, bot_channels, kernel_size=1, bias=bias)
+        self.conv1 = conv(input_channels, bot_channels, kernel_size=1, bias=bias)
         self.bn1 = batch_norm(bot_channels)
-        self.conv2 = nn.Conv2d(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
-                               bias=bias)
+        self.conv2 = conv(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
+                          bias=bias)
         self.bn2 = batch_norm(bot_channels)
-        self.conv3 = nn.Conv2d(bot_channels, num_channels, kernel_size=1, bias=bias)
+        self.conv3 = conv(bot_channels, num_channels, kernel_size=1, bias=bias)
         self.bn3 = batch_norm(num_channels)
         if use_1x1conv:
-            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut)
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, norm=norm_shortcut,
+                                          conv=conv)
         else:
             self.downsample = None
 
@@ -137,10 +139,10 @@ class ResNeXtBlock(Bottleneck):
     ``norm_shortcut=True``."""
 
     def __init__(self, input_channels, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, *, bias=True,
-                 norm_shortcut=False):
+                 norm_shortcut=False, conv=nn.Conv2d):
         bot_channels = int(round(num_channels * bot_mul))
         super().__init__(input_channels, num_channels, use_1x1conv, strides, bot_channels=bot_channels,
-                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut)
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, conv=conv)
 
 
 class PreActResidual(nn.Module):
@@ -148,14 +150,14 @@ class PreActResidual(nn.Module):
     shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
     the addition."""
 
-    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bias=True):
+    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bias=True, conv=nn.Conv2d):
         super().__init__()
         self.bn1 = batch_norm(input_channels)
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.conv1 = conv(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
         self.bn2 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.conv2 = conv(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
         if use_1x1conv:
-            self.downsample = _projection(input_channels, num_channels, strides, bias=bias)
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, conv=conv)
         else:
             self.downsample = None
 
@@ -173,18 +175,18 @@ class PreActBottleneck(nn.Module):
     :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
 
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1,
-                 bias=True):
+                 bias=True, conv=nn.Conv2d):
         super().__init__()
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
         self.bn1 = batch_norm(input_channels)
-        self.conv1 = nn.Conv2d(input_channels, bot_channels, kernel_size=1, bias=bias)
+        self.conv1 = conv(input_channels, bot_channels, kernel_size=1, bias=bias)
         self.bn2 = batch_norm(bot_channels)
-        self.conv2 = nn.Conv2d(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
-                               bias=bias)
+        self.conv2 = conv(bot_channels, bot_channels, kernel_size=3, padding=1, stride=strides, groups=groups,
+                          bias=bias)
         self.bn3 = batch_norm(bot_channels)
-        self.conv3 = nn.Conv2d(bot_channels, num_channels, kernel_size=1, bias=bias)
+        self.conv3 = conv(bot_channels, num_channels, kernel_size=1, bias=bias)
         if use_1x1conv:
-            self.downsample = _projection(input_channels, num_channels, strides, bias=bias)
+            self.downsample = _projection(input_channels, num_channels, strides, bias=bias, conv=conv)
         else:
             self.downsample = None
 
@@ -198,20 +200,21 @@ class PreActBottleneck(nn.Module):
         return Y + X
 
 
-#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
-#: :class:`common.spec.BlockConfig` and the network's spec.
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its :class:`common.spec.BlockConfig`,
+#: the network's spec and its :class:`common.fastpaths.Layers`.
 BLOCK_BUILDERS = {
-    "basic": lambda block, spec: Residual(
+    "basic": lambda block, spec, layers: Residual(
         block.in_channels, block.out_channels, block.use_1x1conv, block.stride,
-        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "bottleneck": lambda block, spec: Bottleneck(
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, conv=layers.conv),
+    "bottleneck": lambda block, spec, layers: Bottleneck(
         block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels,
-        groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "preact_basic": lambda block, spec: PreActResidual(
-        block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias),
-    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, conv=layers.conv),
+    "preact_basic": lambda block, spec, layers: PreActResidual(
+        block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias,
+        conv=layers.conv),
+    "preact_bottleneck": lambda block, spec, layers: PreActBottleneck(
         block.in_channels, block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels,
-        groups=block.groups, bias=spec.conv_bias),
+        groups=block.groups, bias=spec.conv_bias, conv=layers.conv),
 }
 
 
@@ -219,29 +222,31 @@ class ResNet(nn.Module):
     """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
     ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
-    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
-    pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
+    ``layers`` the convolution and pools every layer is made with (:data:`resnet_torch.kernels.PLAIN`
+    or ``FAST``). A pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
     """
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l"):
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", layers=kernels.PLAIN):
         super().__init__()
         spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
         self.spec, self.arch, self.style = spec, spec.name, spec.style
         self.num_classes, self.in_channels = num_classes, in_channels
-        self.conv1 = nn.Conv2d(in_channels, spec.stem_channels, kernel_size=spec.stem_kernel,
-                               stride=spec.stem_stride, padding=spec.stem_padding, bias=spec.conv_bias)
+        self.conv1 = layers.conv(in_channels, spec.stem_channels, kernel_size=spec.stem_kernel,
+                                 stride=spec.stem_stride, padding=spec.stem_padding, bias=spec.conv_bias)
         self.bn1 = batch_norm(spec.stem_channels)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=spec.pool_kernel, stride=spec.pool_stride, padding=spec.pool_padding)
+        self.maxpool = layers.max_pool(kernel_size=spec.pool_kernel, stride=spec.pool_stride,
+                                       padding=spec.pool_padding)
         stages: Dict[int, List[nn.Module]] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", nn.Sequential(*blocks))
         self.num_stages = len(stages)
         self.norm = batch_norm(spec.feature_channels) if spec.preact else None
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = layers.global_pool((1, 1))
         self.fc = nn.Linear(spec.feature_channels, num_classes)
 
     def _stem(self, x):
@@ -268,10 +273,9 @@ class ResNet(nn.Module):
 
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
-    """The network ``arch`` (see :class:`ResNet`) in ``style`` with PyTorch's default init, its
-    fast paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
-    net = ResNet(arch, num_classes, in_channels, style)
-    return net if plain_layers(plain) else kernels.use_fast_layers(net)
+    """The network ``arch`` (see :class:`ResNet`) in ``style`` with PyTorch's default init, built from
+    :data:`resnet_torch.kernels.FAST` unless :func:`common.fastpaths.plain_layers` (``plain``) says ``PLAIN``."""
+    return ResNet(arch, num_classes, in_channels, style, layers=kernels.PLAIN if plain_layers(plain) else kernels.FAST)
 
 
 def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
