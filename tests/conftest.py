@@ -28,33 +28,32 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if BACKEND in FRAMEWORK_FREE_IN:
-        return
-    skip = pytest.mark.skip(reason=f"framework-free: run in the {' and '.join(FRAMEWORK_FREE_IN[1:])} environments")
+    """The markers, handled here once (pyproject.toml declares them):
+
+    * ``backend(*names)``: runs only where RESNET_BACKEND is one of ``names``;
+    * ``compile_heavy(*names)``: in those backends' environments, only adds compiling to what other
+      cases check (XLA's ResNet-101): skipped there unless RESNET_ALL_FAMILIES=1;
+    * tests that take no backend (framework-free) run only where :data:`FRAMEWORK_FREE_IN` says.
+    """
+    free_skip = pytest.mark.skip(reason=f"framework-free: run in the {' and '.join(FRAMEWORK_FREE_IN[1:])} environments")
+    all_families = os.environ.get("RESNET_ALL_FAMILIES") == "1"
     for item in items:
-        if "backend_name" not in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
-
-
-#: TensorFlow only: tests of the training loop and the command line (not of what a network or a
-#: step computes) run TensorFlow's graph executor, RESNET_FAST_PATHS=native, which builds a Trainer
-#: several times faster than XLA. Both paths are held to the oracle elsewhere (test_model,
-#: test_families, test_training's step tests), and the fast one by every test not named here.
-LOOP_TESTS_IN_TF = {
-    "test_cli.py": None,  # every test
-    "test_distributed.py": None,
-    # (not the NaN tests: the graph executor's fused kernels do not carry a NaN image into the loss)
-    "test_training.py": {"test_resume_ends_with_the_same_weights", "test_chapter_train_ch6_prints_the_chapter_lines",
-                         "test_the_chapters_training_cell_runs"},
-}
+        backends = item.get_closest_marker("backend")
+        if backends is not None and BACKEND not in backends.args:
+            item.add_marker(pytest.mark.skip(reason=f"RESNET_BACKEND={'|'.join(backends.args)} only"))
+        heavy = item.get_closest_marker("compile_heavy")
+        if heavy is not None and BACKEND in heavy.args and not all_families:
+            item.add_marker(pytest.mark.skip(reason=f"only adds compiling in {BACKEND}: RESNET_ALL_FAMILIES=1 runs it"))
+        if BACKEND not in FRAMEWORK_FREE_IN and "backend_name" not in getattr(item, "fixturenames", ()):
+            item.add_marker(free_skip)
 
 
 @pytest.fixture(autouse=True)
-def _loop_tests_on_the_graph_executor_in_tf(request, monkeypatch):
-    if BACKEND != "tf":
-        return
-    names = LOOP_TESTS_IN_TF.get(os.path.basename(str(request.node.fspath)), set())
-    if names is None or request.node.originalname in names:
+def _graph_executor_in_tf(request, monkeypatch):
+    # Tests of the training loop and the command line (not of what a network or a step computes)
+    # run TensorFlow's graph executor, which builds a Trainer several times faster than XLA. Both
+    # paths are held to the oracle elsewhere (test_model, test_families, test_training's step tests).
+    if BACKEND == "tf" and request.node.get_closest_marker("graph_executor") is not None:
         monkeypatch.setenv("RESNET_FAST_PATHS", "native")
 
 

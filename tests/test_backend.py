@@ -38,21 +38,18 @@ def test_unknown_backend_is_refused():
         load_backend("paddle")
 
 
+@pytest.mark.backend("mx")
+@pytest.mark.skipif("OMP_NUM_THREADS" in os.environ, reason="the user chose OMP_NUM_THREADS")
 def test_mxnet_gets_every_physical_core(backend_name):
     # MXNet 1.x alone would give each operator half the CPUs (it assumes hyper-threading).
-    if backend_name != "mx":
-        pytest.skip("MXNet's thread count only")
     load_backend(backend_name)
-    if "OMP_NUM_THREADS" in os.environ:
-        pytest.skip("the user chose OMP_NUM_THREADS")
     assert os.environ["MXNET_OMP_MAX_THREADS"] == str(physical_cpu_cores())
 
 
+@pytest.mark.backend("mx")
 @pytest.mark.parametrize("size, stride", [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (2, 2)), ((1, 2), (1, 1))])
 def test_mxnet_graph_builds_the_spec_tap_selection(backend_name, size, stride):
     # resnet_mx builds the tiny-map convolutions' selection matrix from arange inside its graph.
-    if backend_name != "mx":
-        pytest.skip("MXNet's in-graph construction only")
     load_backend(backend_name)
     import mxnet as mx
     from resnet_mx import kernels

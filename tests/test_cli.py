@@ -14,6 +14,9 @@ from common.weights import init_weights, read_architecture, save_weights
 
 from helpers import SMALL_ARCH
 
+#: In tf, these run on TensorFlow's graph executor (tests/conftest.py): they test the command line.
+pytestmark = pytest.mark.graph_executor
+
 
 def run(capsys, *argv):
     code = main(list(argv))
@@ -59,12 +62,14 @@ def test_non_positive_sizes(capsys, flag, value):
     assert_one_line_error(err, flag, "positive integer")
 
 
+# find_spec, not an import: importing a framework before its backend package would skip the
+# package's set-up (resnet_mx sets MXNet's threads before MXNet's first import).
+MISSING_FRAMEWORKS = [name for name in BACKENDS if importlib.util.find_spec(BACKENDS[name].module) is None]
+
+
+@pytest.mark.skipif(not MISSING_FRAMEWORKS, reason="every framework imports here")
 def test_missing_framework_is_one_line(capsys):
-    # find_spec, not an import: importing a framework before its backend package would
-    # skip the package's set-up (resnet_mx sets MXNet's threads before MXNet's first import).
-    missing = [name for name in BACKENDS if importlib.util.find_spec(BACKENDS[name].module) is None]
-    if not missing:
-        pytest.skip("every framework imports here")
+    missing = MISSING_FRAMEWORKS
     code, _, err = run(capsys, "train", "--backend", missing[0], "--synthetic")
     assert code == 1
     assert_one_line_error(err, "needs", BACKENDS[missing[0]].framework, "pip install")

@@ -207,6 +207,7 @@ def test_checkpoint_evaluates_the_same_in_the_oracle(backend, small_run):
     assert abs(ours["accuracy"] - correct / total) <= 0.001
 
 
+@pytest.mark.graph_executor
 def test_resume_ends_with_the_same_weights(backend, tmp_path):
     tiny = dict(SMALL, subset=64, test_subset=32, epochs=2, arch=SMALL_ARCH)
     backend.train(out_dir=str(tmp_path / "whole"), quiet=True, synthetic=True, **tiny)
@@ -282,6 +283,7 @@ def test_evaluating_first_leaves_training_intact(backend):
     assert _update_norm(after, want_after) <= 1e-3 * _update_norm(after, weights)
 
 
+@pytest.mark.graph_executor
 def test_chapter_train_ch6_prints_the_chapter_lines(backend, capsys):
     train_iter, test_iter = backend.load_data_fashion_mnist(32, resize=None, subset=64, test_subset=64, synthetic=True)
     backend.train_ch6(backend.resnet18(), train_iter, test_iter, 1, 0.05, backend.try_gpu())
@@ -290,6 +292,7 @@ def test_chapter_train_ch6_prints_the_chapter_lines(backend, capsys):
     assert re.fullmatch(r"\d+\.\d examples/sec on .+", lines[-1]), lines
 
 
+@pytest.mark.graph_executor
 @pytest.mark.filterwarnings("ignore:All children of this Sequential")  # Gluon's advice on the chapter's nn.Sequential
 def test_the_chapters_training_cell_runs(backend, chapter, capsys):
     # The chapter's own network (tests/chapter_<backend>.py) through d2l.train_ch6, at 28 x 28 on 64 synthetic images.
