@@ -17,12 +17,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
 from typing import Callable, Dict, Optional, Sequence
 
+from .files import atomic_write, cache_dir
 from .machine import cpu_info
 
 __all__ = ["FAST_PATHS_ENV", "CACHE_ENV", "NATIVE", "fast_paths_mode", "cache_path", "machine_key", "choose",
@@ -48,11 +48,8 @@ def fast_paths_mode() -> str:
 
 
 def cache_path() -> str:
-    path = os.environ.get(CACHE_ENV)
-    if path:
-        return path
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "resnet-fmnist", "autotune.json")
+    """``$RESNET_AUTOTUNE_CACHE``, else ``autotune.json`` in :func:`common.files.cache_dir`."""
+    return os.environ.get(CACHE_ENV) or cache_dir("autotune.json")
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,18 +77,10 @@ def _store(path: str, machine: str, site: str, entry: dict) -> None:
     """Add one choice to the cache file: re-read, merge, replace atomically (a concurrent
     process's entries are kept; a failed write leaves the old file)."""
     try:
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
         table = _read(path)
         table.setdefault(machine, {})[site] = entry
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".autotune-", suffix=".json")
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(table, out, indent=1, sort_keys=True)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        text = json.dumps(table, indent=1, sort_keys=True)
+        atomic_write(path, lambda handle: handle.write(text.encode()))
     except OSError as error:  # a read-only home: the choice still holds for this process
         warnings.warn(f"could not write the autotuning cache {path} ({error})")
 

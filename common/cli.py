@@ -267,7 +267,7 @@ def _compare(args):
 def _bench(args, argv):
     from . import distributed
     from .bench import run_bench
-    from .weights import atomic_write
+    from .files import atomic_write
 
     job = _job_size(args)
     if args.workers > 1 and job == 1:

@@ -14,7 +14,7 @@ import os
 from typing import Dict, List, Sequence
 
 from .training import METRICS_NAME
-from .weights import atomic_write
+from .files import atomic_write
 
 __all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "seed_summary", "first_divergent_step",
            "agreement_lines", "plot_runs", "compare"]

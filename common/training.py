@@ -28,11 +28,12 @@ import numpy as np
 
 from . import distributed
 from .backend import BACKENDS, backend_part
-from .data import fashion_mnist_loader, fashion_mnist_loaders
+from .data import DataConfig, fashion_mnist_loader, fashion_mnist_loaders
 from .sharding import check_shardable
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .spec import arch_name, get_spec
-from .weights import atomic_write, init_weights, load_weights, read_architecture, read_metadata, save_weights
+from .files import atomic_write
+from .weights import init_weights, load_weights, read_architecture, read_metadata, save_weights
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -412,11 +413,11 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
     lock = (run_directory_lock(out_dir) if world_size > 1 and writer and out_dir is not None
             and not distributed.launched() else contextlib.nullcontext())
     with lock:
-        train_loader, test_loader = fashion_mnist_loaders(
+        train_loader, test_loader = fashion_mnist_loaders(DataConfig(
             config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
             test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
             shard=(rank, world_size),
-        )
+        ))
         quiet = quiet or not writer
         if start_epoch and not quiet:
             print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
@@ -438,8 +439,8 @@ def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] =
         weights = load_weights(weights, spec)
     else:
         spec = get_spec(arch or "resnet18", style)
-    test_loader = fashion_mnist_loader("test", batch_size, resize=resize, subset=test_subset, data_dir=data_dir,
-                                       synthetic=synthetic)
+    test_loader = fashion_mnist_loader("test", DataConfig(batch_size, resize=resize, test_subset=test_subset,
+                                                          data_dir=data_dir, synthetic=synthetic))
     trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device,
                                       precision=check_precision(precision))
     trainer.import_weights(weights)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .files import atomic_write
 from .naming import parameter_shapes
 from .spec import get_spec
 
@@ -29,7 +29,6 @@ __all__ = [
     "load_weights",
     "read_metadata",
     "read_architecture",
-    "atomic_write",
 ]
 
 #: Written into every file; bumped if the layout of the file ever changes.
@@ -127,33 +126,6 @@ def check_weights(weights: Mapping[str, np.ndarray], arch="resnet18", source: st
             raise WeightsError(f"{source}: '{name}' contains NaN or infinite values")
         if name.endswith(".running_var") and np.any(array < 0):
             raise WeightsError(f"{source}: '{name}' has negative variances")
-
-
-def atomic_write(path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it.
-
-    A crash or an exception part-way leaves ``path`` as it was (or absent), never half written.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; give the file the mode an ordinary open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metadata: Optional[dict] = None) -> None:

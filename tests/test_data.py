@@ -4,6 +4,7 @@ backend's loader against it.
 No test reaches the network: an autouse fixture points the cache, the system directory and
 the mirrors at temporary directories and refuses any URL that is not ``file://``.
 """
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -16,16 +17,21 @@ import urllib.error
 import numpy as np
 import pytest
 
-from common import data
+from common import autotune
+from common.data import files  # the settings (mirrors, places, checksums) patched here live in it
 from common.data import (
-    CLASS_NAMES, BatchLoader, ConvertedLoader, DataError, find_data_dir, fashion_mnist_loaders,
-    interpolation_matrix, interpolation_taps, load_fashion_mnist, read_idx, resize_images, subset_indices,
-    synthetic_fashion_mnist, to_float,
+    CLASS_NAMES, BatchLoader, ConvertedLoader, DataConfig, DataError, find_data_dir, fashion_mnist_loader,
+    fashion_mnist_loaders, interpolation_matrix, interpolation_taps, load_fashion_mnist, read_idx, resize_images,
+    subset_indices, synthetic_fashion_mnist, to_float, transform_generators,
 )
+from common.data.transforms import Resize
+from common.files import atomic_write, cache_dir
 
 from helpers import REAL_DATA_DIR, have_real_data, load_expected
 
 HAVE_REAL_DATA = have_real_data()
+#: SHA-256 of two epochs of :func:`toy_transform`'s batches (test_transformed_batches_are_pinned_on_every_numpy).
+TOY_DIGEST = "15e5ef4aba3008ece86b475c631397ec10a90c8c45fe87714b98901d3cb582de"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -52,7 +58,7 @@ def write_dataset(directory, num_train=40, num_test=20, gz=True, seed=0):
     contents = {}
     for split, count, data_seed in (("train", num_train, seed), ("test", num_test, seed + 1)):
         images, labels = synthetic_fashion_mnist(count, data_seed)
-        images_name, labels_name = data.FILES[split]
+        images_name, labels_name = files.FILES[split]
         contents[images_name] = idx_bytes(images, "images")
         contents[labels_name] = idx_bytes(labels, "labels")
     for name, content in contents.items():
@@ -63,7 +69,7 @@ def write_dataset(directory, num_train=40, num_test=20, gz=True, seed=0):
 def trust(monkeypatch, contents):
     """Make ``contents`` the expected checksums, as if they were the real files."""
     checksums = {name: (hashlib.sha256(content).hexdigest(), len(content)) for name, content in contents.items()}
-    monkeypatch.setattr(data, "CHECKSUMS", checksums)
+    monkeypatch.setattr(files, "CHECKSUMS", checksums)
 
 
 def prefetch_threads():
@@ -75,15 +81,15 @@ def isolated(tmp_path, monkeypatch):
     """No real cache, no system data, no environment variable, no network."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
-    monkeypatch.setattr(data, "MIRRORS", [(tmp_path / "no-mirror").as_uri() + "/"])
-    real_open = data._open_url
+    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(files, "MIRRORS", [(tmp_path / "no-mirror").as_uri() + "/"])
+    real_open = files._open_url
 
     def file_urls_only(url, *args, **kwargs):
         assert url.startswith("file:"), f"a test tried to reach the network: {url}"
         return real_open(url, *args, **kwargs)
 
-    monkeypatch.setattr(data, "_open_url", file_urls_only)
+    monkeypatch.setattr(files, "_open_url", file_urls_only)
     yield
     assert not prefetch_threads(), "a prefetch thread outlived its test"
 
@@ -159,10 +165,12 @@ def broken_files():
         "bad crc": (bytes(crc), ".gz", r"is not a valid gzip file \(CRC check failed"),
         "bad gzip header": (bytes(header), ".gz", r"is not a valid gzip file \(Not a gzipped file"),
         "corrupt deflate data": (bytes(deflate), ".gz", r"has corrupt gzip data \(Error -3"),
-        "wrong magic": (struct.pack(">IIII", 2052, 3, 28, 28) + images[16:], "", r"has magic number 2052, expected 2051"),
+        "wrong magic": (struct.pack(">IIII", 2052, 3, 28, 28) + images[16:], "",
+                        r"has magic number 2052, expected 2051"),
         "short file": (images[:6], "", r"is too short for an IDX header \(6 bytes\)"),
         "short image header": (images[:12], "", r"is too short for an IDX image header"),
-        "truncated images": (images[:-1], "", r"is truncated: its header promises 3 images \(2,368 bytes\) but it holds 2,367"),
+        "truncated images": (images[:-1], "",
+                             r"is truncated: its header promises 3 images \(2,368 bytes\) but it holds 2,367"),
         "extra bytes": (labels + b"\0", "", r"has 1 bytes beyond the 3 items"),
         "not 28x28": (struct.pack(">IIII", 2051, 1, 32, 32) + bytes(1024), "", r"holds 32x32 images, expected 28x28"),
         "label out of range": (idx_bytes([0, 10, 3], "labels"), "", r"holds label 10, expected labels 0\.\.9"),
@@ -183,12 +191,12 @@ def test_broken_files_raise_data_error_naming_the_file(tmp_path, case):
 
 def test_fix_depends_on_where_the_file_is(tmp_path):
     truncated = bytes(gzip_of(idx_bytes([1, 2], "labels"))[:15])
-    os.makedirs(data.cache_dir())
-    cached = write_file(os.path.join(data.cache_dir(), "train-labels-idx1-ubyte.gz"), truncated, compress=False)
+    os.makedirs(files.cache_dir())
+    cached = write_file(os.path.join(files.cache_dir(), "train-labels-idx1-ubyte.gz"), truncated, compress=False)
     with pytest.raises(DataError, match="delete the file and run again to download it afresh"):
         read_idx(cached)
-    os.makedirs(data.SYSTEM_DATA_DIR)
-    system = write_file(os.path.join(data.SYSTEM_DATA_DIR, "train-labels-idx1-ubyte.gz"), truncated, compress=False)
+    os.makedirs(files.SYSTEM_DATA_DIR)
+    system = write_file(os.path.join(files.SYSTEM_DATA_DIR, "train-labels-idx1-ubyte.gz"), truncated, compress=False)
     with pytest.raises(DataError, match=r"apt-get install --reinstall dataset-fashion-mnist"):
         read_idx(system)
 
@@ -198,7 +206,8 @@ def test_mismatched_counts_and_swapped_files(tmp_path, monkeypatch):
     contents["train-labels-idx1-ubyte"] = idx_bytes(synthetic_fashion_mnist(39)[1], "labels")
     write_file(tmp_path / "d" / "train-labels-idx1-ubyte", contents["train-labels-idx1-ubyte"])
     trust(monkeypatch, contents)
-    with pytest.raises(DataError, match=r"holds 40 images but .*train-labels-idx1-ubyte holds 39 labels; the two files do not belong together"):
+    with pytest.raises(DataError, match=r"holds 40 images but .*train-labels-idx1-ubyte holds 39 labels; "
+                                        r"the two files do not belong together"):
         load_fashion_mnist("train", data_dir=tmp_path / "d")
     # Labels where the images should be.
     swapped = write_dataset(tmp_path / "e", gz=False)
@@ -219,41 +228,41 @@ def forbid_download(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("download_fashion_mnist was called although the data was present")
 
-    monkeypatch.setattr(data, "download_fashion_mnist", refuse)
+    monkeypatch.setattr(files, "download_fashion_mnist", refuse)
 
 
 def test_search_order(tmp_path, monkeypatch):
     forbid_download(monkeypatch)
     for place in ("explicit", "env", "cache", "system"):
         write_dataset(tmp_path / place)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    os.makedirs(os.path.dirname(data.cache_dir()))
-    os.rename(tmp_path / "cache", data.cache_dir())
-    assert data.cache_dir() == str(tmp_path / "xdg" / "resnet-fmnist" / "fashion-mnist")
+    os.makedirs(os.path.dirname(files.cache_dir()))
+    os.rename(tmp_path / "cache", files.cache_dir())
+    assert files.cache_dir() == str(tmp_path / "xdg" / "resnet-fmnist" / "fashion-mnist")
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "env"))
 
     assert find_data_dir(tmp_path / "explicit") == str(tmp_path / "explicit")
     assert find_data_dir() == str(tmp_path / "env")
     monkeypatch.delenv("FASHION_MNIST_DIR")
-    assert find_data_dir() == data.cache_dir()
-    os.remove(os.path.join(data.cache_dir(), "t10k-labels-idx1-ubyte.gz"))  # an incomplete cache is skipped
+    assert find_data_dir() == files.cache_dir()
+    os.remove(os.path.join(files.cache_dir(), "t10k-labels-idx1-ubyte.gz"))  # an incomplete cache is skipped
     assert find_data_dir() == str(tmp_path / "system")
 
 
 def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
-    assert data.cache_dir() == os.path.join(str(tmp_path / "c"), "resnet-fmnist", "fashion-mnist")
+    assert files.cache_dir() == os.path.join(str(tmp_path / "c"), "resnet-fmnist", "fashion-mnist")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for ignored in ("", "relative/path"):  # the XDG spec: fall back to ~/.cache
         monkeypatch.setenv("XDG_CACHE_HOME", ignored)
-        assert data.cache_dir() == os.path.join(str(tmp_path / "home"), ".cache", "resnet-fmnist", "fashion-mnist")
+        assert files.cache_dir() == os.path.join(str(tmp_path / "home"), ".cache", "resnet-fmnist", "fashion-mnist")
 
 
 def test_explicit_places_must_be_complete(tmp_path, monkeypatch):
     forbid_download(monkeypatch)
     write_dataset(tmp_path / "system")
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", str(tmp_path / "system"))
     write_dataset(tmp_path / "partial")
     os.remove(tmp_path / "partial" / "train-labels-idx1-ubyte.gz")
     with pytest.raises(DataError, match=r"data_dir .*partial lacks train-labels-idx1-ubyte \(with or without \.gz\)"):
@@ -269,18 +278,19 @@ def test_offline_failure_lists_places_and_fixes(tmp_path, monkeypatch):
     def offline(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "_open_url", offline)
-    monkeypatch.setattr(data, "MIRRORS", ["http://official.invalid/", "https://mirror.invalid/"])
+    monkeypatch.setattr(files, "_open_url", offline)
+    monkeypatch.setattr(files, "MIRRORS", ["http://official.invalid/", "https://mirror.invalid/"])
     with pytest.raises(DataError) as caught:
         find_data_dir()
     message = str(caught.value)
-    for expected in ("FASHION_MNIST_DIR (not set)", data.cache_dir(), data.SYSTEM_DATA_DIR,
+    for expected in ("FASHION_MNIST_DIR (not set)", files.cache_dir(), files.SYSTEM_DATA_DIR,
                      "http://official.invalid/train-images-idx3-ubyte.gz: unreachable",
                      "https://mirror.invalid/train-images-idx3-ubyte.gz: unreachable",
                      "apt-get install dataset-fashion-mnist", "set FASHION_MNIST_DIR"):
         assert expected in message
     assert "\n" not in message
-    with pytest.raises(DataError, match=r"downloading is off; looked in FASHION_MNIST_DIR \(not set\), .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match=r"downloading is off; looked in FASHION_MNIST_DIR \(not set\), "
+                                        r".*apt-get install dataset-fashion-mnist"):
         find_data_dir(download=False)
     with pytest.raises(DataError, match="not found"):
         fashion_mnist_loaders(32, download=False)
@@ -302,15 +312,16 @@ def serve(directory, contents, corrupt=()):
 def test_download_verifies_and_falls_back_to_the_mirror(tmp_path, monkeypatch):
     contents = write_dataset(tmp_path / "made")
     trust(monkeypatch, contents)
-    bad = serve(tmp_path / "bad", {k: v for k, v in contents.items() if "images" in k}, corrupt=["train-images-idx3-ubyte"])
+    bad = serve(tmp_path / "bad", {k: v for k, v in contents.items() if "images" in k},
+                corrupt=["train-images-idx3-ubyte"])
     good = serve(tmp_path / "good", contents)
     opened = []
-    real_open = data._open_url
-    monkeypatch.setattr(data, "_open_url", lambda url, **kwargs: opened.append(url) or real_open(url, **kwargs))
-    monkeypatch.setattr(data, "MIRRORS", [bad, good])
+    real_open = files._open_url
+    monkeypatch.setattr(files, "_open_url", lambda url, **kwargs: opened.append(url) or real_open(url, **kwargs))
+    monkeypatch.setattr(files, "MIRRORS", [bad, good])
 
-    assert find_data_dir() == data.cache_dir()
-    assert sorted(os.listdir(data.cache_dir())) == sorted(name + ".gz" for name in contents)
+    assert find_data_dir() == files.cache_dir()
+    assert sorted(os.listdir(files.cache_dir())) == sorted(name + ".gz" for name in contents)
     assert opened == [
         bad + "train-images-idx3-ubyte.gz", good + "train-images-idx3-ubyte.gz",  # corrupt: next mirror
         bad + "train-labels-idx1-ubyte.gz", good + "train-labels-idx1-ubyte.gz",  # missing: next mirror
@@ -328,12 +339,12 @@ def test_download_verifies_and_falls_back_to_the_mirror(tmp_path, monkeypatch):
 def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
     contents = write_dataset(tmp_path / "made")
     trust(monkeypatch, contents)
-    os.makedirs(data.cache_dir())
-    write_file(os.path.join(data.cache_dir(), "train-images-idx3-ubyte"), contents["train-images-idx3-ubyte"])
+    os.makedirs(files.cache_dir())
+    write_file(os.path.join(files.cache_dir(), "train-images-idx3-ubyte"), contents["train-images-idx3-ubyte"])
     opened = []
-    real_open = data._open_url
-    monkeypatch.setattr(data, "_open_url", lambda url, **kwargs: opened.append(url) or real_open(url, **kwargs))
-    monkeypatch.setattr(data, "MIRRORS", [serve(tmp_path / "good", contents)])
+    real_open = files._open_url
+    monkeypatch.setattr(files, "_open_url", lambda url, **kwargs: opened.append(url) or real_open(url, **kwargs))
+    monkeypatch.setattr(files, "MIRRORS", [serve(tmp_path / "good", contents)])
     find_data_dir()
     assert [url.rsplit("/", 1)[1] for url in opened] == [
         "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -342,11 +353,12 @@ def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
 def test_corrupt_download_leaves_nothing(tmp_path, monkeypatch):
     contents = write_dataset(tmp_path / "made")
     trust(monkeypatch, contents)
-    monkeypatch.setattr(data, "MIRRORS", [serve(tmp_path / "bad", contents, corrupt=list(contents))])
-    with pytest.raises(DataError, match=r"downloading train-images-idx3-ubyte\.gz failed \(file:.*train-images-idx3-ubyte\.gz: "
+    monkeypatch.setattr(files, "MIRRORS", [serve(tmp_path / "bad", contents, corrupt=list(contents))])
+    with pytest.raises(DataError, match=r"downloading train-images-idx3-ubyte\.gz failed "
+                                        r"\(file:.*train-images-idx3-ubyte\.gz: "
                                         r"the download from .*content does not match.*digit MNIST"):
         find_data_dir()
-    assert os.listdir(data.cache_dir()) == []
+    assert os.listdir(files.cache_dir()) == []
 
 
 class BrokenResponse(io.BytesIO):
@@ -363,11 +375,12 @@ class BrokenResponse(io.BytesIO):
 def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
     contents = write_dataset(tmp_path / "made")
     trust(monkeypatch, contents)
-    monkeypatch.setattr(data, "MIRRORS", ["http://official.invalid/"])
-    monkeypatch.setattr(data, "_open_url", lambda url, **kwargs: BrokenResponse(gzip.compress(contents["train-images-idx3-ubyte"])))
+    monkeypatch.setattr(files, "MIRRORS", ["http://official.invalid/"])
+    response = gzip.compress(contents["train-images-idx3-ubyte"])
+    monkeypatch.setattr(files, "_open_url", lambda url, **kwargs: BrokenResponse(response))
     with pytest.raises(DataError, match="connection reset by peer"):
         find_data_dir()
-    assert os.listdir(data.cache_dir()) == []
+    assert os.listdir(files.cache_dir()) == []
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -656,7 +669,8 @@ def test_converted_loader_forwards_everything():
 
 
 def test_fashion_mnist_loaders_synthetic():
-    train, test = fashion_mnist_loaders(64, resize=32, seed=5, subset=300, test_subset=100, synthetic=True, drop_last=True)
+    train, test = fashion_mnist_loaders(64, resize=32, seed=5, subset=300, test_subset=100, synthetic=True,
+                                        drop_last=True)
     assert train.num_examples == 300 and test.num_examples == 100
     assert train.shuffle and not test.shuffle
     assert len(train) == 4 and len(test) == 2  # drop_last is for training only
@@ -688,6 +702,212 @@ def test_fashion_mnist_loaders_from_files(tmp_path, monkeypatch):
     assert whole.num_examples == 200
 
 
+# --------------------------------------------------------------------------- the configuration
+
+
+def test_data_config_is_one_frozen_checked_value(tmp_path):
+    config = DataConfig(32, resize=40, subset=64, data_dir=tmp_path, shard=[1, 2], transforms=[toy_transform])
+    assert (config.seed, config.subset_seed, config.test_subset, config.prefetch) == (0, 0, None, 2)
+    assert config.data_dir == str(tmp_path) and config.shard == (1, 2) and config.transforms == (toy_transform,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1
+    assert config.replace(seed=3).seed == 3 and config.seed == 0
+    assert DataConfig(32, data_dir=str(tmp_path), subset=64, resize=40, shard=(1, 2),
+                      transforms=(toy_transform,)) == config
+    for changes, message in [
+        (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+        (dict(resize=0), "size must be a positive integer"),
+        (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(subset_seed=1.5), "subset_seed must be a non-negative integer"),
+        (dict(subset=0), "subset must be a positive integer, got 0"),
+        (dict(test_subset=True), "test_subset must be a positive integer"),
+        (dict(prefetch=-1), "prefetch must be a non-negative integer"),
+        (dict(shard=(2, 2)), r"shard must be \(rank, world_size\)"),
+        (dict(batch_size=10, shard=(0, 4)), "^--batch-size 10 does not split evenly over 4 workers"),
+        (dict(synthetic="yes"), "synthetic must be True or False"),
+        (dict(transforms=toy_transform), "transforms must be a sequence of transform"),
+        (dict(transforms=(toy_transform, 3)), "transforms must be a sequence of transform"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DataConfig(**dict(dict(batch_size=32), **changes))
+
+
+def test_a_batch_size_with_keywords_stands_for_a_config():
+    config = DataConfig(32, seed=4, subset=64, test_subset=20, synthetic=True, prefetch=0)
+    by_config = [(repr(loader), epoch_labels(loader)) for loader in fashion_mnist_loaders(config)]
+    by_keywords = fashion_mnist_loaders(32, seed=4, subset=64, test_subset=20, synthetic=True, prefetch=0)
+    changed = fashion_mnist_loaders(config.replace(seed=9), seed=4)  # keywords replace a config's fields
+    for loaders in (by_keywords, changed):
+        assert [(repr(loader), epoch_labels(loader)) for loader in loaders] == by_config
+    test = fashion_mnist_loader("test", config)  # one config for both splits: the test split takes test_subset
+    assert test.num_examples == 20 and not test.shuffle
+
+
+# --------------------------------------------------------------------------- the transform hook
+
+
+def toy_transform(batch, rng):
+    """Flips some examples left-right and scales each by a gain of 1/4 .. 4/4: per-example values
+    drawn for the whole global batch, of which this batch (or shard) takes its rows."""
+    flips = batch.take(rng.random(batch.global_size) < 0.5)
+    gains = batch.take(rng.integers(1, 5, size=batch.global_size)).astype(np.float32) / np.float32(4)
+    images = np.where(flips[:, None, None, None], batch.images[..., ::-1], batch.images)
+    return batch.replace(images=images * gains[:, None, None, None])
+
+
+def transformed_loader(count=21, batch_size=8, **kwargs):
+    images, _ = synthetic_fashion_mnist(count, seed=5)
+    return BatchLoader(images, np.arange(count), batch_size, seed=3, transforms=(toy_transform,), **kwargs)
+
+
+def epoch_batches(loader):
+    return [(images.copy(), labels.copy()) for images, labels in loader]
+
+
+def assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for (images, labels), (expected_images, expected_labels) in zip(got, expected):
+        np.testing.assert_array_equal(labels, expected_labels)
+        np.testing.assert_array_equal(images, expected_images)
+
+
+def test_each_transform_gets_its_batch_and_its_own_generator():
+    seen = []
+
+    def recorder(number):
+        def record(batch, rng):
+            seen.append((number, batch.labels.tolist(), batch.part, batch.global_size, int(rng.integers(2 ** 62))))
+            return batch
+        return record
+
+    loader, plain = index_loader(10, 4, seed=2, transforms=(recorder(0), recorder(1))), index_loader(10, 4, seed=2)
+    loader.set_epoch(1)
+    plain.set_epoch(1)
+    assert_same_batches(epoch_batches(loader), epoch_batches(plain))  # these transforms change nothing
+    order = loader.epoch_order(1).tolist()
+    expected = []
+    for index, size in enumerate((4, 4, 2)):
+        generators = transform_generators(2, 1, index, 2)
+        for number in range(2):
+            expected.append((number, order[4 * index:4 * index + size], slice(0, size), size,
+                             int(generators[number].integers(2 ** 62))))
+    assert seen == expected
+    # Independent of the shuffle's stream, default_rng([seed, epoch]) (a SeedSequence pads short entropy with zeros).
+    assert transform_generators(2, 1, 0, 1)[0].random() != np.random.default_rng([2, 1]).random()
+
+
+def test_transformed_batches_are_pinned_on_every_numpy():
+    # The same bytes on numpy 1.23 (mx environment) and 2.x (the others): the generators' streams and
+    # float32 arithmetic element by element.
+    loader = transformed_loader(40, 16)
+    digest = hashlib.sha256()
+    for _ in range(2):
+        for images, labels in loader:
+            digest.update(images.tobytes() + labels.astype("<i8").tobytes())
+    assert digest.hexdigest() == TOY_DIGEST
+    untransformed = epoch_batches(BatchLoader(loader.images, loader.labels, 16, seed=3))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(epoch_batches(transformed_loader(40, 16)), untransformed))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_a_shard_is_its_slice_of_the_transformed_global_batch(workers):
+    whole = transformed_loader(21, 8)
+    shards = [transformed_loader(21, 8, shard=(rank, workers)) for rank in range(workers)]
+    for _ in range(2):  # two epochs
+        expected = epoch_batches(whole)
+        got = [epoch_batches(shard) for shard in shards]
+        for step, (images, labels) in enumerate(expected):
+            if len(labels) < workers:  # a last batch smaller than the number of workers is skipped
+                assert all(len(batches) == step for batches in got)
+                continue
+            used = workers * (len(labels) // workers)
+            np.testing.assert_array_equal(np.concatenate([batches[step][1] for batches in got]), labels[:used])
+            np.testing.assert_array_equal(np.concatenate([batches[step][0] for batches in got]), images[:used])
+
+
+def test_a_transform_that_draws_for_its_shard_only_is_refused():
+    def per_shard(batch, rng):
+        return batch.replace(images=batch.images * batch.take(rng.random(len(batch.labels)))[:, None, None, None])
+
+    images, _ = synthetic_fashion_mnist(8)
+    batches = iter(BatchLoader(images, np.arange(8), 8, transforms=(per_shard,), shard=(0, 2)))
+    with pytest.raises(ValueError, match=r"draw per-example values for the whole global batch \(8 examples\)"):
+        next(batches)
+    with pytest.raises(TypeError, match="must return a Batch of 8 examples"):
+        next(iter(BatchLoader(images, np.arange(8), 8, transforms=(lambda batch, rng: batch.images,))))
+
+
+def test_transformed_batches_survive_resuming_and_prefetching():
+    continuous = transformed_loader(21, 8)
+    epochs = [epoch_batches(continuous) for _ in range(3)]
+    resumed = transformed_loader(21, 8, prefetch=2)
+    resumed.set_epoch(1)
+    assert_same_batches(epoch_batches(resumed), epochs[1])
+    mid_epoch = transformed_loader(21, 8)
+    mid_epoch.set_epoch(1, first_batch=2)  # a run resumed after batch 2 of epoch 1
+    assert mid_epoch.epoch == 1 and len(mid_epoch) == 3
+    assert_same_batches(epoch_batches(mid_epoch), epochs[1][2:])
+    assert_same_batches(epoch_batches(mid_epoch), epochs[2])  # and the next epoch from its start
+    converted = ConvertedLoader(transformed_loader(21, 8, prefetch=1), lambda images, labels: (images, labels))
+    converted.set_epoch(2, 1)
+    assert_same_batches(epoch_batches(converted), epochs[2][1:])
+    with pytest.raises(ValueError, match=r"first_batch must be an integer from 0 to 3"):
+        mid_epoch.set_epoch(0, 4)
+
+
+def test_the_test_split_is_never_transformed():
+    config = DataConfig(32, subset=64, test_subset=40, synthetic=True, prefetch=0, transforms=(toy_transform,))
+    train, test = fashion_mnist_loaders(config)
+    plain_train, plain_test = fashion_mnist_loaders(config.replace(transforms=()))
+    assert train.transforms == (toy_transform,) and test.transforms == ()
+    assert_same_batches(epoch_batches(test), epoch_batches(plain_test))
+    assert not np.array_equal(next(iter(train))[0], next(iter(plain_train))[0])
+
+
+def test_preprocessing_is_chosen_once():
+    images, labels = np.zeros((4, 28, 28), np.uint8), np.arange(4)
+    assert BatchLoader(images, labels, 2).preprocess is to_float
+    assert BatchLoader(images, labels, 2, resize=40).preprocess == Resize(40)
+    np.testing.assert_array_equal(Resize((9, 5))(images), resize_images(images, (9, 5)))
+
+
+# --------------------------------------------------------------------------- common.files
+
+
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write(path, lambda handle: handle.write(b"first"))
+    assert path.read_bytes() == b"first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as an ordinary open() would make it
+
+    def fails_half_way(handle):
+        handle.write(b"half")
+        raise KeyError("refused")
+
+    with pytest.raises(KeyError, match="refused"):
+        atomic_write(path, fails_half_way)
+    assert path.read_bytes() == b"first" and os.listdir(path.parent) == ["file.bin"]
+
+
+def test_every_cache_follows_xdg(tmp_path, monkeypatch):
+    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home_cache = os.path.join(str(tmp_path / "home"), ".cache", "resnet-fmnist")
+    for value, base in [(str(tmp_path / "c"), os.path.join(str(tmp_path / "c"), "resnet-fmnist")),
+                        ("", home_cache), ("relative/path", home_cache), (None, home_cache)]:
+        if value is None:
+            monkeypatch.delenv("XDG_CACHE_HOME")
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", value)  # the XDG spec: ignore an empty or relative value
+        assert cache_dir() == base and cache_dir("a", "b") == os.path.join(base, "a", "b")
+        assert files.cache_dir() == os.path.join(base, "fashion-mnist")
+        assert autotune.cache_path() == os.path.join(base, "autotune.json")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "mine.json"))
+    assert autotune.cache_path() == str(tmp_path / "mine.json")
+
+
 # --------------------------------------------------------------------------- the real data
 
 
@@ -695,14 +915,14 @@ def test_fashion_mnist_loaders_from_files(tmp_path, monkeypatch):
 def test_real_fashion_mnist(real_data):
     # the real_data fixture skips without the data, or fails under RESNET_REQUIRE_REAL_DATA=1 (CI)
     counts = {"train": 60000, "test": 10000}
-    for split, (images_name, labels_name) in data.FILES.items():
+    for split, (images_name, labels_name) in files.FILES.items():
         images, labels = load_fashion_mnist(split, data_dir=real_data)
         assert images.shape == (counts[split], 28, 28) and images.dtype == np.uint8
         assert np.bincount(labels).tolist() == [counts[split] // 10] * 10
         for name in (images_name, labels_name):  # checked here without common's reader
             path = os.path.join(real_data, name)
             with (gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb")) as handle:
-                assert hashlib.sha256(handle.read()).hexdigest() == data.CHECKSUMS[name][0]
+                assert hashlib.sha256(handle.read()).hexdigest() == files.CHECKSUMS[name][0]
     train, test = fashion_mnist_loaders(256, resize=96, data_dir=real_data)
     assert (train.num_examples, len(train), test.num_examples, len(test)) == (60000, 235, 10000, 40)
     images, labels = next(iter(train))

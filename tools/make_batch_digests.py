@@ -20,8 +20,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from common.data import fashion_mnist_loaders  # noqa: E402
-from common.weights import atomic_write  # noqa: E402
+from common.data import DataConfig, fashion_mnist_loaders  # noqa: E402
+from common.files import atomic_write  # noqa: E402
 
 OUTPUT = os.path.join(REPO, "tests", "expected", "batch_digests.json")
 BATCH_SIZE, SEED, SIZES = 256, 0, (28, 96)
@@ -31,8 +31,8 @@ def batch_digests(data_dir=None) -> dict:
     """``{"<split>_<size>px": {"images": sha256, "labels": sha256}}`` for the first batches."""
     digests = {}
     for size in SIZES:
-        loaders = fashion_mnist_loaders(BATCH_SIZE, resize=None if size == 28 else size, seed=SEED,
-                                        data_dir=data_dir, prefetch=0)
+        loaders = fashion_mnist_loaders(DataConfig(BATCH_SIZE, resize=None if size == 28 else size, seed=SEED,
+                                                   data_dir=data_dir, prefetch=0))
         for split, loader in zip(("train", "test"), loaders):
             images, labels = next(iter(loader))
             digests[f"{split}_{size}px"] = {"images": hashlib.sha256(images.tobytes()).hexdigest(),

@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 
 from common import oracle  # noqa: E402
 from common.data import BatchLoader, synthetic_fashion_mnist  # noqa: E402
-from common.weights import atomic_write, init_weights  # noqa: E402
+from common.files import atomic_write  # noqa: E402
+from common.weights import init_weights  # noqa: E402
 
 OUTPUT = os.path.join(REPO, "tests", "expected", "training.json")
 ARCH = "resnet18"
