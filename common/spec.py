@@ -1,9 +1,8 @@
 """The ResNet architecture as data.
 
-Every backend builds its network from these tables, so the three frameworks cannot drift
-apart: the stem, the stages, the block type, the BatchNorm constants and the canonical
-parameter names (torchvision's ``state_dict`` names, conv weights OIHW, dense weights
-``(out, in)``) are written down once, here.
+Every backend builds its network from these tables, so the four frameworks cannot drift
+apart: the stem, the stages, the block type and the BatchNorm constants are written down once,
+here.
 
 A network is an architecture (a row of :data:`RESNET_SPECS`: ResNet-18 to 152 of the ResNet
 paper's Table 1 and ResNeXt-50 32x4d, or the book's ``arch`` tuple of ``(num_residuals,

@@ -24,6 +24,9 @@ from common.distributed import DistributedError
 from common.spec import get_spec
 from common.weights import init_weights, load_weights, read_metadata
 
+#: In tf, these run on TensorFlow's graph executor (tests/conftest.py), as the command-line tests do.
+pytestmark = pytest.mark.graph_executor
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: A whole 2-worker job here (start-up, one short epoch, evaluation) stays well inside this.
 JOB_TIMEOUT = 240
