@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.data import chapter_loaders
+from common.layout import nchw_to_nhwc, nhwc_to_nchw
 
 __all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
 
@@ -23,11 +24,7 @@ def to_tensor(array, device=None):
     """
     array = np.asarray(array)
     if array.ndim == 4:
-        if array.shape[1] == 1:  # one channel: NCHW and NHWC share one memory order
-            array = array.reshape(array.shape[0], array.shape[2], array.shape[3], 1)
-        else:
-            array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))
-        array = array.astype(np.float32, copy=False)
+        array = nchw_to_nhwc(array).astype(np.float32, copy=False)
     elif array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.int32, copy=False)
     return jax.device_put(array, device) if device is not None else jnp.asarray(array)
@@ -36,9 +33,7 @@ def to_tensor(array, device=None):
 def to_numpy(tensor) -> np.ndarray:
     """The inverse of :func:`to_tensor`: NHWC image batches come back as NCHW NumPy."""
     array = np.asarray(tensor)
-    if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
-    return array
+    return nhwc_to_nchw(array) if array.ndim == 4 else array
 
 
 def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, subset=None, test_subset=None,

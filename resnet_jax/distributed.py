@@ -61,6 +61,8 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from common import autotune
+
 from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import OPTIMIZER, Trainer, _apply_train, _correct, _losses
 from . import kernels
@@ -165,11 +167,12 @@ def initialize(device=None) -> Tuple[int, int]:
 
 
 @lru_cache(maxsize=None)
-def _sharded_train_step(mesh, module, fast):
-    """The jitted data-parallel step of ``module`` over ``mesh`` (see the module docstring)."""
+def _sharded_train_step(mesh, module, fast_paths_mode):
+    """The jitted data-parallel step of ``module`` over ``mesh`` (see the module docstring);
+    ``fast_paths_mode`` a key only, as in :mod:`resnet_jax.train`'s steps: another mode compiles anew."""
     def local(params, batch_stats, opt_state, x, y):
         def loss(params):
-            logits, new_stats = _apply_train(module, fast, params, batch_stats, x)
+            logits, new_stats = _apply_train(module, params, batch_stats, x)
             losses = _losses(logits, y)
             return jnp.mean(losses), (losses, logits, new_stats)
 
@@ -288,7 +291,7 @@ class DistributedTrainer(Trainer):
             raise ValueError(f"images and labels differ in batch size: {x.shape[0]} and {y.shape[0]}")
         rows = x.shape[0] * self.world_size
         variables = self.net.variables
-        step = _sharded_train_step(self.mesh, self.modules[True], kernels.fast_key(self.net.fast))
+        step = _sharded_train_step(self.mesh, self.modules[True], autotune.fast_paths_mode())
         with kernels.precision_scope(self.precision):
             params, batch_stats, opt_state, loss, correct = step(
                 self._replicated_tree("params", variables["params"]),

@@ -1,28 +1,30 @@
-"""What the JAX network needs beyond Flax's stock layers, kept out of :mod:`resnet_jax.model`.
+"""What the JAX network needs beyond Flax's stock layers, kept out of :mod:`resnet_jax.model`:
+the layers a network is built from.
 
 For exact agreement with the other backends and the NumPy oracle, the chapter's code uses
-three helpers by name:
+helpers by name:
 
 * :func:`conv2d`: Flax's ``nn.Conv`` padded explicitly and symmetrically, as PyTorch pads
   (``padding='same'``, the book's, pads a stride-2 convolution on an even size by (0, 1)).
 * :func:`batch_norm`: BatchNorm with PyTorch's epsilon and momentum that updates its running
   variance with the unbiased batch variance (Flax's ``nn.BatchNorm``: momentum 0.99 in the
   other convention, the biased variance), computed in float32 whatever the network computes in.
-* :func:`max_pool2d`: Flax's ``nn.max_pool`` padded symmetrically with -inf.
+* :class:`MaxPool`: Flax's ``nn.max_pool`` as a layer, padded symmetrically with -inf.
 
-For speed, a network's fast paths (:func:`use_fast_layers`) make :func:`conv2d` build
-:class:`FastConv` (on tiny maps, few input channels, 1 x 1 kernels and grouped convolutions:
-a matrix product, where :func:`common.autotune.choose` measures it faster; XLA's own
-convolution on the CPU takes up to 100 times as long on 2 x 2 and 1 x 1 maps) and
-:func:`max_pool2d` a separable max pool: the same function, another computation. Flax builds a
-module's layers when it is applied, so the fast paths are switched on around the apply
-(:func:`fast_paths`), not bound into layers once as in the other backends.
+:data:`PLAIN` and :data:`FAST` are the two :class:`common.fastpaths.Layers` a ``ResNet`` is built
+from (how and why: :mod:`common.fastpaths`; Flax's own idiom, the imagenet example's ``conv:
+ModuleDef`` fields). ``FAST`` builds every convolution as :class:`FastConv` (:func:`fast_conv2d`:
+on tiny maps, few input channels, 1 x 1 kernels and grouped convolutions a matrix product, where
+:func:`common.autotune.choose` measures it faster; XLA's own convolution on the CPU takes up to 100
+times as long on 2 x 2 and 1 x 1 maps) and the max pool as :class:`SeparableMaxPool`: the same
+variables, the same function, another computation. A fast convolution chooses its path when it
+is traced, by ``RESNET_FAST_PATHS``'s mode: so a jitted step takes
+:func:`common.autotune.fast_paths_mode` as a static argument and compiles anew when it changes.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from typing import Optional
 
 import jax
@@ -34,45 +36,14 @@ from jax import lax
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS
+from common.fastpaths import Layers, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, visible_taps
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
-__all__ = ["FRAMEWORK", "fast_paths", "fast_paths_enabled", "fast_key", "precision_scope", "conv2d", "batch_norm", "max_pool2d",
-           "BatchNorm", "FastConv", "use_fast_layers", "fast_layer_count"]
+__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "precision_scope", "BatchNorm", "conv2d",
+           "fast_conv2d", "FastConv", "MaxPool", "SeparableMaxPool", "global_avg_pool2d"]
 
 #: What an autotuned choice is measured for (with the machine): this JAX.
 FRAMEWORK = f"JAX {jax.__version__}"
-
-_state = threading.local()
-
-
-@contextlib.contextmanager
-def fast_paths(enabled: bool = True):
-    """Layers built inside (Flax builds them while a module is applied or traced) take the fast
-    paths where ``enabled``; the framework's own layers otherwise."""
-    previous = getattr(_state, "fast", False)
-    _state.fast = bool(enabled)
-    try:
-        yield
-    finally:
-        _state.fast = previous
-
-
-def fast_paths_enabled() -> bool:
-    return bool(getattr(_state, "fast", False))
-
-
-def fast_key(fast: bool):
-    """What a compiled step depends on besides its module and shapes: ``False`` without fast paths,
-    else the choices' mode (``RESNET_FAST_PATHS``: auto, fast or native). A jitted step takes it as
-    a static argument and runs under ``fast_paths(key)``, so a change of mode compiles anew."""
-    return autotune.fast_paths_mode() if fast else False
-
-
-def _count_fast_layer():
-    counter = getattr(_state, "counter", None)
-    if counter is not None:
-        counter.append(1)
 
 
 def precision_scope(precision: str = "fp32"):
@@ -134,26 +105,37 @@ def batch_norm(use_running_average: Optional[bool] = None):
     return BatchNorm(use_running_average)
 
 
-def conv2d(features, kernel_size, strides=1, padding=0, groups=1, use_bias=True, dtype=None):
+def conv2d(features, kernel_size, strides=1, padding=0, groups=1, use_bias=True, dtype=None) -> nn.Conv:
     """The chapter's ``nn.Conv(features, kernel_size, strides)`` with ``padding`` pixels on every side
     (and Flax's ``feature_group_count`` as ``groups``, ``use_bias``, ``dtype``): Flax's own layer,
-    or, built inside :func:`fast_paths`, its fast twin :class:`FastConv` (the same variables)."""
+    :data:`PLAIN`'s ``conv``."""
+    return nn.Conv(features, **_conv_fields(kernel_size, strides, padding, groups, use_bias, dtype))
+
+
+def _conv_fields(kernel_size, strides, padding, groups, use_bias, dtype):
     (ph, pw) = _pair(padding)
-    layer = FastConv if fast_paths_enabled() else nn.Conv
-    if layer is FastConv:
-        _count_fast_layer()
-    return layer(features, kernel_size=_pair(kernel_size), strides=_pair(strides), padding=((ph, ph), (pw, pw)),
-                 feature_group_count=groups, use_bias=use_bias, dtype=dtype)
+    return dict(kernel_size=_pair(kernel_size), strides=_pair(strides), padding=((ph, ph), (pw, pw)),
+                feature_group_count=groups, use_bias=use_bias, dtype=dtype)
 
 
-def max_pool2d(pool_size, strides, padding=0):
-    """The chapter's max pool (``pool_size`` window, ``strides``) with ``padding`` pixels (-inf) on
-    every side: Flax's ``nn.max_pool``, or, built inside :func:`fast_paths`, :func:`_separable_max_pool`."""
-    (k, _), (s, _), (p, _) = _pair(pool_size), _pair(strides), _pair(padding)
-    if fast_paths_enabled():
-        _count_fast_layer()
-        return functools.partial(_separable_max_pool, kernel=k, stride=s, padding=p)
-    return functools.partial(nn.max_pool, window_shape=(k, k), strides=(s, s), padding=((p, p), (p, p)))
+class MaxPool(nn.Module):
+    """The chapter's max pool (``kernel`` x ``kernel`` windows, ``stride``) with ``padding`` pixels
+    (-inf) on every side: Flax's ``nn.max_pool`` as a layer (a function in Flax), :data:`PLAIN`'s
+    ``max_pool``."""
+
+    kernel: int
+    stride: int
+    padding: int = 0
+
+    def __call__(self, x):
+        (k, s, p) = (self.kernel, self.stride, self.padding)
+        return nn.max_pool(x, window_shape=(k, k), strides=(s, s), padding=((p, p), (p, p)))
+
+
+def global_avg_pool2d():
+    """The global average pool before the classifier, as a function of an NHWC batch: the mean over
+    H and W (Flax has no global average pooling layer). Both sets' ``global_pool``."""
+    return functools.partial(jnp.mean, axis=(1, 2))
 
 
 # --- speed -----------------------------------------------------------------------------------
@@ -183,10 +165,6 @@ def _separable_max_pool(x, kernel, stride, padding):
     return outputs
 
 
-def _tap_sees_input(tap, out_size, in_size, stride, padding):
-    return any(0 <= stride * o + tap - padding < in_size for o in range(out_size))
-
-
 def _conv_as_matmul(x, kernel, strides, padding, groups=1):
     """Convolution (NHWC, kernel HWIO) as im2col times the kernel matrix; a grouped one as one such
     product per group (an einsum over the groups).
@@ -195,15 +173,14 @@ def _conv_as_matmul(x, kernel, strides, padding, groups=1):
     (one per kernel column), then along the height (one per kernel row): ``kh + kw`` slices, not
     ``kh * kw`` (which XLA takes seconds to compile for the 7 x 7 stem), in the kernel's own (row,
     column, channel) order. The same sums as the convolution. Kernel taps that only ever see
-    padding (8 of 9 on a 1x1 map) contribute exact zeros and are left out; their gradient is
-    exactly zero too.
+    padding (8 of 9 on a 1x1 map) contribute exact zeros and are left out
+    (:func:`common.fastpaths.visible_taps`); their gradient is exactly zero too.
     """
     kh, kw, channels, filters = kernel.shape  # channels: per group
     (sh, sw), ((ph, _), (pw, _)) = strides, padding
     height, width = x.shape[1], x.shape[2]
     out_h, out_w = conv_output_size((height, width), (kh, kw), (sh, sw), (ph, pw))
-    rows = [i for i in range(kh) if _tap_sees_input(i, out_h, height, sh, ph)]
-    cols = [j for j in range(kw) if _tap_sees_input(j, out_w, width, sw, pw)]
+    rows, cols = visible_taps(kh, height, sh, ph), visible_taps(kw, width, sw, pw)
     if ph or pw:
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     x = _concat([x[:, :, j:j + sw * (out_w - 1) + 1:sw, :] for j in cols])  # (N, H + 2ph, out_w, cols * C)
@@ -237,7 +214,8 @@ class FastConv(nn.Conv):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, channels // groups, self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        path = self._path(inputs.shape, inputs.dtype)
+        # Making the variables needs only their shapes: nothing is measured or chosen for it.
+        path = NATIVE if self.is_initializing() else self._path(inputs.shape, inputs.dtype)
         outputs = self._compute(path, inputs, kernel)
         return outputs if bias is None else outputs + bias
 
@@ -249,10 +227,10 @@ class FastConv(nn.Conv):
             return NATIVE  # XLA's grouped convolution on a GPU
         if not (small or kh * kw == 1 or self.feature_group_count > 1):
             return NATIVE
-        site = (f"conv {shape[-1]}->{self.features} k{kh}x{kw} s{strides[0]} p{padding[0][0]} g{self.feature_group_count}"
-                f" on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train")
+        site = (f"conv {shape[-1]}->{self.features} k{kh}x{kw} s{strides[0]} p{padding[0][0]} "
+                f"g{self.feature_group_count} on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train")
         return autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
-                                                      lambda path: self._timed_run(path, shape, dtype)))
+                                                              lambda path: self._timed_run(path, shape, dtype)))
 
     def _compute(self, path, inputs, kernel):
         if path == "matmul":
@@ -272,24 +250,37 @@ class FastConv(nn.Conv):
         return lambda: jax.block_until_ready(step(x, kernel))
 
 
-def use_fast_layers(net):
-    """Switch the fast paths on for ``net`` (a :class:`resnet_jax.model.Network`) and return it: its
-    :func:`conv2d` and :func:`max_pool2d` layers are built as their fast twins whenever it is
-    applied (the same variables, the same function, another computation)."""
-    net.fast = True
-    return net
+def fast_conv2d(features, kernel_size, strides=1, padding=0, groups=1, use_bias=True, dtype=None) -> FastConv:
+    """:func:`conv2d` as :class:`FastConv`, :data:`FAST`'s ``conv``: the same fields and variables."""
+    return FastConv(features, **_conv_fields(kernel_size, strides, padding, groups, use_bias, dtype))
+
+
+class SeparableMaxPool(MaxPool):
+    """:class:`MaxPool` computed by :func:`_separable_max_pool`, :data:`FAST`'s ``max_pool``."""
+
+    def __call__(self, x):
+        return _separable_max_pool(x, self.kernel, self.stride, self.padding)
+
+
+#: Flax's own layers (``plain=True``, ``RESNET_PLAIN_LAYERS=1``, the chapter's blocks by default).
+PLAIN = Layers("plain", conv=conv2d, max_pool=MaxPool, global_pool=global_avg_pool2d)
+#: The same with fast paths; the mean over H and W, which XLA fuses, is fast already.
+FAST = Layers("fast", conv=fast_conv2d, max_pool=SeparableMaxPool, global_pool=global_avg_pool2d)
 
 
 def fast_layer_count(net) -> int:
-    """How many layers of ``net`` run a fast path (its fast twins, counted by building it once)."""
-    if not getattr(net, "fast", False):
-        return 0
-    counter = []
-    _state.counter = counter
-    try:
-        with fast_paths(True):
-            x = jnp.zeros((2, 32, 32, net.in_channels), jnp.float32)
-            jax.eval_shape(lambda v, x: net.module.clone(training=False).apply(v, x), net.variables, x)
-    finally:
-        _state.counter = None
-    return len(counter)
+    """How many layers of ``net`` (a :class:`resnet_jax.model.Network`) run a fast path: its
+    :class:`FastConv` and :class:`SeparableMaxPool` modules (0 for a network built from
+    :data:`PLAIN`), counted as Flax builds them, which it does when it makes the variables (shapes
+    only: nothing is computed, measured or chosen)."""
+    found = set()
+
+    def count(call, args, kwargs, context):
+        if isinstance(context.module, (FastConv, SeparableMaxPool)):
+            found.add(context.module.path)
+        return call(*args, **kwargs)
+
+    x = jax.ShapeDtypeStruct((2, 32, 32, net.in_channels), jnp.float32)
+    with nn.intercept_methods(count):
+        jax.eval_shape(lambda x: net.mode(False).init(jax.random.PRNGKey(0), x), x)
+    return len(found)

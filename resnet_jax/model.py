@@ -1,42 +1,49 @@
 """ResNet in JAX and Flax linen: the chapter's blocks and network, built from :mod:`common.spec`.
 
 Where a Flax layer computes another function than the other backends (``padding='same'``,
-Flax's BatchNorm), the chapter's code calls a helper of :mod:`resnet_jax.kernels` by name;
-:func:`resnet` switches the kernels' fast paths on unless plain.
+Flax's BatchNorm), the chapter's code calls a helper of :mod:`resnet_jax.kernels` by name. Every
+convolution is made by the module's ``conv`` field (Flax's ``conv: ModuleDef``), the network's
+pools by its ``layers`` (:mod:`common.fastpaths`): :func:`resnet` builds from the kernels' fast
+layers unless plain.
 
 A Flax module holds no weights: ``module.init`` makes them and ``module.apply`` takes them. What
 this backend calls a network (``net``, as the other backends' functions take it) is a
 :class:`Network`: the module (``net.module``, built in training mode, ``training=True`` as in the
 book), its variables (``net.variables``: ``{"params": ..., "batch_stats": ...}``), its spec, input
-channels and classes, and whether its fast paths are on (``net.fast``).
+channels and classes.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from common.fastpaths import plain_layers
+from common import autotune
+from common.fastpaths import Layers, plain_layers
+from common.layout import from_canonical_layout, to_canonical_layout
 from common.naming import canonical_names, is_residual_block, parameter_shapes
 from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights, init_weights
 
 from . import kernels
 from .data import to_numpy, to_tensor
-from .kernels import batch_norm, conv2d, max_pool2d
+from .kernels import batch_norm, conv2d, PLAIN
 
 __all__ = ["DATA_FORMAT", "Residual", "resnet_block", "Bottleneck", "ResNeXtBlock", "PreActResidual",
            "PreActBottleneck", "BLOCK_BUILDERS", "ResNet", "Network", "resnet", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "resnext50_32x4d", "count_parameters", "architecture", "canonical_variables",
-           "to_canonical_layout", "from_canonical_layout", "export_weights", "import_weights", "forward",
-           "trace_shapes"]
+           "export_weights", "import_weights", "forward", "trace_shapes"]
 
 #: The layout the network takes: channels last, as Flax's convolutions and the book's JAX code.
 DATA_FORMAT = "NHWC"
+
+#: What makes a layer, as Flax's examples type it: a module class or a function returning a module.
+ModuleDef = Callable[..., Any]
 
 
 class Residual(nn.Module):
@@ -45,18 +52,17 @@ class Residual(nn.Module):
     use_1x1conv: bool = False
     strides: tuple = (1, 1)
     training: bool = True
-    # Beyond the chapter: the styles' choices (see common.spec) and mixed precision's compute dtype.
+    # Beyond the chapter: the styles' choices (see common.spec) and the convolution (common.fastpaths).
     bias: bool = True
     norm_shortcut: bool = False
-    dtype: Any = None
+    conv: ModuleDef = conv2d
 
     def setup(self):
-        self.conv1 = conv2d(self.num_channels, kernel_size=3, strides=self.strides, padding=1, use_bias=self.bias,
-                            dtype=self.dtype)
-        self.conv2 = conv2d(self.num_channels, kernel_size=3, padding=1, use_bias=self.bias, dtype=self.dtype)
+        self.conv1 = self.conv(self.num_channels, kernel_size=3, strides=self.strides, padding=1, use_bias=self.bias)
+        self.conv2 = self.conv(self.num_channels, kernel_size=3, padding=1, use_bias=self.bias)
         if self.use_1x1conv:  # the chapter's conv3, under torchvision's name
             self.downsample = _projection(self.num_channels, self.strides, self.training, bias=self.bias,
-                                          norm=self.norm_shortcut, dtype=self.dtype)
+                                          norm=self.norm_shortcut, conv=self.conv)
         else:
             self.downsample = None
         self.bn1 = batch_norm(not self.training)
@@ -85,16 +91,49 @@ def resnet_block(num_channels, num_residuals, first_block=False, training=True):
 
 # --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
 
-def _projection(num_channels, strides, training, *, bias=True, norm=False, dtype=None):
+def _projection(num_channels, strides, training, *, bias=True, norm=False, conv=conv2d):
     """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
     (``downsample.1``) where ``norm`` is set (torchvision's style)."""
-    layers = [conv2d(num_channels, kernel_size=1, strides=strides, use_bias=bias, dtype=dtype)]
+    layers = [conv(num_channels, kernel_size=1, strides=strides, use_bias=bias)]
     if norm:
         layers.append(batch_norm(not training))
     return nn.Sequential(layers)
 
 
-class Bottleneck(nn.Module):
+class _BottleneckLayers(nn.Module):
+    """The layers and the forward pass of :class:`Bottleneck` and :class:`ResNeXtBlock`, which
+    give the fields (a Flax subclass cannot put its own fields before its parent's, as the book's
+    ``ResNeXtBlock(num_channels, groups, bot_mul)`` needs) and :meth:`widths`."""
+
+    def widths(self) -> Tuple[int, int]:
+        """The 3x3 convolution's channels and groups."""
+        raise NotImplementedError
+
+    def setup(self):
+        bot_channels, groups = self.widths()
+        self.conv1 = self.conv(bot_channels, kernel_size=1, use_bias=self.bias)
+        self.conv2 = self.conv(bot_channels, kernel_size=3, strides=self.strides, padding=1, groups=groups,
+                               use_bias=self.bias)
+        self.conv3 = self.conv(self.num_channels, kernel_size=1, use_bias=self.bias)
+        self.bn1 = batch_norm(not self.training)
+        self.bn2 = batch_norm(not self.training)
+        self.bn3 = batch_norm(not self.training)
+        if self.use_1x1conv:
+            self.downsample = _projection(self.num_channels, self.strides, self.training, bias=self.bias,
+                                          norm=self.norm_shortcut, conv=self.conv)
+        else:
+            self.downsample = None
+
+    def __call__(self, X):
+        Y = nn.relu(self.bn1(self.conv1(X)))
+        Y = nn.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.downsample is not None:
+            X = self.downsample(X)
+        return nn.relu(Y + X)
+
+
+class Bottleneck(_BottleneckLayers):
     """The bottleneck block of ResNet-50 and deeper: 1x1 convolution down to ``bot_channels``
     (default ``num_channels // 4``), 3x3 convolution (with the stride, in ``groups`` groups), 1x1
     convolution up to ``num_channels``, each followed by BatchNorm; ReLU after the first two and
@@ -107,43 +146,13 @@ class Bottleneck(nn.Module):
     groups: int = 1
     bias: bool = True
     norm_shortcut: bool = False
-    dtype: Any = None
+    conv: ModuleDef = conv2d
 
-    def setup(self):
-        _bottleneck_layers(self, self.bot_channels, self.groups, preact=False)
-
-    def __call__(self, X):
-        return _bottleneck(self, X)
+    def widths(self) -> Tuple[int, int]:
+        return (self.num_channels // 4 if self.bot_channels is None else self.bot_channels), self.groups
 
 
-def _bottleneck(block, X):
-    Y = nn.relu(block.bn1(block.conv1(X)))
-    Y = nn.relu(block.bn2(block.conv2(Y)))
-    Y = block.bn3(block.conv3(Y))
-    if block.downsample is not None:
-        X = block.downsample(X)
-    return nn.relu(Y + X)
-
-
-def _bottleneck_layers(block, bot_channels, groups, preact):
-    """A bottleneck's layers (the pre-activation one's BatchNorms on each convolution's input), set
-    on ``block`` in its ``setup``."""
-    bot = block.num_channels // 4 if bot_channels is None else bot_channels
-    block.conv1 = conv2d(bot, kernel_size=1, use_bias=block.bias, dtype=block.dtype)
-    block.conv2 = conv2d(bot, kernel_size=3, strides=block.strides, padding=1, groups=groups, use_bias=block.bias,
-                         dtype=block.dtype)
-    block.conv3 = conv2d(block.num_channels, kernel_size=1, use_bias=block.bias, dtype=block.dtype)
-    block.bn1 = batch_norm(not block.training)
-    block.bn2 = batch_norm(not block.training)
-    block.bn3 = batch_norm(not block.training)
-    if block.use_1x1conv:
-        block.downsample = _projection(block.num_channels, block.strides, block.training, bias=block.bias,
-                                       norm=not preact and block.norm_shortcut, dtype=block.dtype)
-    else:
-        block.downsample = None
-
-
-class ResNeXtBlock(nn.Module):
+class ResNeXtBlock(_BottleneckLayers):
     """The ResNeXt block, with the book's signature: ``bot_channels = int(round(num_channels *
     bot_mul))`` and a 3x3 convolution in groups of ``groups`` channels each (``bot_channels //
     groups`` groups). A :class:`Bottleneck` otherwise; unlike the book's block (``conv4`` and
@@ -157,14 +166,11 @@ class ResNeXtBlock(nn.Module):
     training: bool = True
     bias: bool = True
     norm_shortcut: bool = False
-    dtype: Any = None
+    conv: ModuleDef = conv2d
 
-    def setup(self):
+    def widths(self) -> Tuple[int, int]:
         bot_channels = int(round(self.num_channels * self.bot_mul))
-        _bottleneck_layers(self, bot_channels, bot_channels // self.groups, preact=False)
-
-    def __call__(self, X):
-        return _bottleneck(self, X)
+        return bot_channels, bot_channels // self.groups
 
 
 class PreActResidual(nn.Module):
@@ -176,17 +182,16 @@ class PreActResidual(nn.Module):
     strides: tuple = (1, 1)
     training: bool = True
     bias: bool = True
-    dtype: Any = None
+    conv: ModuleDef = conv2d
 
     def setup(self):
         self.bn1 = batch_norm(not self.training)
-        self.conv1 = conv2d(self.num_channels, kernel_size=3, strides=self.strides, padding=1, use_bias=self.bias,
-                            dtype=self.dtype)
+        self.conv1 = self.conv(self.num_channels, kernel_size=3, strides=self.strides, padding=1, use_bias=self.bias)
         self.bn2 = batch_norm(not self.training)
-        self.conv2 = conv2d(self.num_channels, kernel_size=3, padding=1, use_bias=self.bias, dtype=self.dtype)
+        self.conv2 = self.conv(self.num_channels, kernel_size=3, padding=1, use_bias=self.bias)
         if self.use_1x1conv:
             self.downsample = _projection(self.num_channels, self.strides, self.training, bias=self.bias,
-                                          dtype=self.dtype)
+                                          conv=self.conv)
         else:
             self.downsample = None
 
@@ -209,10 +214,22 @@ class PreActBottleneck(nn.Module):
     bot_channels: Optional[int] = None
     groups: int = 1
     bias: bool = True
-    dtype: Any = None
+    conv: ModuleDef = conv2d
 
     def setup(self):
-        _bottleneck_layers(self, self.bot_channels, self.groups, preact=True)
+        bot_channels = self.num_channels // 4 if self.bot_channels is None else self.bot_channels
+        self.bn1 = batch_norm(not self.training)
+        self.conv1 = self.conv(bot_channels, kernel_size=1, use_bias=self.bias)
+        self.bn2 = batch_norm(not self.training)
+        self.conv2 = self.conv(bot_channels, kernel_size=3, strides=self.strides, padding=1, groups=self.groups,
+                               use_bias=self.bias)
+        self.bn3 = batch_norm(not self.training)
+        self.conv3 = self.conv(self.num_channels, kernel_size=1, use_bias=self.bias)
+        if self.use_1x1conv:
+            self.downsample = _projection(self.num_channels, self.strides, self.training, bias=self.bias,
+                                          conv=self.conv)
+        else:
+            self.downsample = None
 
     def __call__(self, X):
         A = nn.relu(self.bn1(X))
@@ -225,19 +242,19 @@ class PreActBottleneck(nn.Module):
 
 
 #: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
-#: :class:`common.spec.BlockConfig`, the network's spec, its mode and its compute dtype.
+#: :class:`common.spec.BlockConfig`, the network's spec and layers, and its mode (a Flax field).
 BLOCK_BUILDERS = {
-    "basic": lambda block, spec, training=True, dtype=None: Residual(
+    "basic": lambda block, spec, layers, training=True: Residual(
         block.out_channels, block.use_1x1conv, block.stride, training, bias=spec.conv_bias,
-        norm_shortcut=spec.norm_shortcut, dtype=dtype),
-    "bottleneck": lambda block, spec, training=True, dtype=None: Bottleneck(
+        norm_shortcut=spec.norm_shortcut, conv=layers.conv),
+    "bottleneck": lambda block, spec, layers, training=True: Bottleneck(
         block.out_channels, block.use_1x1conv, block.stride, training, bot_channels=block.channels,
-        groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, dtype=dtype),
-    "preact_basic": lambda block, spec, training=True, dtype=None: PreActResidual(
-        block.out_channels, block.use_1x1conv, block.stride, training, bias=spec.conv_bias, dtype=dtype),
-    "preact_bottleneck": lambda block, spec, training=True, dtype=None: PreActBottleneck(
+        groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, conv=layers.conv),
+    "preact_basic": lambda block, spec, layers, training=True: PreActResidual(
+        block.out_channels, block.use_1x1conv, block.stride, training, bias=spec.conv_bias, conv=layers.conv),
+    "preact_bottleneck": lambda block, spec, layers, training=True: PreActBottleneck(
         block.out_channels, block.use_1x1conv, block.stride, training, bot_channels=block.channels,
-        groups=block.groups, bias=spec.conv_bias, dtype=dtype),
+        groups=block.groups, bias=spec.conv_bias, conv=layers.conv),
 }
 
 
@@ -245,7 +262,8 @@ class ResNet(nn.Module):
     """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
     ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
-    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
+    ``layers`` what its convolutions and pools are made by (:mod:`common.fastpaths`). A
     pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
     ``training`` as in the book's modules (batch statistics, updated running ones); ``dtype``
     the convolutions' and the dense layer's compute dtype (None: float32).
@@ -254,6 +272,7 @@ class ResNet(nn.Module):
     num_classes: int = 10
     in_channels: int = 1
     style: str = "d2l"
+    layers: Layers = PLAIN
     training: bool = True
     dtype: Any = None
 
@@ -263,17 +282,20 @@ class ResNet(nn.Module):
 
     def setup(self):
         spec = self.spec
-        self.conv1 = conv2d(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
-                            padding=spec.stem_padding, use_bias=spec.conv_bias, dtype=self.dtype)
+        # The compute dtype bound into every convolution, as Flax's imagenet example binds it.
+        layers = self.layers._replace(conv=functools.partial(self.layers.conv, dtype=self.dtype))
+        self.conv1 = layers.conv(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
+                                 padding=spec.stem_padding, use_bias=spec.conv_bias)
         self.bn1 = batch_norm(not self.training)
-        self.maxpool = max_pool2d(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
         stages: Dict[int, list] = {}
         for block in iter_blocks(spec):
             stages.setdefault(block.stage, []).append(
-                BLOCK_BUILDERS[spec.block_kind](block, spec, self.training, self.dtype))
+                BLOCK_BUILDERS[spec.block_kind](block, spec, layers, self.training))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", blocks)
         self.norm = batch_norm(not self.training) if spec.preact else None
+        self.avgpool = layers.global_pool()
         self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
 
     def _stem(self, x):
@@ -283,13 +305,13 @@ class ResNet(nn.Module):
     def _pool(self, x):
         if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
             x = nn.relu(self.norm(x))
-        return jnp.mean(x, axis=(1, 2))  # Flax has no global average pooling layer
+        return self.avgpool(x)
 
     def stages(self):
         """(name, function(x)) for each stage of :func:`common.spec.stage_output_shapes`."""
-        layers = [(f"layer{number}", functools.partial(self._stage, number))
+        blocks = [(f"layer{number}", functools.partial(self._stage, number))
                   for number in range(1, len(self.spec.stages) + 1)]
-        return [("stem", self._stem)] + layers + [("pool", self._pool), ("fc", self.fc)]
+        return [("stem", self._stem)] + blocks + [("pool", self._pool), ("fc", self.fc)]
 
     def _stage(self, number, x):
         for block in getattr(self, f"layer{number}"):
@@ -323,12 +345,11 @@ class Network:
     ``module`` is a :class:`ResNet`, the chapter's network or the book's (anything whose variables
     map to a spec's canonical names, see :func:`canonical_variables`); it is kept in training mode
     when it has a ``training`` field, and :func:`forward` and the Trainer clone it with
-    ``training=False`` for evaluation. ``fast`` is whether :mod:`resnet_jax.kernels`' fast paths
-    are on (:func:`resnet_jax.kernels.use_fast_layers`).
+    ``training=False`` for evaluation. It runs the layers it was built from.
     """
 
-    def __init__(self, module: nn.Module, in_channels: int = 1, fast: bool = False):
-        self.module, self.in_channels, self.fast = module, in_channels, fast
+    def __init__(self, module: nn.Module, in_channels: int = 1):
+        self.module, self.in_channels = module, in_channels
         shapes, order = _initial_shapes(module, in_channels)
         # (host arrays: jnp.zeros would compile once per shape, and import_weights replaces them all)
         self.variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
@@ -350,7 +371,9 @@ class Network:
         return self.module
 
     def __repr__(self):
-        return f"Network({self.spec.label}, in_channels={self.in_channels}, num_classes={self.num_classes}, fast={self.fast})"
+        layers = getattr(self.module, "layers", None)
+        built = f", layers={layers.name}" if isinstance(layers, Layers) else ""
+        return f"Network({self.spec.label}, in_channels={self.in_channels}, num_classes={self.num_classes}{built})"
 
 
 def _initial_shapes(module, in_channels):
@@ -361,36 +384,21 @@ def _initial_shapes(module, in_channels):
     def init(x):
         variables = module.clone(training=False).init(jax.random.PRNGKey(0), x) \
             if "training" in getattr(module, "__dataclass_fields__", {}) else module.init(jax.random.PRNGKey(0), x)
-        for collection, tree in variables.items():
-            order.extend((collection, path, tuple(leaf.shape)) for path, leaf in _leaves(tree))
+        order.extend((key[0], key[1:], tuple(leaf.shape)) for key, leaf in flatten_dict(variables).items())
         return variables
 
     shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2, 32, 32, in_channels), jnp.float32))
     return shapes, order
 
 
-def _leaves(tree, path=()):
-    """``(path, leaf)`` of a nested dict, in its own (insertion) order."""
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _leaves(value, path + (key,))
-        else:
-            yield path + (key,), value
-
-
 def _merged(order):
     """One nested dict of every variable, ``path -> (collection, path, shape)``, params first and each
     module's BatchNorm statistics beside its parameters, in the order the layers were created."""
-    tree: Dict[str, Any] = {}
-    for collection, path, shape in sorted(order, key=lambda item: item[0] != "params"):
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = (collection, path, shape)
-    return tree
+    return unflatten_dict({path: (collection, path, shape)
+                           for collection, path, shape in sorted(order, key=lambda item: item[0] != "params")})
 
 
-#: Flax's names for a layer's arrays -> the canonical (kernel -> weight is in common.spec's table).
+#: Flax's names for a layer's arrays -> the canonical (kernel -> weight is in common.naming's table).
 _FLAX_PARTS = {"scale": "weight", "mean": "running_mean", "var": "running_var"}
 
 
@@ -405,7 +413,7 @@ def _units(tree) -> List[Dict[str, tuple]]:
     """The network's layers with weights and its residual blocks (what has a conv1 and a conv2), in
     order, each as its structural names; see :func:`common.naming.canonical_names`."""
     if all(not isinstance(value, dict) for value in tree.values()) or is_residual_block(tree):
-        return [{_local_name(path): ref for path, ref in _refs(tree)}]
+        return [{_local_name(path): ref for path, ref in flatten_dict(tree).items()}]
     units = []
     for value in tree.values():
         if isinstance(value, dict):
@@ -413,22 +421,15 @@ def _units(tree) -> List[Dict[str, tuple]]:
     return units
 
 
-def _refs(tree, path=()):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _refs(value, path + (key,))
-        else:
-            yield path + (key,), value
-
-
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None, dtype=None) -> Network:
-    """The network ``arch`` (see :class:`ResNet`) in ``style``, variables made; the kernels' fast
-    paths on unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
+    """The network ``arch`` (see :class:`ResNet`) in ``style``, variables made, built from the
+    kernels' fast layers unless :func:`common.fastpaths.plain_layers` (``plain``) says plain ones;
+    ``dtype``: the compute dtype (mixed precision's)."""
     spec = get_spec(arch, style)
     parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
     arch = spec.name if spec == get_spec(spec.name, spec.style) else spec
-    net = Network(ResNet(arch, num_classes, in_channels, spec.style, dtype=dtype), in_channels)
-    return net if plain_layers(plain) else kernels.use_fast_layers(net)
+    layers = kernels.PLAIN if plain_layers(plain) else kernels.FAST
+    return Network(ResNet(arch, num_classes, in_channels, spec.style, layers, dtype=dtype), in_channels)
 
 
 def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> Network:
@@ -472,29 +473,11 @@ def _canonical_shape(shape) -> Tuple[int, ...]:
     return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape[::-1])
 
 
-def _get(variables, collection, path):
-    node = variables[collection]
-    for key in path:
-        node = node[key]
-    return node
-
-
 def canonical_variables(net) -> Dict[str, jax.Array]:
     """Canonical name -> the net's array (Flax's layout: HWIO kernels, (in, out) dense), in spec
     order: a :class:`ResNet`, the chapter's network or the book's, by :func:`common.naming.canonical_names`."""
-    return {name: _get(net.variables, collection, path) for name, (collection, path, _) in net.layout.items()}
-
-
-def to_canonical_layout(array) -> np.ndarray:
-    """A copy of an array in canonical layout: conv kernels HWIO -> OIHW, dense (in, out) -> (out, in)."""
-    array = np.asarray(array, dtype=np.float32)
-    return np.array(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T, order="C")
-
-
-def from_canonical_layout(array: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`to_canonical_layout`."""
-    array = np.asarray(array, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T)
+    variables = flatten_dict(net.variables)
+    return {name: variables[(collection,) + path] for name, (collection, path, _) in net.layout.items()}
 
 
 def export_weights(net) -> Dict[str, np.ndarray]:
@@ -507,29 +490,22 @@ def import_weights(net, weights: Mapping[str, np.ndarray]) -> None:
     JAX's are immutable)."""
     spec, in_channels, num_classes = architecture(net)
     check_weights(weights, spec, in_channels=in_channels, num_classes=num_classes)
-    variables = _copied(net.variables)
+    variables = flatten_dict(net.variables, keep_empty_nodes=True)
     for name, (collection, path, _) in net.layout.items():
-        node = variables[collection]
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = jnp.asarray(from_canonical_layout(weights[name]))
-    net.variables = variables
-
-
-def _copied(tree):
-    """New nested dicts holding the same arrays."""
-    return {key: _copied(value) for key, value in tree.items()} if isinstance(tree, Mapping) else tree
+        variables[(collection,) + path] = jnp.asarray(from_canonical_layout(weights[name]))
+    net.variables = unflatten_dict(variables)
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_function(module, fast):
-    """The jitted forward pass of ``module`` (in its own mode): logits and the batch statistics after it."""
+def _forward_function(module, fast_paths_mode):
+    """The jitted forward pass of ``module`` (in its own mode): logits and the batch statistics after
+    it. ``fast_paths_mode`` (:func:`common.autotune.fast_paths_mode`, which the fast layers read as
+    they are traced) is a key only: another mode compiles anew."""
     def run(variables, x):
-        with kernels.fast_paths(fast):
-            if "batch_stats" in variables and _is_training(module):
-                logits, updates = module.apply(variables, x, mutable=["batch_stats"])
-                return logits, updates["batch_stats"]
-            return module.apply(variables, x), variables.get("batch_stats")
+        if "batch_stats" in variables and _is_training(module):
+            logits, updates = module.apply(variables, x, mutable=["batch_stats"])
+            return logits, updates["batch_stats"]
+        return module.apply(variables, x), variables.get("batch_stats")
     return jax.jit(run)
 
 
@@ -541,7 +517,8 @@ def forward(net, images, training=False) -> np.ndarray:
     """Logits (NumPy) for an NCHW NumPy batch; ``training=True`` uses and updates batch statistics."""
     check_input_shape(np.shape(images), architecture(net)[1], "NCHW")
     with kernels.precision_scope("fp32"):
-        logits, batch_stats = _forward_function(net.mode(training), kernels.fast_key(net.fast))(net.variables, to_tensor(images))
+        logits, batch_stats = _forward_function(net.mode(training), autotune.fast_paths_mode())(net.variables,
+                                                                                                 to_tensor(images))
     if training:
         net.variables = {**net.variables, "batch_stats": batch_stats}
     return to_numpy(logits.astype(jnp.float32))
@@ -552,16 +529,11 @@ def trace_shapes(net, images) -> List[Tuple[str, tuple]]:
     only: nothing is computed)."""
     check_input_shape(np.shape(images), net.in_channels, "NCHW")
     module = net.mode(False)
-    x = jax.ShapeDtypeStruct(_nhwc_shape(np.shape(images)), jnp.float32)
-    with kernels.fast_paths(net.fast):
-        outputs = jax.eval_shape(lambda v, x: module.apply(v, x, method=ResNet.stage_outputs), net.variables, x)
+    n, c, h, w = np.shape(images)
+    x = jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)
+    outputs = jax.eval_shape(lambda v, x: module.apply(v, x, method=ResNet.stage_outputs), net.variables, x)
     names = ["stem"] + [f"layer{i}" for i in range(1, len(net.spec.stages) + 1)] + ["pool", "fc"]
     return [(name, _nchw_shape(out.shape)) for name, out in zip(names, outputs)]
-
-
-def _nhwc_shape(shape_nchw):
-    n, c, h, w = shape_nchw
-    return (n, h, w, c)
 
 
 def _nchw_shape(shape):

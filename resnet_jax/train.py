@@ -4,7 +4,8 @@ The loop, the metrics, the checkpoints and the timing live once in :mod:`common.
 this module supplies JAX's side of one step: one ``jax.jit``-compiled function that runs the
 forward pass, the backward pass (``jax.value_and_grad``) and ``optax.sgd``'s update, which XLA
 fuses into a few kernels. The compiled steps are module-level functions keyed by the Flax module
-(its fields) and the input shapes, so every Trainer of one network shares them: JAX compiles a
+(its fields, its layers among them), the input shapes and ``RESNET_FAST_PATHS``'s mode (which the
+fast layers read as they are traced), so every Trainer of one network shares them: JAX compiles a
 step once per network and batch shape in a process.
 
 Precision (:data:`common.hparams.PRECISIONS`): fp32 traces the steps under
@@ -24,15 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict
 
-from common import contract, training
+from common import autotune, contract, training
 from common.backend import device_label
 from common.hparams import check_precision
+from common.layout import to_canonical_layout
 from common.naming import trainable_parameter_names
 
 from . import kernels
 from .data import to_tensor
-from .model import Network, architecture, export_weights, import_weights, resnet, to_canonical_layout
+from .model import Network, architecture, export_weights, import_weights, resnet
 
 __all__ = ["try_gpu", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
@@ -60,18 +63,17 @@ def _correct(logits, labels):
     return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.float32)
 
 
-def _apply_train(module, fast, params, batch_stats, x):
-    with kernels.fast_paths(fast):
-        logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"])
+def _apply_train(module, params, batch_stats, x):
+    logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"])
     return logits, updates["batch_stats"]
 
 
-@partial(jax.jit, static_argnames=("module", "fast"))
-def _train_step(module, fast, params, batch_stats, opt_state, x, y):
+@partial(jax.jit, static_argnames=("module", "fast_paths_mode"))
+def _train_step(module, fast_paths_mode, params, batch_stats, opt_state, x, y):
     """One SGD step of ``module`` (training mode): the new parameters, running statistics and
     optimizer state, the loss summed over the batch and the number correct."""
     def loss(params):
-        logits, new_stats = _apply_train(module, fast, params, batch_stats, x)
+        logits, new_stats = _apply_train(module, params, batch_stats, x)
         losses = _losses(logits, y)
         return jnp.mean(losses), (losses, logits, new_stats)
 
@@ -80,17 +82,16 @@ def _train_step(module, fast, params, batch_stats, opt_state, x, y):
     return optax.apply_updates(params, updates), batch_stats, opt_state, jnp.sum(losses), _correct(logits, y)
 
 
-@partial(jax.jit, static_argnames=("module", "fast"))
-def _eval_step(module, fast, variables, x, y):
-    with kernels.fast_paths(fast):
-        logits = module.apply(variables, x)
+@partial(jax.jit, static_argnames=("module", "fast_paths_mode"))
+def _eval_step(module, fast_paths_mode, variables, x, y):
+    logits = module.apply(variables, x)
     return jnp.sum(_losses(logits, y)), _correct(logits, y)
 
 
-@partial(jax.jit, static_argnames=("module", "fast"))
-def _loss_and_gradients(module, fast, params, batch_stats, x, y):
+@partial(jax.jit, static_argnames=("module", "fast_paths_mode"))
+def _loss_and_gradients(module, fast_paths_mode, params, batch_stats, x, y):
     def loss(params):
-        logits, new_stats = _apply_train(module, fast, params, batch_stats, x)
+        logits, new_stats = _apply_train(module, params, batch_stats, x)
         return jnp.mean(_losses(logits, y)), new_stats
     (value, batch_stats), gradients = jax.value_and_grad(loss, has_aux=True)(params)
     return value, gradients, batch_stats
@@ -178,13 +179,14 @@ class Trainer(contract.Trainer):
         variables = self.net.variables
         with kernels.precision_scope(self.precision):
             params, batch_stats, self.opt_state, loss, correct = _train_step(
-                self.modules[True], kernels.fast_key(self.net.fast), variables["params"], variables["batch_stats"], self.opt_state, x, y)
+                self.modules[True], autotune.fast_paths_mode(), variables["params"], variables["batch_stats"],
+                self.opt_state, x, y)
         self.net.variables = {**variables, "params": params, "batch_stats": batch_stats}
         return loss, correct
 
     def eval_step(self, x, y):
         with kernels.precision_scope(self.precision):
-            return _eval_step(self.modules[False], kernels.fast_key(self.net.fast), self.net.variables, x, y)
+            return _eval_step(self.modules[False], autotune.fast_paths_mode(), self.net.variables, x, y)
 
     def to_host(self, values):
         """Python floats of step results: the one place that waits for the device."""
@@ -227,18 +229,12 @@ def loss_and_gradients(net, images, labels):
     """
     x, y = to_tensor(images), to_tensor(np.asarray(labels, dtype=np.int32))
     with kernels.precision_scope("fp32"):
-        loss, gradients, batch_stats = _loss_and_gradients(net.mode(True), kernels.fast_key(net.fast), net.variables["params"],
-                                                           net.variables["batch_stats"], x, y)
+        loss, gradients, batch_stats = _loss_and_gradients(net.mode(True), autotune.fast_paths_mode(),
+                                                           net.variables["params"], net.variables["batch_stats"], x, y)
     net.variables = {**net.variables, "batch_stats": batch_stats}
-    names = trainable_parameter_names(*architecture(net))
-    result = {}
-    for name in names:
-        collection, path, _ = net.layout[name]
-        node = gradients
-        for key in path:
-            node = node[key]
-        result[name] = to_canonical_layout(node)
-    return float(loss), result
+    gradients = flatten_dict(gradients)
+    return float(loss), {name: to_canonical_layout(gradients[net.layout[name][1]])
+                         for name in trainable_parameter_names(*architecture(net))}
 
 
 def train(**kwargs):

@@ -40,22 +40,22 @@ def test_symmetric_padding_is_pytorchs_and_same_is_not(jax_modules, rng):
     assert np.abs(np.asarray(book).transpose(0, 3, 1, 2) - expected).max() > 0.1
     # the max pool likewise: 'same' shifts every window of a stride-2 pool by one pixel
     pooled, _ = oracle.max_pool2d(x.astype(np.float64), 3, 2, 1)
-    ours = kernels.max_pool2d(3, 2, 1)(nhwc)
+    ours = kernels.PLAIN.max_pool(3, 2, 1).apply({}, nhwc)
     book = nn.max_pool(nhwc, window_shape=(3, 3), strides=(2, 2), padding="same")
     np.testing.assert_array_equal(np.asarray(ours).transpose(0, 3, 1, 2), pooled.astype(np.float32))
     assert not np.array_equal(np.asarray(book).transpose(0, 3, 1, 2), pooled.astype(np.float32))
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["plain", "kernels"])
-def test_the_max_pool_paths_agree_on_values_and_gradients(jax_modules, rng, fast):
+@pytest.mark.parametrize("layers", ["PLAIN", "FAST"])
+def test_the_max_pool_paths_agree_on_values_and_gradients(jax_modules, rng, layers):
     # The separable fast path and Flax's max pool: the same maxima, the gradient to the first maximum.
     jnp, nn, kernels = jax_modules
     import jax
 
     x = np.round(rng.normal(size=(2, 7, 7, 3)), 1).astype(np.float32)  # rounded: ties in many windows
-    with kernels.fast_paths(fast):
-        pool = kernels.max_pool2d(3, 2, 1)
-    values, gradient = jax.value_and_grad(lambda x: jnp.sum(pool(x) * jnp.arange(1.0, 49.0).reshape(1, 4, 4, 3)))(x)
+    pool = getattr(kernels, layers).max_pool(3, 2, 1)
+    weights = jnp.arange(1.0, 49.0).reshape(1, 4, 4, 3)
+    values, gradient = jax.value_and_grad(lambda x: jnp.sum(pool.apply({}, x) * weights))(x)
     out, cache = oracle.max_pool2d(x.transpose(0, 3, 1, 2).astype(np.float64), 3, 2, 1)
     weights = np.arange(1.0, 49.0).reshape(1, 4, 4, 3).transpose(0, 3, 1, 2)
     expected = oracle.max_pool2d_backward(np.broadcast_to(weights, out.shape), cache)
