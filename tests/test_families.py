@@ -5,7 +5,6 @@ GFLOPS, the ResNet paper's Table 1); the backend half holds every architecture i
 the oracle, as tests/test_model.py holds ResNet-18.
 """
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -175,27 +174,32 @@ PLAIN_FAMILY += [(CUSTOM, style) for style in STYLES]
 #: torchvision's, ResNeXt-50 (ResNet-50 with 32 groups) in the book's; ResNet-101 and ResNet-152
 #: (ResNet-50 deeper) and, in jax, the ResNet-50s of Flax's own layers not at all. Every block
 #: kind, shortcut and style still runs in both; RESNET_ALL_FAMILIES=1 runs every case, as the
-#: torch and mx environments always do. XLA_ONE_STYLE: the style each runs in there (None: none).
+#: torch and mx environments always do (the compile_heavy marker, tests/conftest.py).
+#: XLA_ONE_STYLE: the style each runs in there (None: none).
 XLA_ONE_STYLE = {"resnet34": "torchvision", "resnext50_32x4d": "d2l", "resnet101": None, "resnet152": None}
-#: The plain-layer cases each of them leaves out as well.
-XLA_NO_PLAIN = {"tf": set(), "jax": {"resnet50", "resnext50_32x4d"}}
+#: The plain-layer cases that only add compiling, per backend.
+XLA_NO_PLAIN = {"jax": {"resnet50", "resnext50_32x4d"}}
 
 
-def _skip_cases_that_only_add_compiling(arch, style, plain):
-    backend_name = os.environ.get("RESNET_BACKEND", "")
-    if backend_name not in XLA_NO_PLAIN or os.environ.get("RESNET_ALL_FAMILIES") == "1":
-        return
-    if arch in XLA_NO_PLAIN[backend_name] if plain else XLA_ONE_STYLE.get(arch, style) != style:
-        pytest.skip(f"{'plain ' if plain else ''}{arch} in {style} style only adds compiling in {backend_name} "
-                    f"(XLA_ONE_STYLE, XLA_NO_PLAIN): RESNET_ALL_FAMILIES=1 runs it")
+def _cases(family, plain):
+    """``family`` as pytest parameters, each case that only adds compiling marked compile_heavy."""
+    cases = []
+    for arch, style in family:
+        if plain:
+            heavy = [name for name, archs in XLA_NO_PLAIN.items() if arch in archs]
+        else:
+            heavy = ["tf", "jax"] if XLA_ONE_STYLE.get(arch, style) != style else []
+        marks = [pytest.mark.compile_heavy(*heavy)] if heavy else []
+        cases.append(pytest.param(arch, style, id=_family_id((arch, style)), marks=marks))
+    return cases
 
 
-@pytest.mark.parametrize("arch, style", PLAIN_FAMILY, ids=[_family_id(case) for case in PLAIN_FAMILY])
+@pytest.mark.parametrize("arch, style", _cases(PLAIN_FAMILY, plain=True))
 def test_plain_layers_match_the_oracle_too(backend, family_batch, arch, style):
     test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style, plain=True)
 
 
-@pytest.mark.parametrize("arch, style", FAMILY, ids=[_family_id(case) for case in FAMILY])
+@pytest.mark.parametrize("arch, style", _cases(FAMILY, plain=False))
 def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, arch, style, plain=None):
     """Eval logits within 1e-4 of the oracle; train logits, loss and gradient norms within 1e-4 (or,
     where the oracle itself moves more under float32-sized rounding of the weights, within
@@ -206,7 +210,6 @@ def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, 
     Even so a gradient entry can flip with a ReLU kink, so gradients are compared by their norms,
     as tests/test_model.py does for ResNet-18.
     """
-    _skip_cases_that_only_add_compiling(arch, style, plain)
     spec = get_spec(arch, style)
     images, labels = family_batch
     net = backend.resnet(spec.name, style=style, plain=plain)
