@@ -5,12 +5,16 @@ BatchNorm with PyTorch's constants and running-statistics update, which a networ
 with :func:`with_batch_statistics` and applies with :func:`forward_as_pytorch`; that also
 puts back the NaNs oneDNN's ReLU maps to 0.
 
-Speed (:func:`use_fast_layers`, left out by ``plain=True``): convolutions on tiny maps as
-matrix products (:class:`TinyMapConv2D`) and the global average pool as a plain mean. Each
-computes the same function as the layer it replaces; the oracle tests run both networks.
+Speed (:data:`FAST`, a network's ``layers`` unless ``plain=True``; :mod:`common.fastpaths`):
+the residual blocks' convolutions on tiny maps as matrix products (:class:`TinyMapConv2D`) and
+the global average pool as a plain mean (:class:`MeanPool2D`). Each computes the same function
+as Gluon's layer it stands for (:data:`PLAIN`); the oracle tests run both networks. A traced
+graph knows no shapes, so a network tells its tiny-map convolutions their input sizes as the
+first step of its forward (:func:`tell_input_size`), which also chooses their path.
 
 Mixed precision (:func:`use_bfloat16`, for ``precision="bf16"``): MXNet's AMP graph pass
-rewrites a network's hybridized graph to compute its convolutions and dense layers in bfloat16.
+(:func:`bfloat16_graph`) rewrites the graph a ``ResNet`` traces to compute its convolutions
+and dense layers in bfloat16.
 
 Everything works in both of MXNet's array modes: legacy ``mx.nd`` and NumPy (``npx.set_np()``),
 in which Gluon passes ``mxnet.numpy`` arrays. The code below is written with legacy operators
@@ -33,11 +37,12 @@ from mxnet.util import is_np_array
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS
-from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size, iter_blocks, iter_convs, stage_output_shapes
+from common.fastpaths import DENSE_CONV_MAX_PIXEL_PAIRS, MATMUL_CONV_MAX_OUTPUT_PIXELS, Layers
+from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size, iter_convs, stage_output_shapes
 
-__all__ = ["batch_norm", "use_fast_layers", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
-           "TinyMapConv2D", "tap_selection", "legacy_operators", "use_bfloat16", "uses_bfloat16"]
+__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "with_batch_statistics", "forward_as_pytorch",
+           "TinyMapConv2D", "MeanPool2D", "block_conv", "tell_input_size", "tap_selection", "legacy_operators",
+           "bfloat16_graph", "use_bfloat16", "uses_bfloat16"]
 
 #: What an autotuned choice is measured for (with the machine): this MXNet.
 FRAMEWORK = f"MXNet {mx.__version__}"
@@ -242,17 +247,19 @@ class TinyMapConv2D(nn.Conv2D):
       times the flattened kernel (for a bottleneck's 1 x 1 convolutions, the map's pixels
       times the kernel).
 
-    Grouped, dilated and strided 1 x 1 convolutions have no fast path here (:func:`use_fast_layers`
-    leaves them Gluon's).
+    Grouped, dilated and strided 1 x 1 convolutions have no fast path here (a block with one is
+    built of Gluon's convolutions: :func:`block_conv`).
 
     The input size is read from the data when run imperatively and from ``input_size`` (set
-    before each call by the network, see :func:`use_fast_layers`) when traced; unknown, the
-    layer is Gluon's Conv2D.
+    before each call by the network, :func:`tell_input_size`) when traced; unknown, the layer
+    is Gluon's Conv2D. A subclass with Gluon's constructor and parameters: it adds no state
+    but what the network tells it.
     """
 
+    #: The size of the input map, as the network told it for the graph it traces.
     input_size = None
     #: How the network said to compute this layer ("matrix_product" or "native"; see
-    #: :class:`_TellsInputSizes`); where no network said, the matrix product.
+    #: :func:`_choose_paths`); where no network said, the matrix product.
     path = "matrix_product"
 
     def takes_matrix_product(self, size):
@@ -334,7 +341,7 @@ def tap_selection(F, size, kernel, stride, padding):
     return F.transpose(F.one_hot(tap, depth=kh * kw))
 
 
-class _MeanPool2D(nn.GlobalAvgPool2D):
+class MeanPool2D(nn.GlobalAvgPool2D):
     """GlobalAvgPool2D as a plain mean over H and W: the same numbers without that operator's
     oneDNN kernel, which MXNet 1.9.1 runs pathologically slowly on large maps."""
 
@@ -347,14 +354,13 @@ def _mean_over_maps(F, x):
     return F.mean(x, axis=(2, 3), keepdims=True)
 
 
-def _block_convs(net):
-    """(canonical name, layer) of each convolution of each residual block of ``net``, the shortcut's left out."""
-    for block in iter_blocks(net.spec):
-        layer = getattr(net, f"layer{block.stage}")[block.index]
-        for name in ("conv1", "conv2", "conv3"):
-            conv = getattr(layer, name, None)
-            if conv is not None:
-                yield f"{block.name}.{name}", conv
+def _tiny_map_convs(block, prefix=""):
+    """(structural name, layer) of each :class:`TinyMapConv2D` under ``block``, in order: Gluon's
+    attribute names joined by dots (``layer4.0.conv2``), which are the canonical names of a ``ResNet``."""
+    for name, child in block._children.items():  # Gluon 1.x has no public child iterator
+        if isinstance(child, TinyMapConv2D):
+            yield prefix + name, child
+        yield from _tiny_map_convs(child, f"{prefix}{name}.")
 
 
 def _may_take_matrix_product(conv) -> bool:
@@ -365,87 +371,92 @@ def _may_take_matrix_product(conv) -> bool:
                                                                          or kwargs["stride"] == (1, 1))
 
 
-class _TellsInputSizes:
-    """Mixed into a network by :func:`use_fast_layers`: before each call it tells each
-    :class:`TinyMapConv2D` the size of its input map (:func:`common.spec.iter_convs`), which a
-    traced graph does not know, and drops the cached graph traced for another size."""
-
-    _input_size = None
-
-    def forward(self, x):
-        size = None
-        if isinstance(x, mx.nd.NDArray) and x.ndim == 4 and x.shape[1] == self.in_channels:
-            size = tuple(x.shape[2:])  # else a symbol, or a shape the network itself refuses
-        if size != self._input_size:
-            self._input_size = size
-            self._clear_cached_op()
-            sizes = {} if size is None else {conv.name: tuple(hw) for conv, hw in
-                                             iter_convs(self.spec, self.in_channels, *size)}
-            for name, conv in _block_convs(self):
-                if isinstance(conv, TinyMapConv2D):
-                    conv.input_size = sizes.get(name)
-            if size is not None:
-                self._choose_paths(size, x.shape[0])
-        return super().forward(x)
-
-    def _choose_paths(self, size, batch):
-        """One path for every convolution on tiny maps at this input size, measured over all of
-        them at once (:func:`common.autotune.choose`; one graph serves training and inference,
-        so a training step is timed). Not one choice per layer: with layer4's first convolution
-        a matrix product and the next ones oneDNN's (96 x 96), MXNet 1.9.1 fails ("could not
-        create a primitive descriptor for a reorder primitive"), and so it does with a
-        bottleneck's 3 x 3 convolution a matrix product between oneDNN's 1 x 1 ones (ResNet-50,
-        layer4 at 96 x 96), or the other way round (ResNeXt's grouped 3 x 3, at 32 x 32); hence
-        :func:`use_fast_layers` binds all of a block's convolutions or none."""
-        convs = [conv for _, conv in _block_convs(self)
-                 if isinstance(conv, TinyMapConv2D) and conv.takes_matrix_product(conv.input_size)[0]]
-        if not convs:
-            return
-        site = f"tiny-map convolutions of {self.spec.label} on {size[0]}x{size[1]}, train"
-
-        def make_run(path):
-            runs = [conv._timed_run(path, (batch, conv.weight.shape[1]) + conv.input_size, conv.input_size,
-                                    conv.takes_matrix_product(conv.input_size)[1]) for conv in convs]
-            return lambda: [run() for run in runs]
-        path = autotune.choose(FRAMEWORK, site, ["matrix_product", NATIVE], make_run)
-        for conv in convs:
-            conv.path = path
+#: Gluon's own layers (with the project's BatchNorm, which both sets share: :func:`batch_norm`).
+PLAIN = Layers("plain", conv=nn.Conv2D, max_pool=nn.MaxPool2D, global_pool=nn.GlobalAvgPool2D)
+#: The same with the fast paths (the max pool has none). ``conv`` is what the residual blocks'
+#: convolutions are built of (:func:`block_conv`); the stem's and the shortcuts' are Gluon's in
+#: both sets (``resnet_mx.model``): the stem sees no tiny map at the sizes a network takes, a
+#: strided 1 x 1 convolution has no fast path, and only the blocks' convolutions are told their
+#: input sizes (:func:`tell_input_size`).
+FAST = Layers("fast", conv=TinyMapConv2D, max_pool=nn.MaxPool2D, global_pool=MeanPool2D)
 
 
-@functools.lru_cache(maxsize=None)
-def _telling_input_sizes(network_class):
-    return type(network_class.__name__, (_TellsInputSizes, network_class),
-                {"__module__": network_class.__module__, "__doc__": network_class.__doc__})
+def block_conv(layers, block):
+    """The convolution class of a residual block (a :class:`common.spec.BlockConfig`) of a network
+    built from ``layers``: ``layers.conv``, but Gluon's for every convolution of a block in which
+    one has no fast path (ResNeXt's grouped 3 x 3; the blocks of :mod:`common.spec` have no
+    dilated or strided 1 x 1 convolution, so grouped is the only kind).
 
-
-def use_fast_layers(net):
-    """Bind the fast paths into ``net`` (a built ``ResNet``) in place; it computes the same function.
-
-    The convolutions of each residual block (the shortcut's aside) become :class:`TinyMapConv2D`,
-    in every style, unless one of them has no fast path (ResNeXt's grouped 3 x 3): then the
-    whole block keeps Gluon's layers (see :meth:`_TellsInputSizes._choose_paths`). The global
-    average pool becomes a plain mean. Each by swapping the layer's class for a subclass whose
-    ``hybrid_forward`` differs (no parameter changes); the network learns to tell the
-    convolutions their input sizes. Returns ``net``.
+    All of a block's convolutions or none, decided where the block is built: MXNet 1.9.1 fails on
+    oneDNN's convolutions next to matrix-product ones ("could not create a primitive descriptor
+    for a reorder primitive"; ResNeXt's grouped 3 x 3 between 1 x 1 matrix products at 32 x 32,
+    and see :func:`_choose_paths`), and a block whose convolutions are of one class keeps to the
+    rule however it is called (traced, imperatively, stage by stage), with nothing to check later.
     """
-    convs = list(_block_convs(net))
-    blocks = {name.rsplit(".", 1)[0] for name, conv in convs}
-    blocks -= {name.rsplit(".", 1)[0] for name, conv in convs if not _may_take_matrix_product(conv)}
+    return layers.conv if block.groups == 1 else PLAIN.conv
+
+
+def tell_input_size(net, x) -> None:
+    """The fast layers' step of a ``ResNet``'s forward, before Gluon runs or traces its graph for ``x``.
+
+    A traced graph knows no shapes, so this tells each :class:`TinyMapConv2D` of ``net`` the size of
+    its input map for ``x`` (:func:`common.spec.iter_convs`). When ``x``'s size is not the last
+    call's, the graph traced for that is dropped (Gluon traces the network anew) and the paths are
+    chosen for this size (:func:`_choose_paths`, measured once per machine and size). ``x`` a
+    symbol (``net`` traced inside another block's graph): the sizes are unknown, and there the
+    convolutions are Gluon's. A network without such layers (built from :data:`PLAIN`) has
+    nothing to be told: nothing changes, no graph is dropped.
+    """
+    size = None
+    if isinstance(x, mx.nd.NDArray) and x.ndim == 4 and x.shape[1] == net.in_channels:
+        size = tuple(x.shape[2:])  # else a symbol, or a shape the network itself refuses
+    if size == net._input_size:
+        return
+    convs, sizes = list(_tiny_map_convs(net)), {}
+    if convs and size is not None:
+        sizes = {conv.name: tuple(hw) for conv, hw in iter_convs(net.spec, net.in_channels, *size)}
+        unknown = [name for name, _ in convs if name not in sizes]
+        if unknown:  # else they would silently stay Gluon's: a block kind whose convolutions have other names
+            raise ValueError(f"{', '.join(unknown)}: TinyMapConv2D layers common.spec.iter_convs does not list; a "
+                             "block's convolutions take the spec's names (conv1, conv2, conv3) to learn their sizes")
+    net._input_size = size
+    if not convs:
+        return
+    net._clear_cached_op()
     for name, conv in convs:
-        if type(conv) is nn.Conv2D and name.rsplit(".", 1)[0] in blocks:
-            conv.__class__ = TinyMapConv2D
-    if type(net.avgpool) is nn.GlobalAvgPool2D:
-        net.avgpool.__class__ = _MeanPool2D
-    if not isinstance(net, _TellsInputSizes):
-        net.__class__ = _telling_input_sizes(type(net))
-    net.apply(lambda block: block._clear_cached_op() if isinstance(block, nn.HybridBlock) else None)
-    return net
+        conv.input_size = sizes.get(name)
+    if size is not None:
+        _choose_paths(net, [conv for _, conv in convs], size, x.shape[0])
+
+
+def _choose_paths(net, convs, size, batch) -> None:
+    """One path for every convolution of ``convs`` (``net``'s :class:`TinyMapConv2D` layers) on tiny
+    maps at this input size, measured over all of them at once (:func:`common.autotune.choose`;
+    one graph serves training and inference, so a training step is timed). Not one choice per
+    layer: with layer4's first convolution a matrix product and the next ones oneDNN's (96 x 96),
+    MXNet 1.9.1 fails ("could not create a primitive descriptor for a reorder primitive"), and so
+    it does with a bottleneck's 3 x 3 convolution a matrix product between oneDNN's 1 x 1 ones
+    (ResNet-50, layer4 at 96 x 96), or the other way round (ResNeXt's grouped 3 x 3, at 32 x 32);
+    hence also :func:`block_conv` builds all of a block's convolutions as fast layers or none."""
+    convs = [conv for conv in convs if conv.takes_matrix_product(conv.input_size)[0]]
+    if not convs:
+        return
+    site = f"tiny-map convolutions of {net.spec.label} on {size[0]}x{size[1]}, train"
+
+    def make_run(path):
+        runs = [conv._timed_run(path, (batch, conv.weight.shape[1]) + conv.input_size, conv.input_size,
+                                conv.takes_matrix_product(conv.input_size)[1]) for conv in convs]
+        return lambda: [run() for run in runs]
+    path = autotune.choose(FRAMEWORK, site, ["matrix_product", NATIVE], make_run)
+    for conv in convs:
+        conv.path = path
 
 
 def fast_layer_count(net) -> int:
-    """How many layers of ``net`` run a fast path of this module."""
+    """How many layers of ``net`` are fast layers of this module (:data:`FAST`'s); 0 for a network built
+    from :data:`PLAIN`."""
     fast = []
-    net.apply(lambda block: fast.append(isinstance(block, (TinyMapConv2D, _MeanPool2D))))
+    net.apply(lambda block: fast.append(isinstance(block, (TinyMapConv2D, MeanPool2D))))
     return sum(fast)
 
 
@@ -462,19 +473,9 @@ _AMP_OPERATORS = frozenset(symbol_bf16.BF16_FUNCS + symbol_bf16.FP32_FUNCS + sym
                            + symbol_bf16.WIDEST_TYPE_CASTS + [op for op, _, _ in symbol_bf16.CONDITIONAL_FP32_FUNCS])
 
 
-class _MixedPrecision:
-    """Mixed into a network by :func:`use_bfloat16`: each graph it traces goes through MXNet's
-    AMP pass (:func:`mxnet.contrib.amp.convert_symbol`) before Gluon compiles it."""
-
-    def _get_graph(self, *args):
-        if not self._cached_graph:
-            inputs, graph = super()._get_graph(*args)
-            self._cached_graph = inputs, _bfloat16_graph(graph, inputs)
-        return self._cached_graph
-
-
-def _bfloat16_graph(graph, inputs):
-    """``graph`` with AMP's casts: convolutions and dense layers in bfloat16, fp32 outputs."""
+def bfloat16_graph(graph, inputs):
+    """``graph`` (a traced network's, ``inputs`` its data symbols) with AMP's casts: convolutions and
+    dense layers in bfloat16, fp32 outputs (see :func:`use_bfloat16`)."""
     numpy_mode = isinstance(graph, mx.sym.np._Symbol)
     legacy = graph.as_nd_ndarray() if numpy_mode else graph
     unknown = [node["name"] for node in json.loads(legacy.tojson())["nodes"]
@@ -486,19 +487,14 @@ def _bfloat16_graph(graph, inputs):
     return converted.as_np_ndarray() if numpy_mode else converted
 
 
-@functools.lru_cache(maxsize=None)
-def _in_bfloat16(network_class):
-    return type(network_class.__name__, (_MixedPrecision, network_class),
-                {"__module__": network_class.__module__, "__doc__": network_class.__doc__})
-
-
 def use_bfloat16(net):
-    """Let ``net`` (a built ``HybridBlock``) compute in mixed precision from now on; returns it.
+    """Let ``net`` (a built ``resnet_mx`` ``ResNet``) compute in mixed precision from now on; returns it.
 
-    Its hybridized graph goes through MXNet's AMP pass for ``bfloat16``
-    (:func:`mxnet.contrib.amp.convert_symbol`, the pass behind ``amp.convert_hybrid_block``):
-    a cast to bfloat16 before each convolution and dense layer (AMP's ``BF16_FUNCS``) for its
-    input and weights, a cast of their bfloat16 results back to float32 before each BatchNorm
+    It sets the network's ``bfloat16``, so that each graph it traces goes through MXNet's AMP pass
+    for ``bfloat16`` before Gluon compiles it (``ResNet._get_graph``, :func:`bfloat16_graph`:
+    :func:`mxnet.contrib.amp.convert_symbol`, the pass behind ``amp.convert_hybrid_block``): a
+    cast to bfloat16 before each convolution and dense layer (AMP's ``BF16_FUNCS``) for its input
+    and weights, a cast of their bfloat16 results back to float32 before each BatchNorm
     (:data:`FLOAT32_OPERATORS`), and every output of the graph in float32: BatchNorm, its
     running statistics, the ReLUs, additions and pools, the logits and the loss are float32, and
     so are the operators AMP's lists do not name. The parameters stay float32: the casts pass
@@ -507,14 +503,19 @@ def use_bfloat16(net):
     Per network, unlike ``amp.init()``, which rewrites every operator of ``mx.nd`` and ``mx.sym``
     for the rest of the process. Only in a hybridized graph (``net`` is hybridized here if it
     is not; the Trainer's always is); ``amp.convert_hybrid_block`` would return a new
-    ``SymbolBlock`` with copies of the parameters and without the network's own ``forward``.
-    MXNet 1.9.1 has bfloat16 kernels on the CPU (oneDNN) only.
+    ``SymbolBlock`` with copies of the parameters and without the network's own ``forward``
+    (which keeps the running statistics PyTorch's). Only a ``ResNet`` has that step: another
+    ``HybridBlock`` (a user's ``nn.HybridSequential``) could get it only by a change of its class
+    behind its user's back, which this project does not make (:mod:`common.fastpaths`). MXNet
+    1.9.1 has bfloat16 kernels on the CPU (oneDNN) only.
     """
     if not isinstance(net, nn.HybridBlock):
         raise ValueError(f"bf16 needs a HybridBlock, whose graph MXNet's AMP pass can convert; {type(net).__name__} "
-                         "runs imperatively (build the network with resnet_mx.resnet18() or nn.HybridSequential)")
-    if not isinstance(net, _MixedPrecision):
-        net.__class__ = _in_bfloat16(type(net))
+                         "runs imperatively (build the network with resnet_mx.resnet18())")
+    if not hasattr(net, "bfloat16"):
+        raise ValueError(f"bf16 needs resnet_mx's ResNet, which passes the graph it traces through MXNet's AMP pass; "
+                         f"{type(net).__name__} has no such step (build the network with resnet_mx.resnet18())")
+    net.bfloat16 = True
     if not net._active:
         net.hybridize()
     net._clear_cached_op()
@@ -522,5 +523,5 @@ def use_bfloat16(net):
 
 
 def uses_bfloat16(net) -> bool:
-    """Whether :func:`use_bfloat16` converted ``net``."""
-    return isinstance(net, _MixedPrecision)
+    """Whether ``net`` computes in mixed precision (:func:`use_bfloat16`)."""
+    return bool(getattr(net, "bfloat16", False))

@@ -2,7 +2,8 @@
 
 Gluon's layers under torchvision's names (``conv1``, ``bn1``, ``layer2.0.downsample.0``, ``fc``), as
 ``HybridBlock``s in either array mode (legacy ``mx.nd`` or NumPy, ``npx.set_np()``). :mod:`resnet_mx.kernels`
-supplies the BatchNorm that agrees with PyTorch's and, bound in by :func:`resnet` unless plain, the fast paths.
+supplies the BatchNorm that agrees with PyTorch's and the fast layers.
+Fast paths: ``layers=kernels.FAST`` (blocks: ``conv=``), a constructor argument, as :mod:`common.fastpaths` says.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from common.naming import canonical_names, is_residual_block, parameter_shapes
 from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights
 
-from .kernels import batch_norm, forward_as_pytorch, use_fast_layers, with_batch_statistics
+from . import kernels
+from .kernels import batch_norm, bfloat16_graph, block_conv, forward_as_pytorch, tell_input_size, with_batch_statistics
 
 __all__ = [
     "DATA_FORMAT",
@@ -55,14 +57,15 @@ class Residual(nn.HybridBlock):
     """The Residual block of ResNet models."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bias=True, norm_shortcut=False,
-                 **kwargs):
+                 conv=nn.Conv2D, **kwargs):
         super().__init__(**kwargs)
         # Registered in the canonical parameter order: conv1, bn1, conv2, bn2, downsample.
         # in_channels (0: inferred at the first call, as in the chapter) lets ResNet create its weights at once.
-        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
-                               in_channels=in_channels)
+        # conv: the class of the block's own convolutions (resnet_mx.kernels.FAST's for the fast paths).
+        self.conv1 = conv(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
+                          in_channels=in_channels)
         self.bn1 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
+        self.conv2 = conv(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
         self.bn2 = batch_norm(num_channels)
         self.relu = nn.Activation("relu")
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
@@ -92,7 +95,8 @@ def resnet_block(num_channels, num_residuals, first_block=False):
 
 def _projection(num_channels, strides=1, in_channels=0, *, bias=True, norm=False):
     """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
-    (``downsample.1``) where ``norm`` is set (torchvision's style)."""
+    (``downsample.1``) where ``norm`` is set (torchvision's style). Gluon's convolution whatever the
+    block's ``conv``: it has no fast path (:data:`resnet_mx.kernels.FAST`)."""
     shortcut = nn.HybridSequential()
     shortcut.add(nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias, in_channels=in_channels))
     if norm:
@@ -107,15 +111,15 @@ class Bottleneck(nn.HybridBlock):
     after the addition of the shortcut."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bot_channels=None, groups=1,
-                 bias=True, norm_shortcut=False, **kwargs):
+                 bias=True, norm_shortcut=False, conv=nn.Conv2D, **kwargs):
         super().__init__(**kwargs)
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
-        self.conv1 = nn.Conv2D(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
+        self.conv1 = conv(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
         self.bn1 = batch_norm(bot_channels)
-        self.conv2 = nn.Conv2D(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
-                               in_channels=bot_channels)
+        self.conv2 = conv(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
+                          in_channels=bot_channels)
         self.bn2 = batch_norm(bot_channels)
-        self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
+        self.conv3 = conv(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
         self.bn3 = batch_norm(num_channels)
         self.relu = nn.Activation("relu")
         if use_1x1conv:
@@ -140,10 +144,10 @@ class ResNeXtBlock(Bottleneck):
     ``norm_shortcut=True``."""
 
     def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, in_channels=0, *, bias=True,
-                 norm_shortcut=False, **kwargs):
+                 norm_shortcut=False, conv=nn.Conv2D, **kwargs):
         bot_channels = int(round(num_channels * bot_mul))
         super().__init__(num_channels, use_1x1conv, strides, in_channels, bot_channels=bot_channels,
-                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, **kwargs)
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, conv=conv, **kwargs)
 
 
 class PreActResidual(nn.HybridBlock):
@@ -151,13 +155,14 @@ class PreActResidual(nn.HybridBlock):
     shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
     the addition."""
 
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bias=True, **kwargs):
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bias=True, conv=nn.Conv2D,
+                 **kwargs):
         super().__init__(**kwargs)
         self.bn1 = batch_norm(in_channels)
-        self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
-                               in_channels=in_channels)
+        self.conv1 = conv(num_channels, kernel_size=3, padding=1, strides=strides, use_bias=bias,
+                          in_channels=in_channels)
         self.bn2 = batch_norm(num_channels)
-        self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
+        self.conv2 = conv(num_channels, kernel_size=3, padding=1, use_bias=bias, in_channels=num_channels)
         self.relu = nn.Activation("relu")
         if use_1x1conv:
             self.downsample = _projection(num_channels, strides, in_channels, bias=bias)
@@ -178,16 +183,16 @@ class PreActBottleneck(nn.HybridBlock):
     :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, in_channels=0, *, bot_channels=None, groups=1,
-                 bias=True, **kwargs):
+                 bias=True, conv=nn.Conv2D, **kwargs):
         super().__init__(**kwargs)
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
         self.bn1 = batch_norm(in_channels)
-        self.conv1 = nn.Conv2D(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
+        self.conv1 = conv(bot_channels, kernel_size=1, use_bias=bias, in_channels=in_channels)
         self.bn2 = batch_norm(bot_channels)
-        self.conv2 = nn.Conv2D(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
-                               in_channels=bot_channels)
+        self.conv2 = conv(bot_channels, kernel_size=3, padding=1, strides=strides, groups=groups, use_bias=bias,
+                          in_channels=bot_channels)
         self.bn3 = batch_norm(bot_channels)
-        self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
+        self.conv3 = conv(num_channels, kernel_size=1, use_bias=bias, in_channels=bot_channels)
         self.relu = nn.Activation("relu")
         if use_1x1conv:
             self.downsample = _projection(num_channels, strides, in_channels, bias=bias)
@@ -204,20 +209,24 @@ class PreActBottleneck(nn.HybridBlock):
         return Y + X
 
 
-#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
-#: :class:`common.spec.BlockConfig` and the network's spec.
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its :class:`common.spec.BlockConfig`,
+#: the network's spec and its :class:`common.fastpaths.Layers`. A block's convolutions are all of
+#: ``layers.conv`` or all Gluon's (:func:`resnet_mx.kernels.block_conv`: MXNet 1.9.1 fails on fast
+#: and oneDNN convolutions side by side, so a ResNeXt block, whose grouped 3x3 has no fast path, has none).
 BLOCK_BUILDERS = {
-    "basic": lambda block, spec: Residual(
+    "basic": lambda block, spec, layers: Residual(
         block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
-        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "bottleneck": lambda block, spec: Bottleneck(
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, conv=block_conv(layers, block)),
+    "bottleneck": lambda block, spec, layers: Bottleneck(
         block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
-        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "preact_basic": lambda block, spec: PreActResidual(
-        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels, bias=spec.conv_bias),
-    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut,
+        conv=block_conv(layers, block)),
+    "preact_basic": lambda block, spec, layers: PreActResidual(
+        block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels, bias=spec.conv_bias,
+        conv=block_conv(layers, block)),
+    "preact_bottleneck": lambda block, spec, layers: PreActBottleneck(
         block.out_channels, block.use_1x1conv, block.stride, in_channels=block.in_channels,
-        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias),
+        bot_channels=block.channels, groups=block.groups, bias=spec.conv_bias, conv=block_conv(layers, block)),
 }
 
 
@@ -225,35 +234,44 @@ class ResNet(nn.HybridBlock):
     """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
     ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
-    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
-    pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
+    ``layers`` what its blocks' convolutions and its pools are made with (:data:`resnet_mx.kernels.PLAIN`
+    or ``FAST``). A pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
 
     Its running statistics move with a training-mode forward pass and NaNs come out as in PyTorch
     (:func:`resnet_mx.kernels.forward_as_pytorch`).
     """
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", **kwargs):
+    #: Whether the graph it traces goes through MXNet's AMP pass, to compute in bfloat16
+    #: (:func:`resnet_mx.kernels.use_bfloat16` sets it, for ``precision="bf16"``; see :meth:`_get_graph`).
+    bfloat16 = False
+
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", layers=kernels.PLAIN, **kwargs):
         super().__init__(**kwargs)
         spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
         self.spec, self.arch, self.style = spec, spec.name, spec.style
         self.num_classes, self.in_channels = num_classes, in_channels
+        # The stem is Gluon's convolution in both sets of layers: it sees no tiny map (kernels.FAST).
         self.conv1 = nn.Conv2D(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
                                padding=spec.stem_padding, use_bias=spec.conv_bias, in_channels=in_channels)
         self.bn1 = batch_norm(spec.stem_channels)
         self.relu = nn.Activation("relu")
-        self.maxpool = nn.MaxPool2D(pool_size=spec.pool_kernel, strides=spec.pool_stride, padding=spec.pool_padding)
+        self.maxpool = layers.max_pool(pool_size=spec.pool_kernel, strides=spec.pool_stride,
+                                       padding=spec.pool_padding)
         stages: Dict[int, List[nn.HybridBlock]] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", nn.HybridSequential())
             getattr(self, f"layer{number}").add(*blocks)
         self.num_stages = len(stages)
         self.norm = batch_norm(spec.feature_channels) if spec.preact else None
-        self.avgpool = nn.GlobalAvgPool2D()
+        self.avgpool = layers.global_pool()
         self.flatten = nn.Flatten()
         self.fc = nn.Dense(num_classes, in_units=spec.feature_channels)
+        # The input size its fast layers were last told (kernels.tell_input_size); None: none yet.
+        self._input_size = None
 
     def _stem(self, x):
         x = self.conv1(x)
@@ -280,15 +298,28 @@ class ResNet(nn.HybridBlock):
     def forward(self, x):
         if isinstance(x, mx.nd.NDArray):  # an array, not a symbol of an enclosing block's graph
             check_input_shape(x.shape, self.in_channels, DATA_FORMAT)
+        # Built from kernels.FAST, its tiny-map convolutions learn their input sizes first, which the
+        # graph Gluon traces does not know, and their paths for that size; from PLAIN, nothing happens.
+        tell_input_size(self, x)
         return forward_as_pytorch(self, super().forward, x)
+
+    def _get_graph(self, *args):
+        """Gluon's graph of this network (traced once per input size, and again when the fast layers
+        drop it), in bf16 (:attr:`bfloat16`) through MXNet's AMP pass before Gluon compiles it
+        (:func:`resnet_mx.kernels.bfloat16_graph`). Gluon's own hook: every graph it runs or infers
+        shapes with comes from here."""
+        if not self._cached_graph:
+            inputs, graph = super()._get_graph(*args)
+            self._cached_graph = inputs, bfloat16_graph(graph, inputs) if self.bfloat16 else graph
+        return self._cached_graph
 
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
-    """The network ``arch`` (see :class:`ResNet`) in ``style`` with Gluon's default init on the CPU, its
-    fast paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
-    net = ResNet(arch, num_classes, in_channels, style)
+    """The network ``arch`` (see :class:`ResNet`) in ``style`` with Gluon's default init on the CPU, built from
+    :data:`resnet_mx.kernels.FAST` unless :func:`common.fastpaths.plain_layers` (``plain``) says ``PLAIN``."""
+    net = ResNet(arch, num_classes, in_channels, style, layers=kernels.PLAIN if plain_layers(plain) else kernels.FAST)
     net.initialize(ctx=mx.cpu())
-    return net if plain_layers(plain) else use_fast_layers(net)
+    return net
 
 
 def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:

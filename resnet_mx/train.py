@@ -141,11 +141,12 @@ class Trainer(contract.Trainer):
     convolutions (a CPU computes fp32); ``bf16`` mixed precision through MXNet's AMP graph pass
     (:func:`resnet_mx.kernels.use_bfloat16`): convolutions and the dense layer in bfloat16;
     the weights, their gradients, the SGD update, BatchNorm's parameters and running statistics,
-    the logits and the loss in float32. On the CPU only, and for a ``HybridBlock`` network (the
-    chapter's ``nn.Sequential`` runs imperatively: ValueError). The network keeps its fast paths
-    in bf16: oneDNN's bfloat16 convolutions on maps of a few pixels are as slow as its float32
-    ones, and the AMP pass converts the matrix products that replace them. ``deterministic``:
-    see :func:`set_precision`; it and TF32 are GPU switches, and process-wide.
+    the logits and the loss in float32. On the CPU only, and for a :class:`resnet_mx.model.ResNet`,
+    whose traced graph has that step (any other network, the chapter's ``nn.Sequential`` first:
+    ValueError); a network passed in is switched in place. It keeps its fast paths in bf16:
+    oneDNN's bfloat16 convolutions on maps of a few pixels are as slow as its float32 ones, and
+    the AMP pass converts the matrix products that replace them. ``deterministic``: see
+    :func:`set_precision`; it and TF32 are GPU switches, and process-wide.
     """
 
     backend = "mx"

@@ -198,6 +198,59 @@ def test_chapter_training_cell_in_numpy_mode(chapter, capsys):
     assert all(isinstance(p.data(), mx.np.ndarray) for p in params)
 
 
+# --- the fast layers are the network's construction ---------------------------------------
+
+@pytest.mark.parametrize("arch, block_convs", [("resnet18", 16), ("resnet50", 48), ("resnext50_32x4d", 0)])
+def test_fast_layers_are_constructor_arguments(mx_backend, arch, block_convs):
+    # kernels.FAST: the residual blocks' convolutions are TinyMapConv2D and the global pool a mean,
+    # as built; the stem and the shortcuts are Gluon's, and so is every convolution of a ResNeXt
+    # block (its grouped 3x3 has no fast path: all of a block or none, kernels.block_conv).
+    # Nothing changes class when the network runs, and PLAIN is Gluon's layers only.
+    import mxnet as mx
+    from mxnet.gluon import nn
+
+    kernels = mx_backend.kernels
+    for layers in (kernels.FAST, kernels.PLAIN):
+        net = mx_backend.ResNet(arch, layers=layers)
+        net.initialize()
+        before = [type(block) for block in _blocks(net)]
+        net(mx.nd.zeros((2, 1, 28, 28)))
+        assert [type(block) for block in _blocks(net)] == before
+        assert type(net) is mx_backend.ResNet and type(net.conv1) is nn.Conv2D
+        tiny = [block for block in _blocks(net) if isinstance(block, kernels.TinyMapConv2D)]
+        convs = [block for block in _blocks(net) if isinstance(block, nn.Conv2D)]
+        if layers is kernels.PLAIN:
+            assert not tiny and type(net.avgpool) is nn.GlobalAvgPool2D and kernels.fast_layer_count(net) == 0
+        else:
+            assert len(tiny) == block_convs and type(net.avgpool) is kernels.MeanPool2D
+            assert kernels.fast_layer_count(net) == block_convs + 1
+            in_blocks = [getattr(block, name) for stage in range(1, 5) for block in getattr(net, f"layer{stage}")
+                         for name in ("conv1", "conv2", "conv3") if hasattr(block, name)]
+            assert {id(conv) for conv in tiny} <= {id(conv) for conv in in_blocks}
+        assert all(type(conv) in (nn.Conv2D, kernels.TinyMapConv2D) for conv in convs)
+    block = mx_backend.Bottleneck(64, conv=kernels.FAST.conv)
+    assert {type(block.conv1), type(block.conv2), type(block.conv3)} == {kernels.TinyMapConv2D}
+    assert type(mx_backend.Residual(8).conv1) is nn.Conv2D  # the chapter's block: Gluon's layers
+
+
+def test_a_fast_convolution_the_spec_does_not_name_is_an_error_not_a_silent_gluon_one(mx_backend):
+    # kernels.tell_input_size tells each TinyMapConv2D its input size by its canonical name; a block
+    # kind whose convolutions are named otherwise would otherwise run Gluon's convolutions unnoticed.
+    import mxnet as mx
+
+    net = mx_backend.ResNet("resnet18", layers=mx_backend.kernels.FAST)
+    net.layer1[0].extra = mx_backend.kernels.FAST.conv(64, kernel_size=1, in_channels=64)
+    net.initialize()
+    with pytest.raises(ValueError, match=r"layer1\.0\.extra: TinyMapConv2D layers common.spec.iter_convs does not"):
+        net(mx.nd.zeros((2, 1, 28, 28)))
+
+
+def _blocks(net):
+    found = []
+    net.apply(found.append)
+    return found
+
+
 # --- the oracle's numbers in both modes ----------------------------------------------------
 
 @pytest.mark.parametrize("hybridized", [False, True], ids=["imperative", "hybridized"])
