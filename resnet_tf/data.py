@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.data import chapter_loaders
+from common.layout import nchw_to_nhwc, nhwc_to_nchw
 
 __all__ = ["to_tensor", "to_numpy", "load_data_fashion_mnist"]
 
@@ -24,11 +25,7 @@ def to_tensor(array, device=None):
     array = np.asarray(array)
     with tf.device(device) if device else contextlib.nullcontext():
         if array.ndim == 4:
-            if array.shape[1] == 1:  # one channel: NCHW and NHWC share one memory order
-                array = array.reshape(array.shape[0], array.shape[2], array.shape[3], 1)
-            else:
-                array = np.ascontiguousarray(array.transpose(0, 2, 3, 1))
-            return tf.convert_to_tensor(array, dtype=tf.float32)
+            return tf.convert_to_tensor(nchw_to_nhwc(array), dtype=tf.float32)
         if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
             return tf.convert_to_tensor(array, dtype=tf.int64)
         return tf.convert_to_tensor(array)
@@ -37,9 +34,7 @@ def to_tensor(array, device=None):
 def to_numpy(tensor) -> np.ndarray:
     """The inverse of :func:`to_tensor`: NHWC image batches come back as NCHW NumPy."""
     array = tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
-    if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
-    return array
+    return nhwc_to_nchw(array) if array.ndim == 4 else array
 
 
 def load_data_fashion_mnist(batch_size, resize=None, *, seed=0, data_dir=None, subset=None, test_subset=None,

@@ -1,4 +1,5 @@
-"""What the TensorFlow network needs beyond Keras' stock layers, kept out of :mod:`resnet_tf.model`.
+"""What the TensorFlow network needs beyond Keras' stock layers, kept out of :mod:`resnet_tf.model`:
+the layers a network is built from.
 
 For exact agreement with the other backends and the NumPy oracle, the chapter's code uses
 three helpers by name:
@@ -10,12 +11,17 @@ three helpers by name:
 * :func:`max_pool2d`: max pooling padded symmetrically with -inf that propagates NaN
   (TensorFlow's max pool skips NaN) and passes a tie's gradient to the first maximum.
 
-For speed, :func:`use_fast_layers` turns every :func:`conv2d` of a built network into one that
-runs ``tf.nn.conv2d`` with the padding given per side, or, on tiny maps and few input
+For speed, :func:`fast_conv2d` (the same arguments as :func:`conv2d`) builds :class:`FastConv2D`,
+which runs ``tf.nn.conv2d`` with the padding given per side, or, on tiny maps and few input
 channels, a matrix product: the same function, faster under XLA. A grouped convolution
 (ResNeXt's) runs where TensorFlow computes it and its gradient: XLA's on a GPU, matrix products
 per group under XLA on a CPU, TensorFlow's own kernel (oneDNN's, cuDNN's) or one convolution
-per group outside XLA.
+per group outside XLA. :data:`PLAIN` and :data:`FAST` are the two :class:`common.fastpaths.Layers`
+a ``ResNet`` is built from (how and why: :mod:`common.fastpaths`); they differ only in the
+convolution, whose variables and their names are the same either way.
+
+The matrix-product convolution and the separable max pool mirror :mod:`resnet_jax.kernels`' (the
+same names and steps, in TensorFlow's tokens).
 """
 from __future__ import annotations
 
@@ -29,11 +35,11 @@ import tensorflow as tf
 
 from common import autotune
 from common.autotune import NATIVE
-
-from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS
+from common.fastpaths import Layers, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, visible_taps
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
-__all__ = ["FRAMEWORK", "tracing", "compiler", "conv2d", "batch_norm", "max_pool2d", "use_fast_layers", "fast_layer_count", "SymmetricConv2D", "BatchNorm",
+__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "tracing", "compiler", "conv2d",
+           "fast_conv2d", "max_pool2d", "global_avg_pool2d", "SymmetricConv2D", "FastConv2D", "BatchNorm",
            "SymmetricMaxPool2D"]
 # The layer classes are public: Keras names a layer after its class, and a name starting with
 # an underscore is no valid name scope.
@@ -94,6 +100,11 @@ def conv2d(filters, kernel_size, strides=1, padding=0, groups=1, use_bias=True):
     """The chapter's ``Conv2D(filters, kernel_size, strides)`` with ``padding`` pixels on every side
     (and Keras' ``groups`` and ``use_bias``)."""
     return SymmetricConv2D(filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias)
+
+
+def fast_conv2d(filters, kernel_size, strides=1, padding=0, groups=1, use_bias=True):
+    """:func:`conv2d` as :class:`FastConv2D`: the same arguments, variables and function."""
+    return FastConv2D(filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=use_bias)
 
 
 class BatchNorm(keras.layers.Layer):
@@ -160,11 +171,9 @@ def batch_norm():
 class SymmetricMaxPool2D(keras.layers.MaxPool2D):
     """Max pooling on the input padded with -inf by ``padding`` on every side, NaN propagated.
 
-    Outside XLA, TensorFlow's max pool with NaN put back. Under XLA, computed separably, as
-    running maxima of strided slices along the width, then the height:
-    ``tf.maximum`` propagates NaN and passes a tie's gradient to its first argument, so, as in
-    PyTorch, the first maximum of each window in row-major order receives it. Under XLA this
-    also avoids the select-and-scatter that ``tf.nn.max_pool2d``'s gradient lowers to.
+    Outside XLA, TensorFlow's max pool with NaN put back. Under XLA, :func:`_separable_max_pool`:
+    as in PyTorch, the first maximum of each window in row-major order receives a tie's gradient,
+    and no select-and-scatter (what ``tf.nn.max_pool2d``'s gradient lowers to) is compiled.
     """
 
     def __init__(self, pool_size, strides, padding=0, **kwargs):
@@ -173,26 +182,16 @@ class SymmetricMaxPool2D(keras.layers.MaxPool2D):
 
     def call(self, inputs):
         (kernel, _), (stride, _), padding = self.pool_size, self.strides, self.symmetric_padding
+        if inputs.shape[1] is None or inputs.shape[2] is None:  # shapes unknown while tracing symbolically
+            return super().call(_pad(inputs, padding, -np.inf) if padding else inputs)
+        if compiler() == "xla":
+            return _separable_max_pool(inputs, kernel, stride, padding)
+        # TensorFlow's own kernel (oneDNN's, which also passes a tie's gradient to the first
+        # maximum); it skips NaN, so a window holding one is set to NaN after it.
         x = _pad(inputs, padding, -np.inf) if padding else inputs
-        height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None:  # shapes unknown while tracing symbolically
-            return super().call(x)
-        if compiler() != "xla":
-            # TensorFlow's own kernel (oneDNN's, which also passes a tie's gradient to the first
-            # maximum); it skips NaN, so a window holding one is set to NaN after it.
-            outputs = tf.nn.max_pool2d(x, kernel, stride, "VALID")
-            has_nan = tf.nn.max_pool2d(tf.cast(tf.math.is_nan(x), x.dtype), kernel, stride, "VALID")
-            return tf.where(has_nan > 0, tf.constant(np.nan, x.dtype), outputs)
-        out_h, out_w = conv_output_size((height, width), kernel, stride, padding)
-        rows = None
-        for j in range(kernel):
-            column = x[:, :, j:j + stride * (out_w - 1) + 1:stride, :]
-            rows = column if rows is None else tf.maximum(rows, column)
-        outputs = None
-        for i in range(kernel):
-            row = rows[:, i:i + stride * (out_h - 1) + 1:stride, :, :]
-            outputs = row if outputs is None else tf.maximum(outputs, row)
-        return outputs
+        outputs = tf.nn.max_pool2d(x, kernel, stride, "VALID")
+        has_nan = tf.nn.max_pool2d(tf.cast(tf.math.is_nan(x), x.dtype), kernel, stride, "VALID")
+        return tf.where(has_nan > 0, tf.constant(np.nan, x.dtype), outputs)
 
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(_padded(input_shape, self.symmetric_padding))
@@ -203,40 +202,73 @@ def max_pool2d(pool_size, strides, padding=0):
     return SymmetricMaxPool2D(pool_size, strides, padding)
 
 
+def global_avg_pool2d():
+    """The chapter's ``GlobalAvgPool2D()``: the mean over height and width, computed in the input's
+    dtype (Keras' layer averages a bfloat16 input in float32)."""
+    return functools.partial(tf.reduce_mean, axis=[1, 2])
+
+
 # --- speed ------------------------------------------------------------------------------
 
-def _tap_sees_input(tap, out_size, in_size, stride, padding):
-    return any(0 <= stride * o + tap - padding < in_size for o in range(out_size))
+def _first_max(a, b):
+    """The larger of ``a`` and ``b``, ``a`` on a tie (so its gradient goes to the first maximum, as in
+    PyTorch; ``tf.maximum``'s gradient goes to its first argument on a tie), NaN where either is NaN."""
+    return tf.maximum(a, b)
 
 
-def _conv_as_matmul(x, kernel, stride, padding, groups=1):
-    """Convolution as im2col (strided slices of the padded input) times the kernel matrix; a
-    grouped one as one such product per group (an einsum over the groups).
-
-    The same sums as the convolution. Kernel taps that only ever see padding (8 of 9 on a
-    1x1 map) contribute exact zeros and are left out; their gradient is exactly zero too.
-    """
-    size, _, channels, filters = kernel.shape  # channels: per group
-    height, width = int(x.shape[1]), int(x.shape[2])
-    out_h, out_w = conv_output_size((height, width), size, stride, padding)
-    taps = [
-        (i, j)
-        for i in range(size)
-        if _tap_sees_input(i, out_h, height, stride, padding)
-        for j in range(size)
-        if _tap_sees_input(j, out_w, width, stride, padding)
-    ]
+def _separable_max_pool(x, kernel, stride, padding):
+    """Max pooling (NHWC, -inf padding) as running maxima of strided slices along the width, then the
+    height: the same maxima as ``tf.nn.max_pool2d`` but NaN kept, the gradient to the first maximum of
+    each window in row-major order, and no select-and-scatter in the gradient (slow under XLA)."""
     if padding:
-        x = _pad(x, padding)
-    slices = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :] for i, j in taps]
-    kernels = tf.stack([kernel[i, j] for i, j in taps])  # (taps, channels, filters)
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=-np.inf)
+    out_h = (x.shape[1] - kernel) // stride + 1
+    out_w = (x.shape[2] - kernel) // stride + 1
+    rows = None
+    for j in range(kernel):
+        column = x[:, :, j:j + stride * (out_w - 1) + 1:stride, :]
+        rows = column if rows is None else _first_max(rows, column)
+    outputs = None
+    for i in range(kernel):
+        row = rows[:, i:i + stride * (out_h - 1) + 1:stride, :, :]
+        outputs = row if outputs is None else _first_max(outputs, row)
+    return outputs
+
+
+def _conv_as_matmul(x, kernel, strides, padding, groups=1):
+    """Convolution (NHWC, kernel HWIO) as im2col times the kernel matrix; a grouped one as one such
+    product per group (an einsum over the groups).
+
+    The columns are gathered in two passes of strided slices of the padded input, along the width
+    (one per kernel column), then along the height (one per kernel row): ``kh + kw`` slices, not
+    ``kh * kw`` (which XLA takes seconds to compile for the 7 x 7 stem), in the kernel's own (row,
+    column, channel) order. The same sums as the convolution. Kernel taps that only ever see
+    padding (8 of 9 on a 1x1 map) contribute exact zeros and are left out
+    (:func:`common.fastpaths.visible_taps`); their gradient is exactly zero too. ``strides`` and
+    ``padding`` are (height, width) pairs.
+    """
+    kh, kw, channels, filters = kernel.shape  # channels: per group
+    (sh, sw), (ph, pw) = strides, padding
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = conv_output_size((height, width), (kh, kw), (sh, sw), (ph, pw))
+    rows, cols = visible_taps(kh, height, sh, ph), visible_taps(kw, width, sw, pw)
+    if ph or pw:
+        x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    x = _concat([x[:, :, j:j + sw * (out_w - 1) + 1:sw, :] for j in cols])  # (N, H + 2ph, out_w, cols * C)
+    x = _concat([x[:, i:i + sh * (out_h - 1) + 1:sh] for i in rows])  # (N, out_h, out_w, rows * cols * C)
+    # (rows, cols, channels, filters), stacked: tf.gather's gradient would be IndexedSlices (a sparse update)
+    kernel = tf.stack([tf.stack([kernel[i, j] for j in cols]) for i in rows])
+    taps = len(rows) * len(cols)
     if groups == 1:
-        columns = tf.reshape(tf.concat(slices, axis=-1), [-1, len(taps) * channels])
-        outputs = tf.matmul(columns, tf.reshape(kernels, [len(taps) * channels, filters]))
+        outputs = tf.reshape(x, [-1, taps * channels]) @ tf.reshape(kernel, [taps * channels, filters])
     else:  # pixel p, tap t, group g, channel c of the group, output o of the group
-        columns = tf.reshape(tf.stack(slices, axis=3), [-1, len(taps), groups, channels])
-        outputs = tf.einsum("ptgc,tcgo->pgo", columns, tf.reshape(kernels, [len(taps), channels, groups, -1]))
+        columns = tf.reshape(x, [-1, taps, groups, channels])
+        outputs = tf.einsum("ptgc,tcgo->pgo", columns, tf.reshape(kernel, [taps, channels, groups, -1]))
     return tf.reshape(outputs, [-1, out_h, out_w, filters])
+
+
+def _concat(parts):
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
 
 def _conv_per_group(x, kernel, strides, padding, groups):
@@ -268,7 +300,7 @@ def _native_grouped_gradients(device: str) -> bool:
 
 
 def _grouped_path(device: str, how: str) -> str:
-    """How :class:`_FastConv2D` computes a grouped convolution on the variable's ``device``, compiled as
+    """How :class:`FastConv2D` computes a grouped convolution on the variable's ``device``, compiled as
     ``how``. Under XLA: XLA's own on a GPU (or where ``RESNET_FAST_PATHS=native``), else the products
     per group of :func:`_conv_as_matmul` (a training step of XLA's grouped convolution on a CPU took
     about 100 times as long, its gradient most of it: too slow even to measure per layer).
@@ -279,13 +311,22 @@ def _grouped_path(device: str, how: str) -> str:
     return NATIVE if _native_grouped_gradients(kind) else "per_group"
 
 
-class _FastConv2D(SymmetricConv2D):
+class FastConv2D(SymmetricConv2D):
     """:class:`SymmetricConv2D` computed by ``tf.nn.conv2d`` with the padding given per side (no ``tf.pad``
     op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
     ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul` where
     :func:`common.autotune.choose` measures that faster on this machine (TensorFlow's and XLA's
     convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem). A grouped
-    convolution takes the path :func:`_grouped_path` names."""
+    convolution takes the path :func:`_grouped_path` names. Constructed as :class:`SymmetricConv2D`
+    is, with no state of its own: the same variables under the same names."""
+
+    def __init__(self, *args, name=None, **kwargs):
+        if name is None:
+            # Keras names a layer after its class, counting per name (symmetric_conv2d_3): named as the
+            # plain layer would be, the variables' paths do not depend on the layers a network is built from.
+            uid = keras.backend.get_uid("symmetric_conv2d")
+            name = "symmetric_conv2d" if uid == 1 else f"symmetric_conv2d_{uid - 1}"
+        super().__init__(*args, name=name, **kwargs)
 
     def _as_matmul(self, shape):
         height, width, channels = shape[1], shape[2], shape[3]
@@ -316,7 +357,7 @@ class _FastConv2D(SymmetricConv2D):
     def _compute(self, path, inputs, kernel, bias, how="xla"):
         (size, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
         if path == "matmul":
-            outputs = _conv_as_matmul(inputs, kernel, stride, p, self.groups)
+            outputs = _conv_as_matmul(inputs, kernel, self.strides, (p, p), self.groups)
         else:
             if how == "xla" or not p:  # XLA takes the padding per side; no tf.pad op
                 padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
@@ -351,8 +392,11 @@ def _timed_run(layer, path, shape, how, dtype=tf.float32):
     return lambda: [gradient.numpy() for gradient in step(x, kernel, bias)]
 
 
-#: Each plain layer with a fast twin -> the twin (same variables, same function).
-_FAST_LAYERS = {SymmetricConv2D: _FastConv2D}
+#: Keras' own layers, padded and normalised as the project computes (``plain=True``,
+#: ``RESNET_PLAIN_LAYERS=1``, the chapter's blocks by default).
+PLAIN = Layers("plain", conv=conv2d, max_pool=max_pool2d, global_pool=global_avg_pool2d)
+#: The same with :class:`FastConv2D`; the max pool is already separable under XLA, the mean is one op.
+FAST = Layers("fast", conv=fast_conv2d, max_pool=max_pool2d, global_pool=global_avg_pool2d)
 
 
 def _sublayers(net):
@@ -360,19 +404,6 @@ def _sublayers(net):
     return net._flatten_layers(include_self=True, recursive=True)
 
 
-def use_fast_layers(net):
-    """Bind the fast paths into the built network ``net`` in place and return it.
-
-    Each :func:`conv2d` layer becomes its fast twin by a change of class: the same variables,
-    the same function, another computation. Call it before the first traced step.
-    """
-    for layer in _sublayers(net):
-        fast = _FAST_LAYERS.get(type(layer))
-        if fast is not None:
-            layer.__class__ = fast
-    return net
-
-
 def fast_layer_count(net) -> int:
-    """How many layers of ``net`` run a fast path."""
-    return sum(type(layer) in _FAST_LAYERS.values() for layer in _sublayers(net))
+    """How many layers of ``net`` run a fast path (0 for a network built from :data:`PLAIN`)."""
+    return sum(isinstance(layer, FastConv2D) for layer in _sublayers(net))

@@ -2,7 +2,8 @@
 
 Where a Keras layer computes another function than the other backends (``padding='same'``,
 Keras' BatchNorm, a max pool that skips NaN), the chapter's code calls a helper of
-:mod:`resnet_tf.kernels` by name; :func:`resnet` binds the kernels' fast paths in unless plain.
+:mod:`resnet_tf.kernels` by name. A network is built from ``kernels.PLAIN`` or ``kernels.FAST``
+(:mod:`common.fastpaths`): the blocks take their convolution as ``conv=``.
 """
 from __future__ import annotations
 
@@ -14,19 +15,19 @@ import numpy as np
 import tensorflow as tf
 
 from common.fastpaths import plain_layers
+from common.layout import from_canonical_layout, to_canonical_layout
 from common.naming import canonical_names, is_residual_block, parameter_shapes
 from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
 from common.weights import check_weights
 
 from . import kernels
 from .data import to_numpy, to_tensor
-from .kernels import batch_norm, conv2d, max_pool2d
+from .kernels import batch_norm, conv2d
 
 __all__ = ["DATA_FORMAT", "Residual", "ResnetBlock", "resnet_block", "Bottleneck", "ResNeXtBlock", "PreActResidual",
            "PreActBottleneck", "BLOCK_BUILDERS", "ResNet", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet152", "resnext50_32x4d", "count_parameters", "architecture", "canonical_variables",
-           "to_canonical_layout", "from_canonical_layout", "export_weights", "import_weights", "forward",
-           "trace_shapes"]
+           "export_weights", "import_weights", "forward", "trace_shapes"]
 
 #: The layout the network takes: channels last, TensorFlow's native one.
 DATA_FORMAT = "NHWC"
@@ -35,15 +36,16 @@ DATA_FORMAT = "NHWC"
 class Residual(keras.layers.Layer):
     """The Residual block of ResNet."""
 
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, norm_shortcut=False, **kwargs):
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, norm_shortcut=False, conv=conv2d,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_channels = num_channels
-        self.conv1 = conv2d(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
+        self.conv1 = conv(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
         self.bn1 = batch_norm()
-        self.conv2 = conv2d(num_channels, kernel_size=3, padding=1, use_bias=bias)
+        self.conv2 = conv(num_channels, kernel_size=3, padding=1, use_bias=bias)
         self.bn2 = batch_norm()
         if use_1x1conv:  # the chapter's conv3, under torchvision's name
-            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut)
+            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut, conv=conv)
         else:
             self.downsample = None
 
@@ -86,10 +88,10 @@ def resnet_block(num_channels, num_residuals, first_block=False):
 
 # --- the chapter's exercises: deeper networks, other blocks, other styles ----------------------
 
-def _projection(num_channels, strides=1, *, bias=True, norm=False):
+def _projection(num_channels, strides=1, *, bias=True, norm=False, conv=conv2d):
     """The shortcut's strided 1x1 convolution (``downsample.0``), with a BatchNorm after it
     (``downsample.1``) where ``norm`` is set (torchvision's style)."""
-    layers = [conv2d(num_channels, kernel_size=1, strides=strides, use_bias=bias)]
+    layers = [conv(num_channels, kernel_size=1, strides=strides, use_bias=bias)]
     if norm:
         layers.append(batch_norm())
     return keras.Sequential(layers)
@@ -110,18 +112,18 @@ class Bottleneck(keras.layers.Layer):
     after the addition of the shortcut."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1, bias=True,
-                 norm_shortcut=False, **kwargs):
+                 norm_shortcut=False, conv=conv2d, **kwargs):
         super().__init__(**kwargs)
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
         self.num_channels, self.bot_channels = num_channels, bot_channels
-        self.conv1 = conv2d(bot_channels, kernel_size=1, use_bias=bias)
+        self.conv1 = conv(bot_channels, kernel_size=1, use_bias=bias)
         self.bn1 = batch_norm()
-        self.conv2 = conv2d(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
+        self.conv2 = conv(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
         self.bn2 = batch_norm()
-        self.conv3 = conv2d(num_channels, kernel_size=1, use_bias=bias)
+        self.conv3 = conv(num_channels, kernel_size=1, use_bias=bias)
         self.bn3 = batch_norm()
         if use_1x1conv:
-            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut)
+            self.downsample = _projection(num_channels, strides, bias=bias, norm=norm_shortcut, conv=conv)
         else:
             self.downsample = None
 
@@ -147,10 +149,10 @@ class ResNeXtBlock(Bottleneck):
     ``norm_shortcut=True``."""
 
     def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1, *, bias=True,
-                 norm_shortcut=False, **kwargs):
+                 norm_shortcut=False, conv=conv2d, **kwargs):
         bot_channels = int(round(num_channels * bot_mul))
         super().__init__(num_channels, use_1x1conv, strides, bot_channels=bot_channels,
-                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, **kwargs)
+                         groups=bot_channels // groups, bias=bias, norm_shortcut=norm_shortcut, conv=conv, **kwargs)
 
 
 class PreActResidual(keras.layers.Layer):
@@ -158,15 +160,15 @@ class PreActResidual(keras.layers.Layer):
     shortcut is the input itself, or the 1x1 convolution of the pre-activated input. No ReLU after
     the addition."""
 
-    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, **kwargs):
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bias=True, conv=conv2d, **kwargs):
         super().__init__(**kwargs)
         self.num_channels = num_channels
         self.bn1 = batch_norm()
-        self.conv1 = conv2d(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
+        self.conv1 = conv(num_channels, kernel_size=3, strides=strides, padding=1, use_bias=bias)
         self.bn2 = batch_norm()
-        self.conv2 = conv2d(num_channels, kernel_size=3, padding=1, use_bias=bias)
+        self.conv2 = conv(num_channels, kernel_size=3, padding=1, use_bias=bias)
         if use_1x1conv:
-            self.downsample = _projection(num_channels, strides, bias=bias)
+            self.downsample = _projection(num_channels, strides, bias=bias, conv=conv)
         else:
             self.downsample = None
 
@@ -189,18 +191,18 @@ class PreActBottleneck(keras.layers.Layer):
     :class:`Bottleneck`'s three convolutions; shortcut as in :class:`PreActResidual`."""
 
     def __init__(self, num_channels, use_1x1conv=False, strides=1, *, bot_channels=None, groups=1, bias=True,
-                 **kwargs):
+                 conv=conv2d, **kwargs):
         super().__init__(**kwargs)
         bot_channels = num_channels // 4 if bot_channels is None else bot_channels
         self.num_channels, self.bot_channels = num_channels, bot_channels
         self.bn1 = batch_norm()
-        self.conv1 = conv2d(bot_channels, kernel_size=1, use_bias=bias)
+        self.conv1 = conv(bot_channels, kernel_size=1, use_bias=bias)
         self.bn2 = batch_norm()
-        self.conv2 = conv2d(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
+        self.conv2 = conv(bot_channels, kernel_size=3, strides=strides, padding=1, groups=groups, use_bias=bias)
         self.bn3 = batch_norm()
-        self.conv3 = conv2d(num_channels, kernel_size=1, use_bias=bias)
+        self.conv3 = conv(num_channels, kernel_size=1, use_bias=bias)
         if use_1x1conv:
-            self.downsample = _projection(num_channels, strides, bias=bias)
+            self.downsample = _projection(num_channels, strides, bias=bias, conv=conv)
         else:
             self.downsample = None
 
@@ -219,19 +221,20 @@ class PreActBottleneck(keras.layers.Layer):
         return Y + X
 
 
-#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its
-#: :class:`common.spec.BlockConfig` and the network's spec.
+#: :attr:`common.spec.ResNetSpec.block_kind` -> one block from its :class:`common.spec.BlockConfig`,
+#: the network's spec and its :class:`common.fastpaths.Layers`.
 BLOCK_BUILDERS = {
-    "basic": lambda block, spec: Residual(
-        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "bottleneck": lambda block, spec: Bottleneck(
+    "basic": lambda block, spec, layers: Residual(
+        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut,
+        conv=layers.conv),
+    "bottleneck": lambda block, spec, layers: Bottleneck(
         block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels, groups=block.groups,
-        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut),
-    "preact_basic": lambda block, spec: PreActResidual(
-        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias),
-    "preact_bottleneck": lambda block, spec: PreActBottleneck(
+        bias=spec.conv_bias, norm_shortcut=spec.norm_shortcut, conv=layers.conv),
+    "preact_basic": lambda block, spec, layers: PreActResidual(
+        block.out_channels, block.use_1x1conv, block.stride, bias=spec.conv_bias, conv=layers.conv),
+    "preact_bottleneck": lambda block, spec, layers: PreActBottleneck(
         block.out_channels, block.use_1x1conv, block.stride, bot_channels=block.channels, groups=block.groups,
-        bias=spec.conv_bias),
+        bias=spec.conv_bias, conv=layers.conv),
 }
 
 
@@ -239,27 +242,29 @@ class ResNet(keras.Model):
     """ResNet built from :mod:`common.spec`, laid out as torchvision's (stem, layer1..4, fc).
 
     ``arch`` is a name of :data:`common.spec.RESNET_SPECS`, a spec, or the book's tuple of
-    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`. A
+    ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
+    ``layers`` ``kernels.PLAIN`` or ``kernels.FAST`` (:mod:`common.fastpaths`). A
     pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
     """
 
-    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", **kwargs):
+    def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", layers=kernels.PLAIN, **kwargs):
         super().__init__(**kwargs)
         spec = get_spec(arch, style)
         parameter_shapes(spec, in_channels, num_classes)  # validates in_channels and num_classes
         self.spec, self.arch, self.style = spec, spec.name, spec.style
         self.num_classes, self.in_channels = num_classes, in_channels
-        self.conv1 = conv2d(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
-                            padding=spec.stem_padding, use_bias=spec.conv_bias)
+        self.conv1 = layers.conv(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
+                                 padding=spec.stem_padding, use_bias=spec.conv_bias)
         self.bn1 = batch_norm()
-        self.maxpool = max_pool2d(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
         stages: Dict[int, list] = {}
         for block in iter_blocks(spec):
-            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec))
+            stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
         for number, blocks in stages.items():
             setattr(self, f"layer{number}", blocks)
         self.stage_names = [f"layer{number}" for number in stages]
         self.norm = batch_norm() if spec.preact else None
+        self.avgpool = layers.global_pool()
         self.fc = keras.layers.Dense(num_classes)
         # Every variable now (no shape depends on height and width): weights import before a batch.
         self.build((None, None, None, in_channels))
@@ -286,7 +291,7 @@ class ResNet(keras.Model):
     def _pool(self, x, training):
         if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
             x = keras.activations.relu(self.norm(x, training=training))
-        return tf.reduce_mean(x, axis=[1, 2])
+        return self.avgpool(x)
 
     def stages(self):
         """(name, function(x, training)) for each stage of :func:`common.spec.stage_output_shapes`."""
@@ -306,10 +311,10 @@ class ResNet(keras.Model):
 
 
 def resnet(arch="resnet18", num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
-    """The network ``arch`` (see :class:`ResNet`) in ``style``, variables built; the kernels' fast
-    paths bound in unless :func:`common.fastpaths.plain_layers` (``plain``) says plain layers."""
-    net = ResNet(arch, num_classes=num_classes, in_channels=in_channels, style=style)
-    return net if plain_layers(plain) else kernels.use_fast_layers(net)
+    """The network ``arch`` (see :class:`ResNet`) in ``style``, variables built, from ``kernels.FAST``
+    unless :func:`common.fastpaths.plain_layers` (``plain``) says ``kernels.PLAIN``."""
+    layers = kernels.PLAIN if plain_layers(plain) else kernels.FAST
+    return ResNet(arch, num_classes=num_classes, in_channels=in_channels, style=style, layers=layers)
 
 
 def resnet18(num_classes=10, in_channels=1, style="d2l", plain=None) -> ResNet:
@@ -401,18 +406,6 @@ def canonical_variables(net) -> Dict[str, tf.Variable]:
     """Canonical name -> the net's variable, in spec order: a :class:`ResNet`, the chapter's
     Sequential of this or the book's ``Residual``, by :func:`common.naming.canonical_names`."""
     return canonical_names(list(_units(net)), *architecture(net), shape=_canonical_shape)
-
-
-def to_canonical_layout(array: np.ndarray) -> np.ndarray:
-    """A copy of a variable's value in canonical layout: conv kernels HWIO -> OIHW, dense (in, out) -> (out, in)."""
-    array = np.asarray(array, dtype=np.float32)
-    return np.array(array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T, order="C")
-
-
-def from_canonical_layout(array: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`to_canonical_layout`."""
-    array = np.asarray(array, dtype=np.float32)
-    return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
 
 
 def export_weights(net) -> Dict[str, np.ndarray]:

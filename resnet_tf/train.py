@@ -22,11 +22,12 @@ import tensorflow as tf
 from common import autotune, contract, training
 from common.backend import device_label
 from common.hparams import check_precision
+from common.layout import to_canonical_layout
 from common.naming import trainable_parameter_names
 
 from . import kernels
 from .data import to_tensor
-from .model import architecture, canonical_variables, export_weights, import_weights, resnet, to_canonical_layout
+from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
 __all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 

@@ -1,7 +1,7 @@
 """The chapter's TensorFlow code (d2l-en, chapter_convolutional-modern/resnet.md), run against
 ``resnet_tf`` in place of ``d2l``: NHWC tensors, ``Residual(num_channels, ...)``,
 ``ResnetBlock(num_channels, num_residuals, first_block)`` and the chapter's ``net()``, built
-from ``resnet_tf``'s plain layers as the chapter writes it (no fast paths bound in).
+from ``resnet_tf``'s plain layers as the chapter writes it (the blocks' default ``conv=``: no fast paths).
 The training cell trains on a small synthetic subset (:func:`training_cell`)."""
 import tensorflow as tf
 
