@@ -65,7 +65,9 @@ class Layers(NamedTuple):
 
     #: ``"plain"`` or ``"fast"``: how messages and ``repr`` name the set.
     name: str
-    #: Every convolution (stem, blocks, shortcuts).
+    #: The convolutions a fast path may take over: the blocks' in every backend, and the stem's and
+    #: the shortcuts' where the backend has a path for them (PyTorch, TensorFlow and JAX do; MXNet
+    #: keeps Gluon's there, and in a grouped block, in both sets).
     conv: Any
     #: The stem's max pool.
     max_pool: Any
