@@ -166,3 +166,9 @@ def training_cell(num_epochs=1, batch_size=32, resize=96, subset=64, test_subset
                                                             test_subset=test_subset, synthetic=True)
         history = d2l.train_ch6(net, train_iter, test_iter, num_epochs, lr, d2l.try_gpu())
     return net, history
+
+
+#: Whether the chapter's network computes the oracle's function (Gluon's layers as resnet_mx sets
+#: them up pad symmetrically and normalise with the project's constants): its logits are compared.
+COMPUTES_THE_ORACLES_FUNCTION = True
+# No bfloat16_round_trip: MXNet casts to bfloat16 only inside AMP's graphs (test_precision marks its test).

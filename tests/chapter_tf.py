@@ -91,3 +91,13 @@ def training_cell(num_epochs=1, batch_size=32, resize=96, subset=64, test_subset
                                                         test_subset=test_subset, synthetic=True)
     history = d2l.train_ch6(model, train_iter, test_iter, num_epochs, lr, d2l.try_gpu())
     return model, history
+
+
+#: Whether the chapter's network computes the oracle's function: not in TensorFlow (its b1's
+#: padding='same' pads asymmetrically, and Keras' BatchNorm has other constants).
+COMPUTES_THE_ORACLES_FUNCTION = False
+
+
+def bfloat16_round_trip(values):
+    """float32 -> the framework's bfloat16 -> float32 (test_precision holds the oracle's rounding to it)."""
+    return tf.cast(tf.cast(values, tf.bfloat16), tf.float32).numpy()

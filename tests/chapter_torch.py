@@ -76,3 +76,13 @@ def training_cell(num_epochs=1, batch_size=32, resize=96, subset=64, test_subset
                                                         test_subset=test_subset, synthetic=True)
     history = d2l.train_ch6(model, train_iter, test_iter, num_epochs, lr, d2l.try_gpu())
     return model, history
+
+
+#: Whether the chapter's network computes the oracle's function (PyTorch pads symmetrically and its
+#: BatchNorm has the project's constants): its logits are compared with the oracle's.
+COMPUTES_THE_ORACLES_FUNCTION = True
+
+
+def bfloat16_round_trip(values):
+    """float32 -> the framework's bfloat16 -> float32 (test_precision holds the oracle's rounding to it)."""
+    return torch.from_numpy(values).bfloat16().float().numpy()

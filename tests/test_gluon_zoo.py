@@ -20,6 +20,8 @@ from common.spec import BN_EPSILON, get_spec, iter_blocks
 
 from helpers import disturbed_weights, scaled_for_unit_logits
 
+pytestmark = pytest.mark.backend("mx")
+
 #: Gluon's names inside a BatchNorm -> the canonical ones.
 BN_PARTS = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean", "running_var": "running_var"}
 
@@ -28,9 +30,7 @@ CASES = [("resnet18", 1000), ("resnet34", 10)]
 
 
 @pytest.fixture(scope="module")
-def mx_backend(backend, backend_name):
-    if backend_name != "mx":
-        pytest.skip("Gluon's model zoo: RESNET_BACKEND=mx only")
+def mx_backend(backend):
     return backend
 
 

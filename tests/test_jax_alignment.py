@@ -14,11 +14,11 @@ from common.spec import BN_MOMENTUM
 
 from helpers import disturbed_weights, scaled_for_unit_logits
 
+pytestmark = pytest.mark.backend("jax")
+
 
 @pytest.fixture(scope="module")
-def jax_modules(backend_name):
-    if backend_name != "jax":
-        pytest.skip("resnet_jax's alignments only")
+def jax_modules(backend):
     import jax.numpy as jnp
     from flax import linen as nn
 

@@ -17,11 +17,11 @@ from common.weights import init_weights
 
 from helpers import disturbed_weights, scaled_for_unit_logits
 
+pytestmark = pytest.mark.backend("mx")
+
 
 @pytest.fixture(scope="module")
-def mx_backend(backend, backend_name):
-    if backend_name != "mx":
-        pytest.skip("MXNet's array modes: RESNET_BACKEND=mx only")
+def mx_backend(backend):
     return backend
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from helpers import disturbed_weights
 
+pytestmark = pytest.mark.backend("mx")
+
 
 @pytest.fixture(scope="module")
-def mx_backend(backend, backend_name):
-    if backend_name != "mx":
-        pytest.skip("MXNet's precision switches: RESNET_BACKEND=mx only")
+def mx_backend(backend):
     return backend
 
 

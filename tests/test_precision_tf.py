@@ -16,14 +16,14 @@ import pytest
 from common.spec import get_spec
 from common.weights import init_weights
 
+pytestmark = pytest.mark.backend("tf")
+
 #: Two small stages: compiles in seconds, still a stem, BatchNorm, a projection and fc.
 SMALL = ((1, 64), (1, 128))
 
 
 @pytest.fixture(scope="module")
-def tf_backend(backend, backend_name):
-    if backend_name != "tf":
-        pytest.skip("TensorFlow's precision switches: RESNET_BACKEND=tf only")
+def tf_backend(backend):
     return backend
 
 
