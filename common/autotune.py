@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
 from .files import atomic_write, cache_dir
 from .machine import cpu_info

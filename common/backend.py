@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Dict, NamedTuple
 
-__all__ = ["Backend", "BACKENDS", "BackendUnavailable", "device_label", "check_installed", "backend_part", "load_backend",
-           "lazy_exports", "physical_cpu_cores"]
+__all__ = ["Backend", "BACKENDS", "BackendUnavailable", "device_label", "check_installed", "backend_part",
+           "load_backend", "lazy_exports", "physical_cpu_cores"]
 
 
 class Backend(NamedTuple):

@@ -16,10 +16,10 @@ import numpy as np
 from . import distributed
 from .autotune import fast_paths_mode
 from .backend import backend_part
-from .sharding import check_shardable, shard_slices
+from .flops import forward_flops_per_example, training_flops_per_example
 from .hparams import check_precision
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
-from .flops import forward_flops_per_example, training_flops_per_example
+from .sharding import check_shardable, shard_slices
 from .spec import get_spec
 from .weights import init_weights
 

@@ -110,7 +110,8 @@ def _add_workers(parser):
 
 def _add_backend(parser):
     parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
-                        help="framework to run: " + ", ".join(f"{name} ({row.framework})" for name, row in BACKENDS.items()))
+                        help="framework to run: " + ", ".join(
+                            f"{name} ({row.framework})" for name, row in BACKENDS.items()))
     parser.add_argument("--device", default=None,
                         help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
 
@@ -118,7 +119,8 @@ def _add_backend(parser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="ResNet on Fashion-MNIST (the D2L chapter: ResNet-18; its exercises: ResNet-34 to 152, "
-                                 "ResNeXt, three styles) with " + ", ".join(row.framework for row in BACKENDS.values()) + ".")
+                                 "ResNeXt, three styles) with "
+                                 + ", ".join(row.framework for row in BACKENDS.values()) + ".")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -226,7 +228,8 @@ def _train(args, argv):
         if job > 1:
             return 0  # worker 0 printed its epochs; the launcher (if any) says what was written
     if not args.quiet:
-        print(f"[{args.backend}] wrote {os.path.join(out_dir, 'checkpoint.npz')} and {os.path.join(out_dir, 'metrics.json')}")
+        print(f"[{args.backend}] wrote {os.path.join(out_dir, 'checkpoint.npz')} and "
+              f"{os.path.join(out_dir, 'metrics.json')}")
     return 0
 
 

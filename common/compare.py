@@ -13,8 +13,8 @@ import math
 import os
 from typing import Dict, List, Sequence
 
-from .training import METRICS_NAME
 from .files import atomic_write
+from .training import METRICS_NAME
 
 __all__ = ["CompareError", "load_run", "comparison_rows", "markdown_table", "seed_summary", "first_divergent_step",
            "agreement_lines", "plot_runs", "compare"]
@@ -219,7 +219,8 @@ def plot_runs(runs: Sequence[dict], path) -> None:
             for axis, (key, _) in zip(epoch_axes, panels):
                 axis.plot(epochs, [h[key] for h in run["history"]], marker="o", **style)
     steps_axis.set_yscale("log")
-    steps_axis.set_title("training loss per step" + (" (one line per seed)" if len(runs) > len(_by_backend(runs)) else ""))
+    steps_axis.set_title("training loss per step"
+                         + (" (one line per seed)" if len(runs) > len(_by_backend(runs)) else ""))
     steps_axis.set_xlabel("step")
     steps_axis.grid(True, which="both", alpha=0.3)
     for axis, (_, title) in zip(epoch_axes, panels):

@@ -387,15 +387,18 @@ def _signature_problem(name: str, want: Callable, have: Callable) -> Optional[st
         return f"{name}: its signature cannot be read"
     for index, want_param in enumerate(wanted):
         if index >= len(got):
-            return f"{name}{inspect.signature(have)} lacks parameter '{want_param.name}' of {name}{inspect.signature(want)}"
+            return (f"{name}{inspect.signature(have)} lacks parameter '{want_param.name}' of "
+                    f"{name}{inspect.signature(want)}")
         got_param = got[index]
-        if (got_param.name, got_param.kind, got_param.default) != (want_param.name, want_param.kind, want_param.default):
+        if (got_param.name, got_param.kind, got_param.default) != (want_param.name, want_param.kind,
+                                                                   want_param.default):
             return (f"{name}{inspect.signature(have)}: parameter {index + 1} is '{got_param}', the contract's "
                     f"is '{want_param}' ({name}{inspect.signature(want)})")
     for extra in got[len(wanted):]:
         if extra.default is inspect.Parameter.empty and extra.kind not in (inspect.Parameter.VAR_POSITIONAL,
                                                                            inspect.Parameter.VAR_KEYWORD):
-            return f"{name}{inspect.signature(have)}: parameter '{extra.name}' is not in the contract and has no default"
+            return (f"{name}{inspect.signature(have)}: parameter '{extra.name}' is not in the contract and "
+                    "has no default")
     return None
 
 

@@ -37,8 +37,8 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["LAUNCHED_ENV", "ERROR_FILE_ENV", "WORKER_INDEX_ENV", "STOP_GRACE_SECONDS",
-           "DistributedError", "integer_variable", "all_engine_variables", "job_size", "launched", "worker_environments", "free_port", "check_port",
-           "cpu_groups", "report_error", "launch"]
+           "DistributedError", "integer_variable", "all_engine_variables", "job_size", "launched",
+           "worker_environments", "free_port", "check_port", "cpu_groups", "report_error", "launch"]
 
 #: Set by :func:`launch` in its workers: the launcher holds the run directory's lock.
 LAUNCHED_ENV = "RESNET_LAUNCHED"

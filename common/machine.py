@@ -18,7 +18,8 @@ import numpy as np
 
 from .backend import physical_cpu_cores
 
-__all__ = ["MATMUL_SIZES", "FMA_UNITS", "cpu_info", "describe", "theoretical_peak_gflops", "numpy_matmul_gflops", "best_matmul_gflops"]
+__all__ = ["MATMUL_SIZES", "FMA_UNITS", "cpu_info", "describe", "theoretical_peak_gflops", "numpy_matmul_gflops",
+           "best_matmul_gflops"]
 
 #: Square matrix sizes the measured peak tries (one BLAS may peak at 1024, another at 4096).
 MATMUL_SIZES = (512, 1024, 2048, 3072)

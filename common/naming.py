@@ -93,7 +93,8 @@ CANONICAL_PARTS = {"kernel": "weight", "gamma": "weight", "beta": "bias", "movin
                    "moving_variance": "running_var"}
 #: Block type -> the book's names inside a block that torchvision names otherwise: the shortcut
 #: of its ``Residual`` (``conv3``) and of its ``ResNeXtBlock`` (``conv4``, ``bn4``).
-CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"}, "bottleneck": {"conv4": "downsample.0", "bn4": "downsample.1"}}
+CHAPTER_BLOCK_PARTS = {"basic": {"conv3": "downsample.0"},
+                       "bottleneck": {"conv4": "downsample.0", "bn4": "downsample.1"}}
 
 
 def is_residual_block(sublayer_names) -> bool:
@@ -110,9 +111,10 @@ def canonical_names(units: Sequence[Mapping[str, V]], arch="resnet18", in_channe
     run (stem convolution, stem BatchNorm, each block, classifier), each as *name within the
     unit -> array* in the framework's own words (``weight``, ``gamma``, ``conv1.kernel``,
     ``conv3.weight``). A unit's position gives its prefix (``layer2.0``); its names are renamed
-    part by part with :data:`CANONICAL_PARTS` and :data:`CHAPTER_BLOCK_PARTS`. So a ResNet, the chapter's ``Sequential`` and the
-    book's own code (with ``conv3``) map alike. ``shape(array)`` is its shape in canonical
-    layout; unknown dimensions (None, 0 or -1: not yet inferred) pass the check.
+    part by part with :data:`CANONICAL_PARTS` and :data:`CHAPTER_BLOCK_PARTS`. So a ResNet, the
+    chapter's ``Sequential`` and the book's own code (with ``conv3``) map alike.
+    ``shape(array)`` is its shape in canonical layout; unknown dimensions (None, 0 or -1: not yet
+    inferred) pass the check.
     """
     spec = get_spec(arch)
     shapes = parameter_shapes(spec, in_channels, num_classes)

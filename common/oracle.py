@@ -27,8 +27,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .sharding import shard_slices
 from .naming import is_buffer, parameter_shapes
+from .sharding import shard_slices
 from .spec import BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, iter_blocks
 from .weights import check_weights
 
@@ -206,7 +206,8 @@ def max_pool2d_backward(d_out: Array, cache) -> Array:
     d_padded = np.zeros((n, channels, height + 2 * padding, width + 2 * padding))
     for i in range(kernel):
         for j in range(kernel):
-            d_padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += d_out * (winner == i * kernel + j)
+            d_padded[:, :, i:i + stride * out_h:stride,
+                     j:j + stride * out_w:stride] += d_out * (winner == i * kernel + j)
     return d_padded[:, :, padding:padding + height, padding:padding + width]
 
 
@@ -281,7 +282,8 @@ class _Pass:
         if not self.training:
             return batch_norm_eval(x, gamma, beta, p[f"{name}.running_mean"], p[f"{name}.running_var"])
         out, self.caches[name], mean, unbiased_var = batch_norm_train(x, gamma, beta)
-        new_mean, new_var = update_running_statistics(p[f"{name}.running_mean"], p[f"{name}.running_var"], mean, unbiased_var)
+        new_mean, new_var = update_running_statistics(p[f"{name}.running_mean"], p[f"{name}.running_var"],
+                                                      mean, unbiased_var)
         self.state[f"{name}.running_mean"] = new_mean
         self.state[f"{name}.running_var"] = new_var
         return out
@@ -532,7 +534,8 @@ def sharded_sgd_step(weights: Mapping[str, Array], images, labels, lr: float, wo
     return float(np.mean([loss for loss, _, _ in passes])), new_weights
 
 
-def step_batch(seed: int, batch_size: int, size: int, in_channels: int = 1, num_classes: int = 10) -> Tuple[Array, Array]:
+def step_batch(seed: int, batch_size: int, size: int, in_channels: int = 1,
+               num_classes: int = 10) -> Tuple[Array, Array]:
     """A deterministic batch for the training-step tests: float32 NCHW images uniform in
     [0, 1] and int64 labels, both drawn from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)

@@ -188,7 +188,8 @@ def get_spec(arch="resnet18", style=None) -> ResNetSpec:
         spec = RESNET_SPECS[arch]
     except (KeyError, TypeError):
         known = ", ".join(RESNET_SPECS)
-        raise ValueError(f"unknown architecture {arch!r}; known: {known}, or a tuple like ((2, 64), (2, 128))") from None
+        raise ValueError(f"unknown architecture {arch!r}; known: {known}, "
+                         "or a tuple like ((2, 64), (2, 128))") from None
     return spec if style is None or style == spec.style else replace(spec, style=style)
 
 

@@ -29,10 +29,10 @@ import numpy as np
 from . import distributed
 from .backend import BACKENDS, backend_part
 from .data import DataConfig, fashion_mnist_loader, fashion_mnist_loaders
-from .sharding import check_shardable
-from .hparams import D2L, PRESETS, TrainConfig, check_precision
-from .spec import arch_name, get_spec
 from .files import atomic_write
+from .hparams import D2L, PRESETS, TrainConfig, check_precision
+from .sharding import check_shardable
+from .spec import arch_name, get_spec
 from .weights import init_weights, load_weights, read_architecture, read_metadata, save_weights
 
 __all__ = [
@@ -329,7 +329,8 @@ def _resume_state(out_dir, config: TrainConfig):
     if not state:
         raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
     saved = TrainConfig(**state["config"])
-    differs = [k for k in ("arch", "style", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset", "drop_last")
+    differs = [k for k in ("arch", "style", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset",
+                           "drop_last")
                if getattr(saved, k) != getattr(config, k)]
     if differs:
         pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
@@ -402,7 +403,8 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
                             precision=config.precision, deterministic=config.deterministic)
     spec, in_channels, num_classes = trainer.architecture()
     if (spec.name, spec.style) != (config.arch, config.style):
-        raise ValueError(f"the network passed in is {spec.label}, the run's is {get_spec(config.arch, config.style).label}; "
+        raise ValueError(f"the network passed in is {spec.label}, "
+                         f"the run's is {get_spec(config.arch, config.style).label}; "
                          f"pass arch= and style= to match it")
     if weights is None:
         weights = init_weights(spec, config.seed, in_channels, num_classes)

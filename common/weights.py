@@ -118,7 +118,8 @@ def check_weights(weights: Mapping[str, np.ndarray], arch="resnet18", source: st
     for name, shape in expected.items():
         value = weights[name]
         if tuple(np.shape(value)) != tuple(shape):
-            raise WeightsError(f"{source}: '{name}' has shape {tuple(np.shape(value))}, {spec.label} needs {tuple(shape)}")
+            raise WeightsError(f"{source}: '{name}' has shape {tuple(np.shape(value))}, "
+                               f"{spec.label} needs {tuple(shape)}")
         array = np.asarray(value)
         if not np.issubdtype(array.dtype, np.floating):
             raise WeightsError(f"{source}: '{name}' has dtype {array.dtype}, expected float32")

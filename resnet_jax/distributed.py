@@ -63,9 +63,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from common import autotune
 
+from . import kernels
 from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import OPTIMIZER, Trainer, _apply_train, _correct, _losses
-from . import kernels
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
@@ -140,7 +140,8 @@ def initialize(device=None) -> Tuple[int, int]:
         return _joined
     if _abandoned or _left:
         raise RuntimeError("this process has left its JAX job already; JAX cannot join another (start a new process)")
-    from jax._src import distributed as jax_distributed, xla_bridge
+    from jax._src import distributed as jax_distributed
+    from jax._src import xla_bridge
     state = jax_distributed.global_state
     if state.client is not None:  # someone else called jax.distributed.initialize in this process
         _joined = (int(state.process_id), int(state.num_processes))

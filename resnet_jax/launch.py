@@ -7,7 +7,8 @@ from typing import Dict, List, Sequence
 
 from common.distributed import integer_variable
 
-__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments", "helper_processes"]
+__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
+           "helper_processes"]
 
 ENGINE = "jax.distributed (gloo)"
 ENGINE_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

@@ -27,12 +27,12 @@ from common import autotune
 from common.fastpaths import Layers, plain_layers
 from common.layout import from_canonical_layout, to_canonical_layout
 from common.naming import canonical_names, is_residual_block, parameter_shapes
-from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
+from common.spec import ResNetSpec, check_input_shape, get_spec, iter_blocks
 from common.weights import check_weights, init_weights
 
 from . import kernels
 from .data import to_numpy, to_tensor
-from .kernels import batch_norm, conv2d, PLAIN
+from .kernels import PLAIN, batch_norm, conv2d
 
 __all__ = ["DATA_FORMAT", "Residual", "resnet_block", "Bottleneck", "ResNeXtBlock", "PreActResidual",
            "PreActBottleneck", "BLOCK_BUILDERS", "ResNet", "Network", "resnet", "resnet18", "resnet34", "resnet50",

@@ -8,7 +8,8 @@ from typing import Dict, List, Sequence, Tuple
 
 from common.distributed import DistributedError, integer_variable
 
-__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments", "helper_processes"]
+__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
+           "helper_processes"]
 
 ENGINE = "MXNet kvstore dist_sync (ps-lite)"
 #: The process's role (worker, server or scheduler), the scheduler's address, the job's numbers

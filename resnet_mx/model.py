@@ -17,7 +17,7 @@ from mxnet.util import is_np_array
 
 from common.fastpaths import plain_layers
 from common.naming import canonical_names, is_residual_block, parameter_shapes
-from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
+from common.spec import ResNetSpec, check_input_shape, get_spec, iter_blocks
 from common.weights import check_weights
 
 from . import kernels

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import Layers, MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, visible_taps
+from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, Layers, visible_taps
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "tracing", "compiler", "conv2d",

@@ -7,7 +7,8 @@ from typing import Dict, List, Sequence
 
 from common.distributed import DistributedError
 
-__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments", "helper_processes"]
+__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
+           "helper_processes"]
 
 #: What ``metrics.json`` records on CPUs (``distributed.ENGINE_GPU`` on GPUs).
 ENGINE = "tf.distribute.MultiWorkerMirroredStrategy (collective ring over gRPC)"

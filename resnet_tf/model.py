@@ -17,7 +17,7 @@ import tensorflow as tf
 from common.fastpaths import plain_layers
 from common.layout import from_canonical_layout, to_canonical_layout
 from common.naming import canonical_names, is_residual_block, parameter_shapes
-from common.spec import check_input_shape, get_spec, iter_blocks, ResNetSpec
+from common.spec import ResNetSpec, check_input_shape, get_spec, iter_blocks
 from common.weights import check_weights
 
 from . import kernels

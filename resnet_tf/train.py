@@ -167,7 +167,8 @@ class Trainer(contract.Trainer):
         name = getattr(device, "_device_name", device)
         match = re.search(r"(cpu|gpu|cuda)(?::(\d+))?$", name.lower()) if isinstance(name, str) else None
         if match is None:
-            raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('/GPU:N', 'cuda:N') or tf.device(...), got {device!r}")
+            raise ValueError(f"device must be None, 'cpu', 'gpu:N' ('/GPU:N', 'cuda:N') or tf.device(...), "
+                             f"got {device!r}")
         if match.group(1) == "cpu":
             return "/CPU:0"
         return f"/GPU:{int(match.group(2) or 0)}"

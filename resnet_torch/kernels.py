@@ -18,8 +18,13 @@ from torch.nn import functional as F
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import (DENSE_CONV_MAX_PIXEL_PAIRS, Layers, MATMUL_CONV_MAX_IN_CHANNELS,
-                              MATMUL_CONV_MAX_OUTPUT_PIXELS, tap_selection)
+from common.fastpaths import (
+    DENSE_CONV_MAX_PIXEL_PAIRS,
+    MATMUL_CONV_MAX_IN_CHANNELS,
+    MATMUL_CONV_MAX_OUTPUT_PIXELS,
+    Layers,
+    tap_selection,
+)
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FastConv2d"]

@@ -6,7 +6,8 @@ from typing import Dict, List, Sequence
 
 from common.distributed import integer_variable
 
-__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments", "helper_processes"]
+__all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
+           "helper_processes"]
 
 #: What ``metrics.json`` records: gloo's on a CPU (``DistributedTrainer.engine`` says ``nccl`` on GPUs).
 ENGINE = "torch.distributed (gloo)"

@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config, items):
       cases check (XLA's ResNet-101): skipped there unless RESNET_ALL_FAMILIES=1;
     * tests that take no backend (framework-free) run only where :data:`FRAMEWORK_FREE_IN` says.
     """
-    free_skip = pytest.mark.skip(reason=f"framework-free: run in the {' and '.join(FRAMEWORK_FREE_IN[1:])} environments")
+    free_skip = pytest.mark.skip(reason=f"framework-free: run in the {' and '.join(FRAMEWORK_FREE_IN[1:])} "
+                                        "environments")
     all_families = os.environ.get("RESNET_ALL_FAMILIES") == "1"
     for item in items:
         backends = item.get_closest_marker("backend")

@@ -30,7 +30,8 @@ def load_expected(name="training.json") -> dict:
 
 
 def have_real_data() -> bool:
-    return all(os.path.exists(os.path.join(REAL_DATA_DIR, name)) or os.path.exists(os.path.join(REAL_DATA_DIR, name + ".gz"))
+    return all(os.path.exists(os.path.join(REAL_DATA_DIR, name))
+               or os.path.exists(os.path.join(REAL_DATA_DIR, name + ".gz"))
                for names in FILES.values() for name in names)
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from common.backend import load_backend, physical_cpu_cores
-from common.fastpaths import PLAIN_LAYERS_ENV, plain_layers
-from common.fastpaths import tap_selection
+from common.fastpaths import PLAIN_LAYERS_ENV, plain_layers, tap_selection
 
 
 def _topology(root, cpu, package, core):
@@ -52,6 +51,7 @@ def test_mxnet_graph_builds_the_spec_tap_selection(backend_name, size, stride):
     # resnet_mx builds the tiny-map convolutions' selection matrix from arange inside its graph.
     load_backend(backend_name)
     import mxnet as mx
+
     from resnet_mx import kernels
 
     expected = tap_selection(size, (3, 3), stride, (1, 1))

@@ -235,7 +235,8 @@ def test_train_evaluate_and_resume_name_the_network(capsys, tmp_path, backend_na
     code, _, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.npz"),
                        "--synthetic", "--style", "d2l")
     assert code == 1
-    assert_one_line_error(err, "holds weights for ((1, 16), (1, 32)) (style preact), not ((1, 16), (1, 32)) (style d2l)")
+    assert_one_line_error(err, "holds weights for ((1, 16), (1, 32)) (style preact), "
+                               "not ((1, 16), (1, 32)) (style d2l)")
     code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), "--resume", "--arch", SMALL_ARCH,
                        *[a for a in TINY if a != "--quiet"], "--epochs", "2", "--quiet")
     assert code == 1

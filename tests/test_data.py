@@ -18,11 +18,25 @@ import numpy as np
 import pytest
 
 from common import autotune
-from common.data import files  # the settings (mirrors, places, checksums) patched here live in it
 from common.data import (
-    CLASS_NAMES, BatchLoader, ConvertedLoader, DataConfig, DataError, find_data_dir, fashion_mnist_loader,
-    fashion_mnist_loaders, interpolation_matrix, interpolation_taps, load_fashion_mnist, read_idx, resize_images,
-    subset_indices, synthetic_fashion_mnist, to_float, transform_generators,
+    CLASS_NAMES,
+    BatchLoader,
+    ConvertedLoader,
+    DataConfig,
+    DataError,
+    fashion_mnist_loader,
+    fashion_mnist_loaders,
+    files,  # the settings (mirrors, places, checksums) patched here live in it
+    find_data_dir,
+    interpolation_matrix,
+    interpolation_taps,
+    load_fashion_mnist,
+    read_idx,
+    resize_images,
+    subset_indices,
+    synthetic_fashion_mnist,
+    to_float,
+    transform_generators,
 )
 from common.data.transforms import Resize
 from common.files import atomic_write, cache_dir

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from common import distributed, oracle
-from common.data import fashion_mnist_loader, BatchLoader
-from common.sharding import shard_slices
-from common.backend import backend_part
+from common.backend import BACKENDS, backend_part
+from common.data import BatchLoader, fashion_mnist_loader
 from common.distributed import DistributedError
+from common.sharding import shard_slices
 from common.spec import get_spec
 from common.weights import init_weights, load_weights, read_metadata
 
@@ -112,7 +112,7 @@ def test_the_sharded_step_averages_the_shards():
 
 # --- the job's description and the launcher (framework-free) ------------------------------
 
-@pytest.mark.parametrize("name", ["torch", "tf", "mx", "jax"])
+@pytest.mark.parametrize("name", list(BACKENDS))
 def test_each_engines_variables_describe_the_job(name):
     environments = distributed.worker_environments(name, 3, "127.0.0.1", [29500, 29501, 29502])
     assert [distributed.job_size(name, env) for env in environments] == [3, 3, 3]
@@ -121,7 +121,7 @@ def test_each_engines_variables_describe_the_job(name):
         assert set(env) <= set(backend_part(name, "launch").ENGINE_VARIABLES) | {"DMLC_NODE_HOST"}
 
 
-@pytest.mark.parametrize("name", ["torch", "tf", "mx", "jax"])
+@pytest.mark.parametrize("name", list(BACKENDS))
 def test_the_launch_facts_import_without_the_framework(name):
     """The launcher runs where the framework is absent: a backend's launch module imports none."""
     code = (f"import sys; from common.backend import backend_part; backend_part({name!r}, 'launch'); "

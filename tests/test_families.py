@@ -82,7 +82,8 @@ def test_torchvision_names_and_shapes():
     assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)
     assert not any(name.endswith(".bias") and not name.startswith(("fc", "bn")) and ".bn" not in name
                    and "downsample.1" not in name for name in shapes)
-    assert parameter_shapes(get_spec("resnext50_32x4d", "torchvision"), 3, 1000)["layer1.0.conv2.weight"] == (128, 4, 3, 3)
+    assert (parameter_shapes(get_spec("resnext50_32x4d", "torchvision"), 3, 1000)["layer1.0.conv2.weight"]
+            == (128, 4, 3, 3))
     assert len(shapes) == 320 - 53  # torchvision's 320 state-dict entries less 53 num_batches_tracked
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from common import oracle
 from common.naming import is_buffer, parameter_shapes, trainable_parameter_names
-from common.spec import BN_EPSILON, BN_MOMENTUM, STYLES, iter_blocks, ResNetSpec, StageSpec
+from common.spec import BN_EPSILON, BN_MOMENTUM, STYLES, ResNetSpec, StageSpec, iter_blocks
 from common.weights import init_weights
 
 from helpers import disturbed_weights
@@ -97,7 +97,8 @@ def test_batch_norm_train_statistics_and_running_update(rng):
     running_mean, running_var = rng.normal(size=5), rng.uniform(0.5, 2.0, 5)
     out, _, mean, unbiased = oracle.batch_norm_train(x, gamma, beta)
     per_channel = x.transpose(1, 0, 2, 3).reshape(5, -1)
-    expected = (x - per_channel.mean(1)[None, :, None, None]) / np.sqrt(per_channel.var(1) + BN_EPSILON)[None, :, None, None]
+    expected = ((x - per_channel.mean(1)[None, :, None, None])
+                / np.sqrt(per_channel.var(1) + BN_EPSILON)[None, :, None, None])
     np.testing.assert_allclose(out, expected * gamma[None, :, None, None] + beta[None, :, None, None], rtol=1e-12)
     new_mean, new_var = oracle.update_running_statistics(running_mean, running_var, mean, unbiased)
     # PyTorch: momentum 0.1 on the new value, and the *unbiased* variance (ddof=1) for the running one.
@@ -137,8 +138,10 @@ def test_stem_running_statistics_after_a_train_forward(small_case):
     _, state = oracle.forward(weights, images, training=True, return_state=True, arch=NARROW)
     stem = direct_conv2d(images, weights["conv1.weight"], weights["conv1.bias"], 2, 3)
     values = stem.transpose(1, 0, 2, 3).reshape(stem.shape[1], -1)
-    np.testing.assert_allclose(state["bn1.running_mean"], 0.9 * weights["bn1.running_mean"] + 0.1 * values.mean(1), rtol=1e-10)
-    np.testing.assert_allclose(state["bn1.running_var"], 0.9 * weights["bn1.running_var"] + 0.1 * values.var(1, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(state["bn1.running_mean"], 0.9 * weights["bn1.running_mean"] + 0.1 * values.mean(1),
+                               rtol=1e-10)
+    np.testing.assert_allclose(state["bn1.running_var"], 0.9 * weights["bn1.running_var"] + 0.1 * values.var(1, ddof=1),
+                               rtol=1e-10)
 
 
 def test_eval_and_train_modes_differ_and_eval_keeps_running_statistics(small_case):
@@ -247,7 +250,8 @@ def test_step_batch_is_deterministic():
     assert not np.array_equal(images, oracle.step_batch(seed=4, batch_size=5, size=12, in_channels=2, num_classes=4)[0])
 
 
-@pytest.mark.parametrize("shape, words", [((1, 64, 64), "rank"), ((2, 3, 64, 64), "channel"), ((2, 64, 64, 1), "channel")])
+@pytest.mark.parametrize("shape, words", [((1, 64, 64), "rank"), ((2, 3, 64, 64), "channel"),
+                                          ((2, 64, 64, 1), "channel")])
 def test_bad_images_are_refused(small_case, shape, words):
     weights, _, _ = small_case
     with pytest.raises(ValueError, match=words):
@@ -276,8 +280,9 @@ def test_grouped_conv2d_is_one_convolution_per_group(rng):
     bias = rng.normal(size=4)
     out, cache = oracle.conv2d(x, weight, bias, 2, 1, groups=2)
     for g in range(2):
-        np.testing.assert_allclose(out[:, 2 * g:2 * g + 2], direct_conv2d(x[:, 3 * g:3 * g + 3], weight[2 * g:2 * g + 2],
-                                                                         bias[2 * g:2 * g + 2], 2, 1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[:, 2 * g:2 * g + 2],
+                                   direct_conv2d(x[:, 3 * g:3 * g + 3], weight[2 * g:2 * g + 2], bias[2 * g:2 * g + 2],
+                                                 2, 1), rtol=1e-12, atol=1e-12)
     d_out = rng.normal(size=out.shape)
     d_x, d_weight, d_bias = oracle.conv2d_backward(d_out, cache)
     for g in range(2):  # each group's gradients are an ordinary convolution's
@@ -308,12 +313,12 @@ def _family_case(spec):
 @pytest.mark.parametrize("spec", NARROW_FAMILY, ids=lambda spec: f"{spec.name}-{spec.style}")
 def test_every_block_kind_matches_central_differences(spec):
     weights, images, labels = _family_case(spec)
-    assert parameter_shapes(spec)["layer1.0.conv2.weight" if spec.block == "bottleneck" else "layer1.0.conv1.weight"][1] \
+    assert parameter_shapes(spec)["layer1.0.conv2.weight" if spec.block == "bottleneck"
+                                  else "layer1.0.conv1.weight"][1] \
         == (4 if spec.block == "bottleneck" else 8)  # the bottleneck's 3x3 convolution is grouped
     loss, gradients = oracle.loss_and_gradients(weights, images, labels, arch=spec)
     near_zero = oracle.batch_norm_fed_conv_biases(spec)
     total = np.sqrt(sum(float(np.sum(g ** 2)) for g in gradients.values()))
-    rng = np.random.default_rng(5)
 
     def loss_at(name, index, delta):
         moved = dict(weights)

@@ -110,6 +110,7 @@ def test_batch_norm_computes_in_float32_under_mixed_bfloat16(tf_backend, compile
     to bfloat16 at its output: the same statistics, running statistics and (rounded) outputs,
     bit for bit, in both compilers' ways of computing it."""
     import tensorflow as tf
+
     from resnet_tf import kernels
 
     rng = np.random.default_rng(3)
@@ -141,6 +142,7 @@ def test_tf32_switch_follows_each_trainers_precision(tf_backend):
     """TF32 is one process-wide switch: each trainer sets it for its own steps, and the chapter's
     code with precision=None finds TensorFlow's default."""
     import tensorflow as tf
+
     from resnet_tf import reference
     from resnet_tf.train import TF32_DEFAULT, use_tf32
 

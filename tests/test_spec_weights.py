@@ -11,8 +11,15 @@ from common.fastpaths import tap_selection
 from common.flops import training_flops_per_example
 from common.naming import canonical_names, count_parameters, parameter_shapes, trainable_parameter_names
 from common.spec import check_input_shape, get_spec, iter_blocks, stage_output_shapes
-from common.weights import (FORMAT_TAG, WeightsError, check_weights, init_weights, load_weights, read_metadata,
-                            save_weights)
+from common.weights import (
+    FORMAT_TAG,
+    WeightsError,
+    check_weights,
+    init_weights,
+    load_weights,
+    read_metadata,
+    save_weights,
+)
 
 
 def test_parameter_counts_from_the_spec():
@@ -70,7 +77,8 @@ def test_canonical_names_map_units_in_any_frameworks_words():
     (lambda units: units.pop(5), "has 10 layers with weights and residual blocks, resnet18 has 11"),
     (lambda units: units[2].update({"conv4.weight": units[2].pop("conv2.weight")}),
      "unexpected ['layer1.0.conv4.weight'], missing ['layer1.0.conv2.weight']"),
-    (lambda units: units[-1].update(weight=np.zeros((10, 256))), "'fc.weight' has shape (10, 256), resnet18's is (10, 512)"),
+    (lambda units: units[-1].update(weight=np.zeros((10, 256))),
+     "'fc.weight' has shape (10, 256), resnet18's is (10, 512)"),
     (lambda units: units.insert(3, units.pop(2)), None),  # two blocks of one stage: same shapes, either order
     (lambda units: units.__setitem__(slice(7, 10, 2), units[9:6:-2]),
      "'layer3.1.conv1.weight' has shape (512, 512, 3, 3), resnet18's is (256, 256, 3, 3)"),
@@ -203,7 +211,8 @@ def _rewrite(path, change):
     (lambda a: a.update({"fc.weight": np.zeros((10, 256), np.float32)}), "'fc.weight' has shape"),
     (lambda a: a["layer1.0.conv1.bias"].__setitem__(0, np.nan), "'layer1.0.conv1.bias' contains NaN"),
     (lambda a: a.update(__arch__=np.array("resnet34")), "holds weights for resnet34 (style d2l), not resnet18"),
-    (lambda a: a.update(__style__=np.array("preact")), "holds weights for resnet18 (style preact), not resnet18 (style d2l)"),
+    (lambda a: a.update(__style__=np.array("preact")),
+     "holds weights for resnet18 (style preact), not resnet18 (style d2l)"),
     (lambda a: a.pop("__format__"), "not a resnet-fmnist weights file"),
 ])
 def test_load_refuses_bad_files_naming_file_and_key(tmp_path, change, words):

@@ -82,7 +82,8 @@ def run_one(backend, resize, batch_size, steps, warmup, rounds, reference, peak_
     try:
         if completed.returncode != 0:
             failed = {"backend": backend, "resize": resize, "batch_size": batch_size, "error": completed.returncode}
-            return [dict(failed, code="resnet-fmnist")] + ([dict(failed, code="chapter (reference)")] if reference else [])
+            return ([dict(failed, code="resnet-fmnist")]
+                    + ([dict(failed, code="chapter (reference)")] if reference else []))
         with open(out) as handle:
             result = json.load(handle)
         return [result] + ([chapter_row(result)] if reference else [])
@@ -125,7 +126,8 @@ def section(results, peak, steps, warmup, rounds) -> str:
         f"Measured {time.strftime('%Y-%m-%d')}; {warmup} warm-up steps, {rounds} rounds of {steps} steps. "
         f"Machine fp32 peak {peak['gflops']:.0f} GFLOP/s ({peak['by']}, {peak['size']} x {peak['size']}){theoretical}.",
         "Best matmul GFLOP/s by size: " + "; ".join(
-            f"{name} " + ", ".join(f"{size}: {g:.0f}" for size, g in row.items()) for name, row in peak["table"].items())
+            f"{name} " + ", ".join(f"{size}: {g:.0f}" for size, g in row.items())
+            for name, row in peak["table"].items())
         + ".",
         "",
         "| backend | code | input, batch | train img/s | of fastest | x chapter | train GFLOP/s | of peak "

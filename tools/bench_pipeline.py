@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 28], help="image sizes (28 = no resize)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per size; the best is reported")
-    parser.add_argument("--synthetic", action="store_true", help="use synthetic data even when the real data is present")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="use synthetic data even when the real data is present")
     args = parser.parse_args(argv)
 
     pinned = pin_to_one_core()

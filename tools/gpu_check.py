@@ -39,8 +39,8 @@ def run_suite(backend, results, smoke):
         output, code = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or ""), None
     with open(os.path.join(results, f"suite_{backend}.log"), "w") as handle:
         handle.write(output)
-    summary = next((line.strip("= ") for line in reversed(output.splitlines()) if re.search(r"\d+ (passed|failed)", line)),
-                   "no summary")
+    summary = next((line.strip("= ") for line in reversed(output.splitlines())
+                    if re.search(r"\d+ (passed|failed)", line)), "no summary")
     failed = [line for line in output.splitlines() if line.startswith("FAILED")]
     return {"backend": backend, "exit": code, "summary": summary if code is not None else
             f"stopped after {SUITE_SECONDS} s", "failed": failed, "seconds": round(time.perf_counter() - start, 1)}
@@ -83,8 +83,8 @@ def run_recipe(backend, precision, results, smoke):
     later = history[1:] or history
     return {"precision": precision, "test_acc": history[-1]["test_acc"],
             "examples_per_sec": sum(h["examples_per_sec"] for h in later) / len(later),
-            "peak_device_memory_mb": metrics.get("peak_device_memory_mb"), "wall_seconds": round(metrics["wall_seconds"], 1),
-            "device": metrics["device"]}
+            "peak_device_memory_mb": metrics.get("peak_device_memory_mb"),
+            "wall_seconds": round(metrics["wall_seconds"], 1), "device": metrics["device"]}
 
 
 def summary(suites, benches, recipes):
@@ -94,7 +94,8 @@ def summary(suites, benches, recipes):
         misses += [] if ok else [f"{suite['backend']} suite"]
         lines.append(f"suite {suite['backend']}: {suite['summary']} ({suite['seconds']} s)" + ("" if ok else "  MISS"))
         lines += [f"  {line}" for line in suite["failed"][:10]]
-    lines += ["", "bench, train img/s (batch 256) | x chapter with the framework's defaults | x chapter, same precision"]
+    lines += ["", "bench, train img/s (batch 256) | x chapter with the framework's defaults | "
+                  "x chapter, same precision"]
     for row in (r for rows in benches for r in rows):
         if "error" in row:
             lines.append(f"  {row['backend']} {row['resize']} px {row['precision']}: failed: {row['error']}  MISS")
@@ -102,8 +103,10 @@ def summary(suites, benches, recipes):
             continue
         speedup = row["train_speedup_vs_chapter"]
         slower = speedup["same_precision"] < 1.0
-        misses += [f"bench {row['backend']} {row['resize']} px {row['precision']} slower than the chapter"] if slower else []
-        lines.append(f"  {row['backend']:5} {row['resize']:3} px {row['precision']}: {row['train_examples_per_sec']:10.0f} | "
+        misses += ([f"bench {row['backend']} {row['resize']} px {row['precision']} slower than the chapter"]
+                   if slower else [])
+        lines.append(f"  {row['backend']:5} {row['resize']:3} px {row['precision']}: "
+                     f"{row['train_examples_per_sec']:10.0f} | "
                      f"{speedup['framework_defaults']:.2f}x | {speedup['same_precision']:.2f}x"
                      f"   (peak {row['peak_memory_mb']:.0f} MB on {row['device']})" + ("  MISS" if slower else ""))
     lines += ["", "the chapter's recipe (--preset d2l), img/s over epochs 2-10"]
@@ -113,7 +116,8 @@ def summary(suites, benches, recipes):
             lines.append(f"  {recipe['precision']}: failed: {recipe['error']}  MISS")
             misses.append(f"recipe {recipe['precision']}")
             continue
-        lines.append(f"  {recipe['precision']}: test acc {recipe['test_acc']:.4f}, {recipe['examples_per_sec']:.0f} img/s, "
+        lines.append(f"  {recipe['precision']}: test acc {recipe['test_acc']:.4f}, "
+                     f"{recipe['examples_per_sec']:.0f} img/s, "
                      f"peak {recipe['peak_device_memory_mb']} MB, {recipe['wall_seconds']} s on {recipe['device']}")
     fp32, bf16 = by_precision.get("fp32", {}), by_precision.get("bf16", {})
     checks = [
@@ -121,7 +125,8 @@ def summary(suites, benches, recipes):
         ("fp32 test accuracy >= 0.91", fp32.get("test_acc", 0) >= TARGETS["fp32_test_acc"]),
         ("bf16 recipe >= 25,000 img/s", bf16.get("examples_per_sec", 0) >= TARGETS["bf16_recipe_examples_per_sec"]),
         ("bf16 accuracy within 0.01 of fp32",
-         "test_acc" in bf16 and "test_acc" in fp32 and abs(bf16["test_acc"] - fp32["test_acc"]) <= TARGETS["bf16_acc_within"]),
+         "test_acc" in bf16 and "test_acc" in fp32
+         and abs(bf16["test_acc"] - fp32["test_acc"]) <= TARGETS["bf16_acc_within"]),
     ]
     lines += ["", "targets (one H200):"] + [f"  {'met ' if ok else 'MISS'}  {name}" for name, ok in checks]
     misses += [name for name, ok in checks if not ok]

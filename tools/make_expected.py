@@ -101,7 +101,8 @@ def one_step() -> dict:
     near_zero = oracle.batch_norm_fed_conv_biases(ARCH)
     for name in near_zero:
         if norms[name] > 1e-10 * total:
-            raise RuntimeError(f"{name}: gradient norm {norms[name]:.3g} is not zero up to rounding (total {total:.3g})")
+            raise RuntimeError(f"{name}: gradient norm {norms[name]:.3g} is not zero up to rounding "
+                               f"(total {total:.3g})")
     return {
         "seed": 0,
         "batch": dict(ONE_STEP_BATCH),

@@ -22,16 +22,34 @@ and 2.x.
 """
 from .config import DataConfig
 from .files import (
-    CHECKSUMS, CLASS_NAMES, FILES, MIRRORS, SYSTEM_DATA_DIR, DataError, cache_dir, download_fashion_mnist,
+    CHECKSUMS,
+    CLASS_NAMES,
+    FILES,
+    MIRRORS,
+    SYSTEM_DATA_DIR,
+    DataError,
+    cache_dir,
+    download_fashion_mnist,
     find_data_dir,
 )
 from .idx import load_fashion_mnist, read_idx
 from .loader import (
-    BatchLoader, ConvertedLoader, chapter_loaders, fashion_mnist_loader, fashion_mnist_loaders, subset_indices,
+    BatchLoader,
+    ConvertedLoader,
+    chapter_loaders,
+    fashion_mnist_loader,
+    fashion_mnist_loaders,
+    subset_indices,
 )
 from .synthetic import SYNTHETIC_SIZES, synthetic_fashion_mnist
 from .transforms import (
-    Batch, Transform, interpolation_matrix, interpolation_taps, resize_images, to_float, transform_generators,
+    Batch,
+    Transform,
+    interpolation_matrix,
+    interpolation_taps,
+    resize_images,
+    to_float,
+    transform_generators,
 )
 
 __all__ = [
@@ -46,10 +64,12 @@ __all__ = [
     "download_fashion_mnist",
     "read_idx",
     "load_fashion_mnist",
+    "interpolation_taps",
     "interpolation_matrix",
     "to_float",
     "resize_images",
     "subset_indices",
+    "SYNTHETIC_SIZES",
     "synthetic_fashion_mnist",
     "BatchLoader",
     "ConvertedLoader",

@@ -6,8 +6,17 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .files import FILES, IMAGE_SIZE, NUM_CLASSES, DataError, file_in, find_data_dir, fix_for, read_content, \
-    verify_content
+from .files import (
+    FILES,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    DataError,
+    file_in,
+    find_data_dir,
+    fix_for,
+    read_content,
+    verify_content,
+)
 
 __all__ = ["read_idx", "load_fashion_mnist", "load_split"]
 
