@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .backend import BACKENDS, BackendUnavailable, check_installed, load_backend
+from .data.transforms import TRANSFORM_OPTIONS
 from .hparams import D2L, PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -116,6 +117,23 @@ def _add_backend(parser):
                         help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
 
 
+def _add_transforms(parser):
+    """One option per transform a run can ask for (:data:`common.data.TRANSFORM_OPTIONS`)."""
+    for option in TRANSFORM_OPTIONS.values():
+        flag = "--" + option.name.replace("_", "-")
+        if option.kind is bool:
+            parser.add_argument(flag, dest=f"transform_{option.name}", action="store_true", help=option.help)
+        else:
+            parser.add_argument(flag, dest=f"transform_{option.name}", type=option.kind, default=None,
+                                metavar=option.name.upper(), help=option.help)
+
+
+def _requested_transforms(args):
+    """``(name, value)`` of every transform option given on the command line, in their order."""
+    given = ((name, getattr(args, f"transform_{name}")) for name in TRANSFORM_OPTIONS)
+    return tuple((name, value) for name, value in given if value not in (None, False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="ResNet on Fashion-MNIST (the D2L chapter: ResNet-18; its exercises: ResNet-34 to 152, "
@@ -139,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subset", type=_positive_int, help="train on a seeded, class-stratified sample of N images")
     train.add_argument("--test-subset", type=_positive_int, help="evaluate on a stratified sample of N test images")
     train.add_argument("--seed", type=_non_negative_int, help="initial weights and data order (default 0)")
+    _add_transforms(train)
     train.add_argument("--out", help="run directory for checkpoint.npz and metrics.json (default: runs/<backend>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
@@ -214,6 +233,8 @@ def _train(args, argv):
     }
     if args.nondeterministic:
         overrides["deterministic"] = False
+    if _requested_transforms(args):
+        overrides["transforms"] = _requested_transforms(args)
     if args.resize is not UNSET:
         overrides["resize"] = args.resize
     out_dir = args.out or os.path.join("runs", args.backend)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any, Tuple
 
+from .data.transforms import check_requested
 from .spec import get_spec
 
 __all__ = ["PRECISIONS", "check_precision", "TrainConfig", "D2L", "QUICK", "PRESETS"]
@@ -31,7 +33,9 @@ class TrainConfig:
     :func:`common.spec.get_spec`; an arch tuple is kept as its text, which reads back).
     ``precision`` is one of :data:`PRECISIONS`; ``deterministic`` (the default) turns on the
     framework's own switches for bit-identical reruns on a GPU (a CPU run is deterministic anyway);
-    ``False`` lets it pick faster, non-deterministic GPU kernels.
+    ``False`` lets it pick faster, non-deterministic GPU kernels. ``transforms`` are the training
+    batches' transforms, ``(name, value)`` pairs of :data:`common.data.TRANSFORM_OPTIONS` (none: the
+    chapter's batches).
     """
 
     arch: str = "resnet18"
@@ -46,6 +50,11 @@ class TrainConfig:
     drop_last: bool = False
     precision: str = "fp32"
     deterministic: bool = True
+    transforms: Tuple[Tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        # metrics.json holds the pairs as JSON lists: the same config read back compares equal.
+        object.__setattr__(self, "transforms", tuple(tuple(pair) for pair in self.transforms))
 
     def replace(self, **changes) -> "TrainConfig":
         return replace(self, **changes)
@@ -57,6 +66,7 @@ class TrainConfig:
         """Raise ValueError with a one-line reason for any value that cannot train."""
         get_spec(self.arch, self.style)
         check_precision(self.precision)
+        check_requested(self.transforms)
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"deterministic must be True or False, got {self.deterministic!r}")
         for key in ("epochs", "batch_size"):

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import distributed
 from .backend import BACKENDS, backend_part
-from .data import DataConfig, fashion_mnist_loader, fashion_mnist_loaders
+from .data import DataConfig, build_transforms, fashion_mnist_loader, fashion_mnist_loaders
 from .files import atomic_write
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .sharding import check_shardable
@@ -330,7 +330,7 @@ def _resume_state(out_dir, config: TrainConfig):
         raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
     saved = TrainConfig(**state["config"])
     differs = [k for k in ("arch", "style", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset",
-                           "drop_last")
+                           "drop_last", "transforms")
                if getattr(saved, k) != getattr(config, k)]
     if differs:
         pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
@@ -418,7 +418,7 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
         train_loader, test_loader = fashion_mnist_loaders(DataConfig(
             config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
             test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
-            shard=(rank, world_size),
+            shard=(rank, world_size), transforms=build_transforms(config.transforms),
         ))
         quiet = quiet or not writer
         if start_epoch and not quiet:

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import struct
 import threading
@@ -975,3 +976,31 @@ def test_backend_batches_are_common_batches(backend):
             assert images.shape == expected_images.shape == (32, 1, 40, 40)
             np.testing.assert_array_equal(images, expected_images)
             np.testing.assert_array_equal(np.asarray(backend.to_numpy(labels)).astype(np.int64), expected_labels)
+
+
+def test_transform_options_are_checked_and_ordered(monkeypatch):
+    from common.data import TRANSFORM_OPTIONS, TransformOption, build_transforms, check_requested
+    from common.hparams import TrainConfig
+
+    monkeypatch.setitem(TRANSFORM_OPTIONS, "flip_a", TransformOption("flip_a", bool, "", lambda on: ("a", on)))
+
+    def make_b(value):
+        if value < 0:
+            raise ValueError(f"shift_b must be >= 0, got {value}")
+        return ("b", value)
+
+    monkeypatch.setitem(TRANSFORM_OPTIONS, "shift_b", TransformOption("shift_b", float, "", make_b))
+    # registry order, whatever the order asked in; an int where a float is wanted is that float
+    assert check_requested([("shift_b", 2), ("flip_a", True)]) == (("flip_a", True), ("shift_b", 2.0))
+    assert build_transforms({"shift_b": 1.5}) == (("b", 1.5),)
+    for bad, message in [([("nope", 1)], "unknown transform 'nope'; the transforms a run can ask for: .*flip_a"),
+                         ([("flip_a", True), ("flip_a", True)], "each transform at most once"),
+                         ([("flip_a", 1)], "transform flip_a takes a bool, got 1"),
+                         ([("shift_b", -1.0)], "shift_b must be >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            check_requested(bad)
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(transforms=bad).validate()
+    # metrics.json holds the pairs as lists: read back, the config is the same
+    config = TrainConfig(transforms=(("flip_a", True),))
+    assert TrainConfig(**json.loads(json.dumps(config.to_dict()))) == config

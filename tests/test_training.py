@@ -309,3 +309,38 @@ def test_gradients_cover_exactly_the_trainable_parameters(backend):
     _, gradients = backend.loss_and_gradients(net, images, labels)
     names = [n for n in backend.export_weights(net) if not is_buffer(n)]
     assert sorted(gradients) == sorted(names)
+
+
+class _Recorded:
+    """A toy transform (registered by the test that uses it): halves the images and records each
+    batch it sees, so the test sees what reached the training loop."""
+
+    def __init__(self, value, seen):
+        self.value, self.seen = value, seen
+
+    def __call__(self, batch, rng):
+        self.seen.append((len(batch.images), batch.global_size))
+        return batch.replace(images=batch.images * np.float32(0.5))
+
+
+@pytest.mark.graph_executor
+def test_a_registered_transform_reaches_the_run_metrics_and_resume(backend, tmp_path, monkeypatch):
+    """A transform option (common.data.TRANSFORM_OPTIONS) goes from the command line to the training
+    batches (not the test batches), into metrics.json, and --resume refuses a run asked with another."""
+    from common.cli import main
+    from common.data import TRANSFORM_OPTIONS, TransformOption
+
+    seen = []
+    monkeypatch.setitem(TRANSFORM_OPTIONS, "halve", TransformOption(
+        "halve", float, "halve the images (a test's)", lambda value: _Recorded(value, seen)))
+    out = tmp_path / "run"
+    args = ["train", "--backend", backend.Trainer.backend, "--synthetic", "--quiet", "--out", str(out), "--arch",
+            SMALL_ARCH, "--resize", "none", "--epochs", "1", "--batch-size", "16", "--subset", "32",
+            "--test-subset", "16"]
+    assert main(args + ["--halve", "2"]) == 0
+    assert seen == [(16, 16), (16, 16)]  # the two training batches, none of the test set's
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    assert metrics["hyperparameters"]["transforms"] == [["halve", 2.0]]
+    assert main(args + ["--epochs", "2", "--resume"]) == 1  # asked without the transform: refused
+    assert main(args + ["--epochs", "2", "--resume", "--halve", "2"]) == 0
+    assert len(seen) == 4

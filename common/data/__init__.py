@@ -43,8 +43,12 @@ from .loader import (
 )
 from .synthetic import SYNTHETIC_SIZES, synthetic_fashion_mnist
 from .transforms import (
+    TRANSFORM_OPTIONS,
     Batch,
     Transform,
+    TransformOption,
+    build_transforms,
+    check_requested,
     interpolation_matrix,
     interpolation_taps,
     resize_images,
@@ -80,4 +84,8 @@ __all__ = [
     "Batch",
     "Transform",
     "transform_generators",
+    "TransformOption",
+    "TRANSFORM_OPTIONS",
+    "check_requested",
+    "build_transforms",
 ]

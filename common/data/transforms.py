@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["Batch", "Transform", "transform_generators", "apply_transforms", "Resize", "preprocessing",
+__all__ = ["Batch", "Transform", "transform_generators", "apply_transforms", "TransformOption", "TRANSFORM_OPTIONS",
+           "check_requested", "build_transforms", "Resize", "preprocessing",
            "interpolation_taps", "interpolation_matrix", "to_float", "resize_images", "check_size"]
 
 
@@ -85,6 +86,60 @@ def apply_transforms(transforms: Sequence[Transform], batch: Batch, seed: int, e
                             f"{len(batch.images)} examples (batch.replace(images=...)), got {type(result).__name__}")
         batch = result
     return batch
+
+
+# --------------------------------------------------------------------------- transforms a run asks for
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformOption:
+    """A transform a training run can ask for by name: one entry of :data:`TRANSFORM_OPTIONS`.
+
+    The command line offers it as ``--<name with dashes>`` (a switch where ``kind`` is bool, else
+    an option taking a ``kind`` value), :class:`common.hparams.TrainConfig` records it in
+    ``transforms`` as ``(name, value)`` (so ``metrics.json`` holds it and ``--resume`` keeps it),
+    and the training run builds it with ``make(value)``, a :data:`Transform` (a ValueError from
+    ``make`` is the user's one-line error).
+    """
+
+    name: str
+    kind: type
+    help: str
+    make: Callable[[Any], Transform]
+
+
+#: The transforms a run can ask for, name -> option, in the order they apply to a batch. A new
+#: transform is its module, its test and its entry here.
+TRANSFORM_OPTIONS: Dict[str, TransformOption] = {}
+
+
+def check_requested(requested) -> Tuple[Tuple[str, Any], ...]:
+    """``requested`` (pairs of name and value, or a mapping) as a tuple of ``(name, value)`` in the
+    order of :data:`TRANSFORM_OPTIONS`, each value of its option's kind and accepted by its
+    ``make``; a one-line ValueError naming what is wrong otherwise."""
+    pairs = list(requested.items()) if isinstance(requested, dict) else [tuple(pair) for pair in requested]
+    names = [name for name, _ in pairs]
+    unknown = [name for name in names if name not in TRANSFORM_OPTIONS]
+    if unknown:
+        known = ", ".join(TRANSFORM_OPTIONS) or "none yet"
+        raise ValueError(f"unknown transform {', '.join(map(repr, unknown))}; the transforms a run can ask for: "
+                         f"{known}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"each transform at most once, got {', '.join(names)}")
+    values = dict(pairs)
+    for name, value in values.items():
+        kind = TRANSFORM_OPTIONS[name].kind
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = values[name] = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"transform {name} takes a {kind.__name__}, got {value!r}")
+        TRANSFORM_OPTIONS[name].make(value)
+    return tuple((name, values[name]) for name in TRANSFORM_OPTIONS if name in values)
+
+
+def build_transforms(requested) -> Tuple[Transform, ...]:
+    """The transforms ``requested`` (see :func:`check_requested`) asks for, in order."""
+    return tuple(TRANSFORM_OPTIONS[name].make(value) for name, value in check_requested(requested))
 
 
 # --------------------------------------------------------------------------- preprocessing
