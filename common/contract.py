@@ -341,6 +341,14 @@ class Launch(Protocol):
         """``(name, argv, environment)`` of each process the engine needs besides the workers
         (MXNet's scheduler and server); none for most engines."""
 
+    @staticmethod
+    def listeners_beyond_loopback(ports) -> List[Tuple[str, Optional[int]]]:
+        """``(address, port)`` of each socket a job on one machine (:func:`worker_environments` on
+        127.0.0.1, ``ports``) listens on beyond the loopback address, because the engine offers no
+        setting to narrow it (``"*"``: every interface; a port of None: any port); empty where
+        every socket listens on loopback. docs/distributed.md names them; the tests hold each job
+        to exactly this."""
+
 
 #: Module name -> its protocol, in the order a backend's ``__init__`` imports them.
 PARTS: Dict[str, type] = {"model": Model, "data": Data, "kernels": Kernels, "train": Train,

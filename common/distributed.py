@@ -28,6 +28,7 @@ the worker; the last good checkpoint stays as it was.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -38,7 +39,8 @@ from typing import Dict, List, Optional, Sequence
 
 __all__ = ["LAUNCHED_ENV", "ERROR_FILE_ENV", "WORKER_INDEX_ENV", "STOP_GRACE_SECONDS",
            "DistributedError", "integer_variable", "all_engine_variables", "job_size", "launched",
-           "worker_environments", "free_port", "check_port", "cpu_groups", "report_error", "launch"]
+           "is_loopback", "host_address", "loopback_interface", "worker_environments", "free_port", "check_port",
+           "cpu_groups", "report_error", "launch"]
 
 #: Set by :func:`launch` in its workers: the launcher holds the run directory's lock.
 LAUNCHED_ENV = "RESNET_LAUNCHED"
@@ -87,6 +89,35 @@ def worker_environments(backend: str, workers: int, host: str, ports: Sequence[i
     """The engine's variables for each of ``workers`` processes on ``host`` (``ports``: as many as
     the backend's ``launch.ports_needed`` says, the first one the coordinator's)."""
     return _launch_facts(backend).worker_environments(workers, host, ports)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as an IPv6 socket shows 127.0.0.1
+    return (mapped or address).is_loopback
+
+
+def host_address():
+    """The IPv4 address this machine's host name resolves to (what gloo binds without an interface
+    named), or None where it does not resolve."""
+    with contextlib.suppress(OSError):
+        return socket.gethostbyname(socket.gethostname())
+    return None
+
+
+def loopback_interface() -> str:
+    """The name of this machine's loopback network interface ("lo" on Linux), for engines that pick
+    their interface by name (gloo's ``GLOO_SOCKET_IFNAME``)."""
+    for _, name in socket.if_nameindex():
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/sys/class/net/{name}/flags") as flags:
+                if int(flags.read().strip(), 16) & 0x8:  # IFF_LOOPBACK
+                    return name
+    return "lo"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -12,8 +12,10 @@ A job is described by three environment variables, the same for the local launch
 user starting workers by hand on several hosts:
 
 ``JAX_COORDINATOR_ADDRESS``
-    ``host:port`` of process 0's coordination service, reachable from every worker (process 0
-    binds the port on all interfaces); the same in every worker.
+    ``host:port`` of process 0's coordination service, reachable from every worker; the same in
+    every worker. Process 0 binds exactly this address (JAX's default would be every interface),
+    or ``JAX_COORDINATOR_BIND_ADDRESS`` (JAX's own variable) where set, e.g. ``[::]:port`` behind
+    NAT, where the address others reach is not one of rank 0's.
 ``JAX_NUM_PROCESSES``
     The number of workers N; the same in every worker.
 ``JAX_PROCESS_ID``
@@ -72,6 +74,8 @@ __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
 #: The environment that describes a job (see the module docstring).
 COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+#: JAX's own: the address rank 0's coordination service binds (default here: the coordinator address).
+BIND_ENV = "JAX_COORDINATOR_BIND_ADDRESS"
 
 #: Seconds a worker waits for all the others to connect before it fails (JAX's default: 300).
 INIT_TIMEOUT_S = 120
@@ -153,7 +157,11 @@ def initialize(device=None) -> Tuple[int, int]:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     gpu = _gpu_index(device)
     try:
+        # Rank 0's coordination service binds the coordinator address itself, not JAX's default of
+        # every interface ([::]:port), unless JAX's own JAX_COORDINATOR_BIND_ADDRESS says otherwise.
+        bind = os.environ.get(BIND_ENV, "").strip() or address
         jax.distributed.initialize(address, world_size, rank, local_device_ids=None if gpu is None else [gpu],
+                                   coordinator_bind_address=bind,
                                    cluster_detection_method="deactivate", initialization_timeout=INIT_TIMEOUT_S,
                                    heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
                                    shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 from common.distributed import DistributedError, integer_variable
 
 __all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
-           "helper_processes"]
+           "helper_processes", "listeners_beyond_loopback"]
 
 ENGINE = "MXNet kvstore dist_sync (ps-lite)"
 #: The process's role (worker, server or scheduler), the scheduler's address, the job's numbers
@@ -51,3 +51,7 @@ def helper_processes(workers: int, host: str, port: int) -> List[Tuple[str, List
     command = [sys.executable, "-c", "import mxnet"]
     return [(f"MXNet {role}", command, dict(_dmlc(host, port, workers), DMLC_ROLE=role, OMP_NUM_THREADS="1"))
             for role in ("scheduler", "server")]
+
+
+def listeners_beyond_loopback(ports: Sequence[int]) -> list:
+    return []

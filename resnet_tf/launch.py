@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from common.distributed import DistributedError
 
 __all__ = ["ENGINE", "ENGINE_VARIABLES", "THREAD_VARIABLES", "job_size", "ports_needed", "worker_environments",
-           "helper_processes"]
+           "helper_processes", "listeners_beyond_loopback"]
 
 #: What ``metrics.json`` records on CPUs (``distributed.ENGINE_GPU`` on GPUs).
 ENGINE = "tf.distribute.MultiWorkerMirroredStrategy (collective ring over gRPC)"
@@ -42,3 +42,10 @@ def worker_environments(workers: int, host: str, ports: Sequence[int]) -> List[D
 
 def helper_processes(workers: int, host: str, port: int) -> list:
     return []
+
+
+def listeners_beyond_loopback(ports: Sequence[int]) -> List[Tuple[str, Optional[int]]]:
+    """Each worker's gRPC server on its ``TF_CONFIG`` port, on every interface: TensorFlow binds
+    ``[::]:port`` (or ``0.0.0.0:port``) whatever address ``TF_CONFIG`` gives, and has no setting
+    for it (see docs/distributed.md for fencing it)."""
+    return [("*", port) for port in ports]

@@ -8,11 +8,13 @@ A job is described by torchrun's environment variables, read by :func:`initializ
 ``MASTER_ADDR`` and ``MASTER_PORT`` (where rank 0 listens for the rendezvous: a TCP store),
 ``RANK`` (0 .. ``WORLD_SIZE`` - 1, unique in the job), ``WORLD_SIZE`` (number of workers),
 ``LOCAL_RANK`` (the worker's index on its host: its GPU ``cuda:LOCAL_RANK``) and
-``LOCAL_WORLD_SIZE``. ``resnet-fmnist train --workers N`` sets them over loopback; across hosts
-set them by hand (one ``MASTER_ADDR:MASTER_PORT`` reachable from every host), or start the
-command under ``torchrun --nnodes H --nproc-per-node N --rdzv-endpoint ...``, which sets them too.
-Gloo picks its network interface from the host name; where that resolves to a loopback address on
-a multi-host job, set ``GLOO_SOCKET_IFNAME`` (NCCL: ``NCCL_SOCKET_IFNAME``) to the interface to use.
+``LOCAL_WORLD_SIZE``. ``resnet-fmnist train --workers N`` sets them over loopback (and
+``GLOO_SOCKET_IFNAME`` to the loopback interface); across hosts set them by hand (one
+``MASTER_ADDR:MASTER_PORT`` reachable from every host), or start the command under ``torchrun
+--nnodes H --nproc-per-node N --rdzv-endpoint ...``, which sets them too. Rank 0's store listens on
+``MASTER_ADDR`` only (:func:`_store`; torchrun's agent store is torchrun's). Gloo picks its network
+interface from the host name unless ``GLOO_SOCKET_IFNAME`` names one (NCCL: ``NCCL_SOCKET_IFNAME``):
+on a multi-host job, set it to the interface the hosts reach each other on.
 
 One training step (:meth:`DistributedTrainer.train_step`, the oracle's ``sharded_sgd_step``) on
 this worker's shard of the global batch: forward and backward in train mode through the DDP
@@ -29,6 +31,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import socket
 from typing import Optional, Tuple
 
 import torch
@@ -125,10 +128,42 @@ def initialize(device=None) -> Tuple[int, int]:
         backend_name = "nccl"
     else:
         backend_name = "gloo"
-    dist.init_process_group(backend_name, init_method="env://", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    timeout = datetime.timedelta(seconds=TIMEOUT_S)
+    store = _store(rank, world_size, timeout)
+    if store is None:  # torchrun's agent holds the store
+        dist.init_process_group(backend_name, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend_name, store=store, rank=rank, world_size=world_size, timeout=timeout)
     _job = (rank, world_size, _engine_name(backend_name), resolved)
     return rank, world_size
+
+
+def _store(rank: int, world_size: int, timeout: datetime.timedelta):
+    """The job's rendezvous store (``torch.distributed.TCPStore``), whose server, rank 0's, listens
+    on ``MASTER_ADDR:MASTER_PORT`` only; None under torchrun's agent, whose store its workers join.
+
+    PyTorch's TCPStore server binds every interface (``[::]``) unless it is handed a socket that
+    already listens (``master_listen_fd``): so rank 0 binds one to the address the job names (the
+    loopback address on one machine) and hands it over.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    host, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 1, 65535)
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, False, timeout)
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(max(128, world_size))
+    except OSError as error:
+        raise RuntimeError(f"torch.distributed: rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {host}:{port} "
+                           f"({error.strerror or error}); MASTER_ADDR must be an address of rank 0's machine and "
+                           f"the port free") from None
+    # The store owns the socket from here (detach: Python must not close it under the store).
+    return dist.TCPStore(host, port, world_size, True, timeout, master_listen_fd=listener.detach())
 
 
 def _running_statistics(net: nn.Module):

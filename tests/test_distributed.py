@@ -6,9 +6,11 @@ What a step means is written once, in :mod:`common.distributed`'s docstring, and
 compute it on its framework's own engine. Every job here is bounded in time and leaves no
 process behind.
 """
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,8 +147,6 @@ def test_cores_are_split_between_workers():
 
 
 def test_a_busy_port_is_a_clear_error():
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -356,3 +356,94 @@ def test_bench_reports_the_scaling_against_one_worker(backend_name):
     speedup = result["train_examples_per_sec"] / result["one_worker"]["train_examples_per_sec"]
     assert result["train_speedup_vs_one_worker"] == pytest.approx(speedup, abs=1e-3)
     assert result["scaling_efficiency"] == pytest.approx(speedup / 2, abs=1e-3)
+
+
+# --- what a job on one machine listens on ------------------------------------------------------
+
+def _listening_sockets():
+    """Socket inode -> (address, port) of every TCP socket listening on this machine (/proc/net)."""
+    found = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/net/{name}") as table:
+                rows = table.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            packed = bytes.fromhex(address)
+            packed = b"".join(packed[i:i + 4][::-1] for i in range(0, len(packed), 4))  # host-order words
+            found[int(fields[9])] = (socket.inet_ntop(family, packed), int(port, 16))
+    return found
+
+
+def _sockets_of(pids):
+    """The socket inodes the processes ``pids`` hold open."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(int(target[len("socket:["):-1]))
+    return inodes
+
+
+def _two_free_ports():
+    for _ in range(50):
+        port = distributed.free_port()
+        if port < 65535:
+            with contextlib.suppress(DistributedError):
+                distributed.check_port(port + 1)
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net")
+def test_a_job_on_one_machine_listens_on_loopback_only(backend_name, tmp_path):
+    """Every socket the launcher's job listens on (workers and helper processes, sampled every
+    50 ms from /proc/net/tcp and tcp6) is on the loopback address, but for exactly what the
+    backend's launch.listeners_beyond_loopback names (an engine with no setting to narrow it)."""
+    port = _two_free_ports()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for name in distributed.all_engine_variables():
+        env.pop(name, None)
+    args = _train_args(backend_name, tmp_path / "run", "--workers", "2", "--port", str(port), "--arch", STEP_ARCH,
+                       "--batch-size", "16", "--subset", "64", "--test-subset", "16", "--epochs", "1")
+    launcher = subprocess.Popen([sys.executable, "-m", "common", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    seen = set()
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while launcher.poll() is None and time.monotonic() < deadline:
+            listening = _listening_sockets()
+            seen |= {listening[inode] for inode in _sockets_of([launcher.pid] + _children(launcher.pid))
+                     if inode in listening}
+            time.sleep(0.05)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        _, stderr = launcher.communicate()
+    assert launcher.returncode == 0, stderr[-2000:]
+    assert seen, "the job listened on nothing: the sampling missed it"
+    beyond = {(address, number) for address, number in seen if not distributed.is_loopback(address)}
+    allowed = backend_part(backend_name, "launch").listeners_beyond_loopback([port, port + 1])
+
+    def named(address, number):
+        return any(address in ((want,) if want != "*" else ("::", "0.0.0.0")) and want_port in (None, number)
+                   for want, want_port in allowed)
+
+    assert all(named(*listener) for listener in beyond), f"beyond loopback: {sorted(beyond)}; named: {allowed}"
+    assert all(any((want == "*" or address == want) and number == want_port for address, number in beyond)
+               for want, want_port in allowed if want_port is not None), f"named {allowed}, seen {sorted(beyond)}"
+
+
+def test_loopback_addresses_and_interface():
+    assert all(distributed.is_loopback(host) for host in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1",
+                                                            "localhost"))
+    assert not any(distributed.is_loopback(host) for host in ("::", "0.0.0.0", "10.0.0.1", "::ffff:10.0.0.1", "vm"))
+    assert distributed.loopback_interface() in {name for _, name in socket.if_nameindex()}
