@@ -101,7 +101,7 @@ One `resnet-fmnist bench --reference` process per backend and size, on one fixed
 project's code, then the chapter's own code with the framework's default settings (the
 "chapter" rows; on a CPU the same arithmetic as this project's fp32), each with warm-up steps,
 then rounds of timed steps, of which the median round counts. Train GFLOP/s counts the convolutions and the
-dense layer once from `common/spec.py` (forward x 3), the same for every backend. "of peak"
+dense layer once from `common/flops.py` (forward x 3), the same for every backend. "of peak"
 divides it by the machine's fp32 peak, one number per machine for every row: the best
 matrix product found at sizes 512 to 3072 by NumPy's BLAS and by each framework
 (`resnet-fmnist peak`), measured once at the start of the run; the theoretical peak (cores x
