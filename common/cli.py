@@ -233,8 +233,9 @@ def _train(args, argv):
     }
     if args.nondeterministic:
         overrides["deterministic"] = False
-    if _requested_transforms(args):
-        overrides["transforms"] = _requested_transforms(args)
+    transforms = _requested_transforms(args)
+    if transforms:
+        overrides["transforms"] = transforms
     if args.resize is not UNSET:
         overrides["resize"] = args.resize
     out_dir = args.out or os.path.join("runs", args.backend)

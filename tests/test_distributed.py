@@ -208,13 +208,18 @@ def test_a_failing_worker_stops_the_others_and_is_named(tmp_path):
 
 # --- every backend's engine, through the command line ---------------------------------------
 
-def _cli(*args, timeout=JOB_TIMEOUT):
-    """``resnet-fmnist ARGS`` in a process of its own (the launcher), with a time limit."""
+def _launcher_env():
+    """This environment for a launcher of ours: the project importable, no job of the caller's."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     for name in distributed.all_engine_variables():
         env.pop(name, None)
+    return env
+
+
+def _cli(*args, timeout=JOB_TIMEOUT):
+    """``resnet-fmnist ARGS`` in a process of its own (the launcher), with a time limit."""
     return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
+                          env=_launcher_env(), timeout=timeout)
 
 
 def _train_args(backend_name, out, *extra):
@@ -409,13 +414,10 @@ def test_a_job_on_one_machine_listens_on_loopback_only(backend_name, tmp_path):
     50 ms from /proc/net/tcp and tcp6) is on the loopback address, but for exactly what the
     backend's launch.listeners_beyond_loopback names (an engine with no setting to narrow it)."""
     port = _two_free_ports()
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    for name in distributed.all_engine_variables():
-        env.pop(name, None)
     args = _train_args(backend_name, tmp_path / "run", "--workers", "2", "--port", str(port), "--arch", STEP_ARCH,
                        "--batch-size", "16", "--subset", "64", "--test-subset", "16", "--epochs", "1")
-    launcher = subprocess.Popen([sys.executable, "-m", "common", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen([sys.executable, "-m", "common", *args], cwd=ROOT, env=_launcher_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = set()
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
