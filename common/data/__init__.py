@@ -15,6 +15,8 @@ and 2.x.
   to PyTorch's) and the transform hook, ``transform(batch, rng) -> batch`` with a generator
   seeded by (seed, epoch, batch index), which keeps transformed batches the same in every
   backend, after a resume and under data-parallel sharding.
+- :mod:`~common.data.augment`: the training-set augmentation a run can ask for (random crop with
+  zero padding, horizontal flip, random erasing: torchvision's, as seeded transforms).
 - :mod:`~common.data.synthetic`: a learnable stand-in for offline use and tests.
 - :mod:`~common.data.config`: :class:`DataConfig`, everything that decides the batches.
 - :mod:`~common.data.loader`: :class:`BatchLoader` (order ``default_rng([seed, epoch])``,

@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from .augment import horizontal_flip, random_crop, random_erasing
+
 __all__ = ["Batch", "Transform", "transform_generators", "apply_transforms", "TransformOption", "TRANSFORM_OPTIONS",
            "check_requested", "build_transforms", "Resize", "preprocessing",
            "interpolation_taps", "interpolation_matrix", "to_float", "resize_images", "check_size"]
@@ -110,7 +112,18 @@ class TransformOption:
 
 #: The transforms a run can ask for, name -> option, in the order they apply to a batch. A new
 #: transform is its module, its test and its entry here.
-TRANSFORM_OPTIONS: Dict[str, TransformOption] = {}
+TRANSFORM_OPTIONS: Dict[str, TransformOption] = {option.name: option for option in (
+    # common/data/augment.py, tests/test_augment.py: torchvision's RandomCrop(padding=P),
+    # RandomHorizontalFlip and RandomErasing(p), seeded as the hook says
+    TransformOption("crop_padding", int, "augment the training images: pad each with this many zeros on every side, "
+                    "then crop a window of its size at a random place (torchvision's RandomCrop(size, padding))",
+                    random_crop),
+    TransformOption("flip", bool, "augment the training images: flip each left-right with probability 0.5 "
+                    "(torchvision's RandomHorizontalFlip)", horizontal_flip),
+    TransformOption("erase", float, "augment the training images: with this probability, in (0, 1], set a random "
+                    "rectangle of each to 0 (torchvision's RandomErasing(p), scale 0.02-0.33, ratio 0.3-3.3)",
+                    random_erasing),
+)}
 
 
 def check_requested(requested) -> Tuple[Tuple[str, Any], ...]:
