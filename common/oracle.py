@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .naming import is_buffer, parameter_shapes
+from .optim import MOMENTUM_PREFIX, STEP_STATE
 from .sharding import shard_slices
 from .spec import BN_EPSILON, BN_MOMENTUM, block_convs, check_input_shape, get_spec, iter_blocks
 from .weights import check_weights
@@ -36,7 +37,9 @@ __all__ = [
     "round_mantissa",
     "forward",
     "loss_and_gradients",
+    "evaluation_logits",
     "sgd_step",
+    "optimizer_step",
     "sharded_sgd_step",
     "step_batch",
     "batch_norm_fed_conv_biases",
@@ -230,14 +233,19 @@ def dense_backward(d_out: Array, cache):
     return d_out @ weight, d_out.T @ x, d_out.sum(axis=0)
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Tuple[float, Array]:
-    """Mean softmax cross-entropy and its gradient with respect to the logits."""
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Tuple[float, Array]:
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    With ``label_smoothing`` ``eps`` the targets are ``(1 - eps) * one_hot + eps / classes``
+    (PyTorch's ``CrossEntropyLoss(label_smoothing=eps)``).
+    """
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     rows = np.arange(len(labels))
-    loss = -float(log_probabilities[rows, labels].mean())
-    d_logits = np.exp(log_probabilities)
-    d_logits[rows, labels] -= 1.0
+    targets = np.full(logits.shape, label_smoothing / logits.shape[1])
+    targets[rows, labels] += 1.0 - label_smoothing
+    loss = -float((targets * log_probabilities).sum(axis=1).mean())
+    d_logits = np.exp(log_probabilities) - targets
     return loss, d_logits / len(labels)
 
 
@@ -313,12 +321,13 @@ def _stem(run: _Pass, x: Array, spec) -> Array:
     x = run.conv("conv1", x, spec.stem_stride, spec.stem_padding)
     x = run.bn("bn1", x)
     x = run.relu("relu", x)
-    x, run.caches["maxpool"] = max_pool2d(x, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    if spec.max_pool:  # the small stem has none
+        x, run.caches["maxpool"] = max_pool2d(x, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
     return x
 
 
-def _stem_backward(run: _Pass, d_out: Array) -> Array:
-    d = max_pool2d_backward(d_out, run.caches["maxpool"])
+def _stem_backward(run: _Pass, d_out: Array, spec) -> Array:
+    d = max_pool2d_backward(d_out, run.caches["maxpool"]) if spec.max_pool else d_out
     d = run.relu_backward("relu", d)
     d = run.bn_backward("bn1", d)
     return run.conv_backward("conv1", d)
@@ -424,7 +433,7 @@ def _network_backward(run: _Pass, d_logits: Array, spec) -> None:
     d = _head_backward(run, d_logits, spec)
     for block in reversed(list(iter_blocks(spec))):
         d = block_backward(run, d, block, spec)
-    _stem_backward(run, d)
+    _stem_backward(run, d, spec)
 
 
 # --- public functions --------------------------------------------------------------------------
@@ -467,24 +476,36 @@ def forward(weights: Mapping[str, Array], images, training: bool = False, return
     return logits, run.state
 
 
-def _train_pass(weights, images, labels, arch, precision="fp32"):
+def evaluation_logits(weights: Mapping[str, Array], images, tta: str = "none", arch="resnet18",
+                      precision: str = "fp32") -> Array:
+    """Eval-mode logits as an evaluation step computes them: with ``tta="flip"`` the mean of the
+    logits of the images and of their mirror images (:data:`common.optim.TTA`)."""
+    logits = forward(weights, images, arch=arch, precision=precision)
+    if tta == "flip":
+        logits = (logits + forward(weights, np.asarray(images)[..., ::-1], arch=arch, precision=precision)) / 2
+    elif tta != "none":
+        raise ValueError(f"unknown test-time augmentation {tta!r}")
+    return logits
+
+
+def _train_pass(weights, images, labels, arch, precision="fp32", label_smoothing=0.0):
     spec, params, x = _prepare(weights, images, arch)
     labels = _check_labels(labels, x.shape[0], params["fc.weight"].shape[0])
     run = _Pass(params, training=True, precision=precision)
     logits = _network(run, x, spec)
-    loss, d_logits = softmax_cross_entropy(logits, labels)
+    loss, d_logits = softmax_cross_entropy(logits, labels, label_smoothing)
     _network_backward(run, d_logits, spec)
     order = [name for name in params if not is_buffer(name)]
     return loss, {name: run.grads[name] for name in order}, run.state
 
 
 def loss_and_gradients(weights: Mapping[str, Array], images, labels, arch="resnet18",
-                       precision: str = "fp32") -> Tuple[float, Dict[str, Array]]:
+                       precision: str = "fp32", label_smoothing: float = 0.0) -> Tuple[float, Dict[str, Array]]:
     """Mean softmax cross-entropy in train mode and its gradient for every trainable array.
 
     Gradients are float64, keyed by canonical name in the weights' order.
     """
-    loss, gradients, _ = _train_pass(weights, images, labels, arch, precision)
+    loss, gradients, _ = _train_pass(weights, images, labels, arch, precision, label_smoothing)
     return loss, gradients
 
 
@@ -504,6 +525,34 @@ def sgd_step(weights: Mapping[str, Array], images, labels, lr: float, arch="resn
             new_value = state[name]
         new_weights[name] = new_value.astype(np.float32)
     return loss, new_weights
+
+
+def optimizer_step(weights: Mapping[str, Array], images, labels, recipe, state: Optional[Mapping[str, Array]] = None,
+                   arch="resnet18", precision: str = "fp32") -> Tuple[float, Dict[str, Array], Dict[str, Array]]:
+    """One training step of ``recipe`` (a :class:`common.optim.Recipe`): the math every backend's
+    optimizer and schedule are configured to equal (see :mod:`common.optim`).
+
+    ``state`` is the optimizer state in canonical form (``step`` and, with momentum, each
+    ``momentum_buffer.<name>``; ``None``: before the first step). Returns the loss before the step
+    (label smoothing included), the new float32 weights and the new state (buffers in float64).
+    """
+    state = dict(state or {})
+    step = int(state.get(STEP_STATE, 0))
+    lr = recipe.schedule.lr_at(step)
+    loss, gradients, running = _train_pass(weights, images, labels, arch, precision, recipe.label_smoothing)
+    new_weights, new_state = {}, {STEP_STATE: np.int64(step + 1)}
+    for name, value in weights.items():
+        if name not in gradients:
+            new_weights[name] = running[name].astype(np.float32)
+            continue
+        w = np.asarray(value, np.float64)
+        g = gradients[name] + recipe.weight_decay * w
+        if recipe.momentum:
+            buffer = recipe.momentum * np.asarray(state.get(MOMENTUM_PREFIX + name, 0.0), np.float64) + g
+            new_state[MOMENTUM_PREFIX + name] = buffer
+            g = g + recipe.momentum * buffer if recipe.nesterov else buffer
+        new_weights[name] = (w - lr * g).astype(np.float32)
+    return loss, new_weights, new_state
 
 
 def sharded_sgd_step(weights: Mapping[str, Array], images, labels, lr: float, world_size: int, arch="resnet18",

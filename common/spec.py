@@ -17,6 +17,15 @@ num_channels)`` pairs) in one of :data:`STYLES`:
   projection shortcut fed by the block's pre-activated input, and a final BatchNorm (``norm``)
   and ReLU before pooling.
 
+Every network also has one of :data:`STEMS`, its first layers before the stages:
+
+* ``"imagenet"`` (the default): the chapter's (and the ResNet paper's) 7 x 7 convolution with
+  stride 2, BatchNorm, ReLU and a 3 x 3 max pool with stride 2: a quarter of the input's size
+  per side at stage 1.
+* ``"small"``: the CIFAR-style stem of the small-image recipes (3 x 3 convolution, stride 1,
+  BatchNorm, ReLU and no max pool): stage 1 runs at the input's full size. Its convolution
+  ``conv1`` is 3 x 3; every other array is the same.
+
 Adding a depth means adding a row to :data:`RESNET_SPECS`; a new block type also needs a
 builder in each backend, keyed by :attr:`ResNetSpec.block_kind`.
 
@@ -36,6 +45,8 @@ __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
     "STYLES",
+    "STEMS",
+    "STEM_FIELDS",
     "StageSpec",
     "ResNetSpec",
     "BlockConfig",
@@ -63,6 +74,17 @@ BN_MOMENTUM = 0.1
 #: The ways every architecture can be built (see the module docstring).
 STYLES = ("d2l", "torchvision", "preact")
 
+#: The stems every architecture and style can have (see the module docstring).
+STEMS = ("imagenet", "small")
+
+#: Stem -> its fields of :class:`ResNetSpec`. The small stem has no max pool: its pool fields are
+#: the identity's (a 1 x 1 window, stride 1), so sizes computed from them are right, and
+#: :attr:`ResNetSpec.max_pool` says no pool layer is built or run.
+STEM_FIELDS = {
+    "imagenet": dict(stem_kernel=7, stem_stride=2, stem_padding=3, pool_kernel=3, pool_stride=2, pool_padding=1),
+    "small": dict(stem_kernel=3, stem_stride=1, stem_padding=1, pool_kernel=1, pool_stride=1, pool_padding=0),
+}
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -76,7 +98,12 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class ResNetSpec:
-    """A whole network in one style. The defaults are the D2L chapter's ResNet-18."""
+    """A whole network in one style with one stem. The defaults are the D2L chapter's ResNet-18.
+
+    :func:`get_spec` sets a stem's fields from :data:`STEM_FIELDS`; ``stem`` names them. (A spec made
+    here takes the imagenet stem's defaults; ``get_spec(spec, stem="small")`` gives it the small one:
+    ``ResNetSpec(..., stem="small")`` alone would change no other field.)
+    """
 
     name: str
     block: str  # "basic" (two 3x3 convolutions) or "bottleneck" (1x1, 3x3, 1x1)
@@ -86,6 +113,9 @@ class ResNetSpec:
     #: channels per 64 of the stage's ``channels`` (torchvision's ``groups``, ``width_per_group``).
     groups: int = 1
     width_per_group: int = 64
+    #: One of :data:`STEMS`: "imagenet" (7 x 7 convolution, stride 2, 3 x 3 max pool) or "small"
+    #: (3 x 3 convolution, stride 1, no max pool).
+    stem: str = "imagenet"
     stem_channels: int = 64
     stem_kernel: int = 7
     stem_stride: int = 2
@@ -93,6 +123,15 @@ class ResNetSpec:
     pool_kernel: int = 3
     pool_stride: int = 2
     pool_padding: int = 1
+
+    def __post_init__(self):
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; known: {', '.join(STEMS)}")
+
+    @property
+    def max_pool(self) -> bool:
+        """Whether the stem ends in a max pool (the imagenet stem's; the small stem has none)."""
+        return self.stem != "small"
 
     @property
     def expansion(self) -> int:
@@ -123,8 +162,12 @@ class ResNetSpec:
 
     @property
     def label(self) -> str:
-        """How messages name the network: ``resnet18``, ``resnet50 (style torchvision)``."""
-        return self.name if self.style == "d2l" else f"{self.name} (style {self.style})"
+        """How messages name the network: ``resnet18``, ``resnet50 (style torchvision)``,
+        ``resnet18 (stem small)``, ``resnet50 (style torchvision, stem small)``."""
+        options = [f"style {self.style}"] if self.style != "d2l" else []
+        if self.stem != "imagenet":
+            options.append(f"stem {self.stem}")
+        return f"{self.name} ({', '.join(options)})" if options else self.name
 
 
 #: Output channels of a block relative to its ``channels`` (torchvision's ``expansion``).
@@ -166,8 +209,16 @@ def _custom_spec(arch, style) -> ResNetSpec:
     return ResNetSpec(name=str(pairs), block="basic", stages=stages, style=style)
 
 
-def get_spec(arch="resnet18", style=None) -> ResNetSpec:
-    """The spec of ``arch`` in ``style`` (None: ``"d2l"``, or the style of a spec passed in).
+def _with_stem(spec: ResNetSpec, stem) -> ResNetSpec:
+    """``spec`` with ``stem`` (None: its own) and that stem's fields."""
+    if stem is None or stem == spec.stem:
+        return spec
+    return replace(spec, stem=stem, **STEM_FIELDS[stem])
+
+
+def get_spec(arch="resnet18", style=None, stem=None) -> ResNetSpec:
+    """The spec of ``arch`` in ``style`` with ``stem`` (None: ``"d2l"`` and ``"imagenet"``, or the
+    style and stem of a spec passed in).
 
     ``arch`` is a name of :data:`RESNET_SPECS`, a spec, or the book's tuple of
     ``(num_residuals, num_channels)`` pairs (also as its text, ``"((2, 64), (2, 128))"``, as the
@@ -175,6 +226,13 @@ def get_spec(arch="resnet18", style=None) -> ResNetSpec:
     """
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
+    return _with_stem(_styled_spec(arch, style), stem)
+
+
+def _styled_spec(arch, style) -> ResNetSpec:
+    """:func:`get_spec` but for the stem: ``arch`` in ``style`` (checked already)."""
     if isinstance(arch, ResNetSpec):
         return arch if style is None or style == arch.style else replace(arch, style=style)
     if isinstance(arch, str) and arch.strip()[:1] in ("(", "["):
@@ -281,10 +339,7 @@ def iter_convs(arch="resnet18", in_channels=1, height=224, width=224) -> Iterato
     spec = get_spec(arch)
     yield (ConvConfig("conv1", in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride,
                       spec.stem_padding, 1, True), (height, width))
-    h = conv_output_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    w = conv_output_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    h, w = _stem_output_size(spec, height, width)
     for block in iter_blocks(spec):
         out_h, out_w = conv_output_size(h, 3, block.stride, 1), conv_output_size(w, 3, block.stride, 1)
         for conv in block_convs(block, spec):
@@ -293,6 +348,16 @@ def iter_convs(arch="resnet18", in_channels=1, height=224, width=224) -> Iterato
             else:
                 yield conv, (out_h, out_w)
         h, w = out_h, out_w
+
+
+def _stem_output_size(spec: ResNetSpec, height, width) -> Tuple[int, int]:
+    """(height, width) of the stem's output: after its convolution and, where it has one, its max pool."""
+    h = conv_output_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    w = conv_output_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
+    if spec.max_pool:
+        h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    return h, w
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -313,13 +378,10 @@ def stage_output_shapes(arch="resnet18", in_channels=1, height=224, width=224, n
     """Per-example output shape (channels first) after each stage, as the chapter prints them.
 
     Returns ``[("stem", (64, 56, 56)), ("layer1", ...), ..., ("pool", (512,)), ("fc", (10,))]``
-    for a 224 x 224 input.
+    for a 224 x 224 input (``("stem", (64, 224, 224))`` with the small stem).
     """
     spec = get_spec(arch)
-    h = conv_output_size(height, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    w = conv_output_size(width, spec.stem_kernel, spec.stem_stride, spec.stem_padding)
-    h = conv_output_size(h, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
-    w = conv_output_size(w, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+    h, w = _stem_output_size(spec, height, width)
     if h < 1 or w < 1:
         raise ValueError(f"input {height}x{width} is too small for {spec.name}")
     shapes = [("stem", (spec.stem_channels, h, w))]

@@ -4,7 +4,7 @@ Weights are a ``dict`` of canonical name -> float32 NumPy array (see
 :func:`common.naming.parameter_shapes`). :func:`init_weights` makes them from a seed in NumPy,
 so every backend starts from bit-identical numbers; :func:`save_weights` /
 :func:`load_weights` read and write them as an ``.npz`` file that needs no pickle, carries
-the architecture's name, and is replaced atomically.
+the architecture's name, style and stem (:func:`read_spec`), and is replaced atomically.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from .files import atomic_write
 from .naming import parameter_shapes
-from .spec import get_spec
+from .spec import ResNetSpec, get_spec
 
 __all__ = [
     "WeightsError",
@@ -28,7 +28,9 @@ __all__ = [
     "save_weights",
     "load_weights",
     "read_metadata",
+    "read_optimizer_state",
     "read_architecture",
+    "read_spec",
 ]
 
 #: Written into every file; bumped if the layout of the file ever changes.
@@ -36,7 +38,9 @@ FORMAT_TAG = "resnet-fmnist-weights/1"
 _META_FORMAT = "__format__"
 _META_ARCH = "__arch__"
 _META_STYLE = "__style__"  # absent in files written before styles existed: "d2l"
+_META_STEM = "__stem__"  # absent in files written before stems existed: "imagenet"
 _META_EXTRA = "__metadata__"
+_META_OPTIMIZER = "__optimizer__."  # + a canonical name of common.optim: the optimizer's state
 
 
 class WeightsError(ValueError):
@@ -129,11 +133,14 @@ def check_weights(weights: Mapping[str, np.ndarray], arch="resnet18", source: st
             raise WeightsError(f"{source}: '{name}' has negative variances")
 
 
-def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metadata: Optional[dict] = None) -> None:
+def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metadata: Optional[dict] = None,
+                 optimizer_state: Optional[Mapping[str, np.ndarray]] = None) -> None:
     """Write ``weights`` (checked first) to ``path`` as an uncompressed ``.npz``, atomically.
 
     ``metadata`` (JSON-serialisable: training state, say) is stored beside the arrays and
-    read back by :func:`read_metadata`.
+    read back by :func:`read_metadata`; ``optimizer_state`` (canonical names of
+    :mod:`common.optim`, float64 buffers and the int64 step) beside them too, read back by
+    :func:`read_optimizer_state`.
     """
     spec = get_spec(arch)
     check_weights(weights, spec, source=os.fspath(path))
@@ -141,7 +148,14 @@ def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metad
     arrays[_META_FORMAT] = np.array(FORMAT_TAG)
     arrays[_META_ARCH] = np.array(spec.name)
     arrays[_META_STYLE] = np.array(spec.style)
+    arrays[_META_STEM] = np.array(spec.stem)
     arrays[_META_EXTRA] = np.array(json.dumps(metadata or {}, sort_keys=True))
+    for name, value in (optimizer_state or {}).items():
+        value = np.asarray(value)
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or not np.all(
+                np.isfinite(value)):
+            raise WeightsError(f"{os.fspath(path)}: optimizer state '{name}' is not a finite number array")
+        arrays[_META_OPTIMIZER + name] = np.array(value, order="C")  # a 0-d step stays 0-d
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
@@ -164,22 +178,41 @@ def _read_string(npz, key, path):
         raise WeightsError(f"{path}: entry '{key}' is not plain text ({error})") from None
 
 
+def _read_tags(npz, path) -> Tuple[str, str, str]:
+    """``(arch, style, stem)`` of an open weights file; files older than styles or stems have the defaults."""
+    arch = _read_string(npz, _META_ARCH, path)
+    style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
+    stem = _read_string(npz, _META_STEM, path) if _META_STEM in npz.files else "imagenet"
+    return arch, style, stem
+
+
 def read_architecture(path) -> Tuple[str, str]:
-    """``(arch, style)`` recorded in a weights file (for :func:`common.spec.get_spec`)."""
+    """``(arch, style)`` recorded in a weights file (for :func:`common.spec.get_spec`); its stem is
+    :func:`read_spec`'s."""
     path = os.fspath(path)
     with _open_npz(path) as npz:
-        arch = _read_string(npz, _META_ARCH, path)
-        style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
+        arch, style, _ = _read_tags(npz, path)
     return arch, style
+
+
+def read_spec(path) -> ResNetSpec:
+    """The spec recorded in a weights file: its architecture, style and stem."""
+    path = os.fspath(path)
+    with _open_npz(path) as npz:
+        arch, style, stem = _read_tags(npz, path)
+    try:
+        return get_spec(arch, style, stem)
+    except ValueError as error:
+        raise WeightsError(f"{path}: {error}") from None
 
 
 def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
     """Read a file written by :func:`save_weights` and check it against ``arch`` (a name or a spec
-    with its style).
+    with its style and stem).
 
     Refuses (with :class:`WeightsError` naming the file and the key) anything that is not
-    an npz, needs pickle, has another architecture tag, or has a missing, extra, wrongly
-    shaped or non-finite array.
+    an npz, needs pickle, has another architecture, style or stem tag, or has a missing, extra,
+    wrongly shaped or non-finite array.
     """
     spec = get_spec(arch)
     path = os.fspath(path)
@@ -187,12 +220,13 @@ def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
         tag = _read_string(npz, _META_FORMAT, path)
         if tag != FORMAT_TAG:
             raise WeightsError(f"{path}: format '{tag}' is not '{FORMAT_TAG}'")
-        file_arch = _read_string(npz, _META_ARCH, path)
-        file_style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
-        if (file_arch, file_style) != (spec.name, spec.style):
-            raise WeightsError(f"{path}: holds weights for {file_arch} (style {file_style}), not {spec.name} "
-                               f"(style {spec.style}); "
-                               f"pass --arch {file_arch} --style {file_style}")
+        file_arch, file_style, file_stem = _read_tags(npz, path)
+        if (file_arch, file_style, file_stem) != (spec.name, spec.style, spec.stem):
+            stems = (file_stem, spec.stem) != ("imagenet", "imagenet")  # named where either is not the default
+            have = f"{file_arch} (style {file_style}" + (f", stem {file_stem})" if stems else ")")
+            want = f"{spec.name} (style {spec.style}" + (f", stem {spec.stem})" if stems else ")")
+            flags = f"--arch {file_arch} --style {file_style}" + (f" --stem {file_stem}" if stems else "")
+            raise WeightsError(f"{path}: holds weights for {have}, not {want}; pass {flags}")
         weights = {}
         for key in npz.files:
             if key.startswith("__"):
@@ -203,6 +237,20 @@ def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
                 raise WeightsError(f"{path}: array '{key}' cannot be read ({error})") from None
     check_weights(weights, spec, source=path)
     return {name: np.asarray(value, dtype=np.float32) for name, value in weights.items()}
+
+
+def read_optimizer_state(path) -> Dict[str, np.ndarray]:
+    """The optimizer state stored by :func:`save_weights` under its canonical names (empty if none)."""
+    path = os.fspath(path)
+    state = {}
+    with _open_npz(path) as npz:
+        for key in npz.files:
+            if key.startswith(_META_OPTIMIZER):
+                try:
+                    state[key[len(_META_OPTIMIZER):]] = npz[key]
+                except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+                    raise WeightsError(f"{path}: optimizer state '{key}' cannot be read ({error})") from None
+    return state
 
 
 def read_metadata(path) -> dict:

@@ -265,6 +265,7 @@ class ResNet(nn.Module):
     ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
     ``layers`` what its convolutions and pools are made by (:mod:`common.fastpaths`). A
     pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    The stem is the spec's (``get_spec(arch, stem="small")``: 3x3 convolution, no ``maxpool``).
     ``training`` as in the book's modules (batch statistics, updated running ones); ``dtype``
     the convolutions' and the dense layer's compute dtype (None: float32).
     """
@@ -287,7 +288,10 @@ class ResNet(nn.Module):
         self.conv1 = layers.conv(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
                                  padding=spec.stem_padding, use_bias=spec.conv_bias)
         self.bn1 = batch_norm(not self.training)
-        self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        if spec.max_pool:
+            self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        else:  # the small stem (common.spec.STEMS): stage 1 at the input's size
+            self.maxpool = None
         stages: Dict[int, list] = {}
         for block in iter_blocks(spec):
             stages.setdefault(block.stage, []).append(
@@ -300,7 +304,9 @@ class ResNet(nn.Module):
 
     def _stem(self, x):
         x = nn.relu(self.bn1(self.conv1(x)))
-        return self.maxpool(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
 
     def _pool(self, x):
         if self.norm is not None:  # pre-activation: the last block's output is not yet normalised

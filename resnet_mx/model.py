@@ -237,6 +237,7 @@ class ResNet(nn.HybridBlock):
     ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
     ``layers`` what its blocks' convolutions and its pools are made with (:data:`resnet_mx.kernels.PLAIN`
     or ``FAST``). A pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    The stem is the spec's (``get_spec(arch, stem="small")``: 3x3 convolution, no ``maxpool``).
 
     Its running statistics move with a training-mode forward pass and NaNs come out as in PyTorch
     (:func:`resnet_mx.kernels.forward_as_pytorch`).
@@ -257,8 +258,11 @@ class ResNet(nn.HybridBlock):
                                padding=spec.stem_padding, use_bias=spec.conv_bias, in_channels=in_channels)
         self.bn1 = batch_norm(spec.stem_channels)
         self.relu = nn.Activation("relu")
-        self.maxpool = layers.max_pool(pool_size=spec.pool_kernel, strides=spec.pool_stride,
-                                       padding=spec.pool_padding)
+        if spec.max_pool:
+            self.maxpool = layers.max_pool(pool_size=spec.pool_kernel, strides=spec.pool_stride,
+                                           padding=spec.pool_padding)
+        else:  # the small stem (common.spec.STEMS): stage 1 at the input's size
+            self.maxpool = None
         stages: Dict[int, List[nn.HybridBlock]] = {}
         for block in iter_blocks(spec):
             stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
@@ -277,7 +281,9 @@ class ResNet(nn.HybridBlock):
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.relu(x)
-        return self.maxpool(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
 
     def _pool(self, x):
         if self.norm is not None:  # pre-activation: the last block's output is not yet normalised

@@ -245,6 +245,7 @@ class ResNet(keras.Model):
     ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
     ``layers`` ``kernels.PLAIN`` or ``kernels.FAST`` (:mod:`common.fastpaths`). A
     pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    The stem is the spec's (``get_spec(arch, stem="small")``: 3x3 convolution, no ``maxpool``).
     """
 
     def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", layers=kernels.PLAIN, **kwargs):
@@ -256,7 +257,10 @@ class ResNet(keras.Model):
         self.conv1 = layers.conv(spec.stem_channels, kernel_size=spec.stem_kernel, strides=spec.stem_stride,
                                  padding=spec.stem_padding, use_bias=spec.conv_bias)
         self.bn1 = batch_norm()
-        self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        if spec.max_pool:
+            self.maxpool = layers.max_pool(spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        else:  # the small stem (common.spec.STEMS): stage 1 at the input's size
+            self.maxpool = None
         stages: Dict[int, list] = {}
         for block in iter_blocks(spec):
             stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
@@ -281,7 +285,9 @@ class ResNet(keras.Model):
 
     def _stem(self, x, training):
         x = keras.activations.relu(self.bn1(self.conv1(x), training=training))
-        return self.maxpool(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
 
     def _stage(self, blocks, x, training):
         for block in blocks:

@@ -225,6 +225,7 @@ class ResNet(nn.Module):
     ``(num_residuals, num_channels)`` pairs; ``style`` one of :data:`common.spec.STYLES`;
     ``layers`` the convolution and pools every layer is made with (:data:`resnet_torch.kernels.PLAIN`
     or ``FAST``). A pre-activation network has a final BatchNorm (``norm``) and ReLU before pooling.
+    The stem is the spec's (``get_spec(arch, stem="small")``: 3x3 convolution, no ``maxpool``).
     """
 
     def __init__(self, arch="resnet18", num_classes=10, in_channels=1, style="d2l", layers=kernels.PLAIN):
@@ -237,8 +238,11 @@ class ResNet(nn.Module):
                                  stride=spec.stem_stride, padding=spec.stem_padding, bias=spec.conv_bias)
         self.bn1 = batch_norm(spec.stem_channels)
         self.relu = nn.ReLU()
-        self.maxpool = layers.max_pool(kernel_size=spec.pool_kernel, stride=spec.pool_stride,
-                                       padding=spec.pool_padding)
+        if spec.max_pool:
+            self.maxpool = layers.max_pool(kernel_size=spec.pool_kernel, stride=spec.pool_stride,
+                                           padding=spec.pool_padding)
+        else:  # the small stem (common.spec.STEMS): stage 1 at the input's size
+            self.maxpool = None
         stages: Dict[int, List[nn.Module]] = {}
         for block in iter_blocks(spec):
             stages.setdefault(block.stage, []).append(BLOCK_BUILDERS[spec.block_kind](block, spec, layers))
@@ -253,7 +257,9 @@ class ResNet(nn.Module):
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.relu(x)
-        return self.maxpool(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
 
     def _pool(self, x):
         if self.norm is not None:  # pre-activation: the last block's output is not yet normalised
