@@ -126,6 +126,7 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "code": "resnet-fmnist",
         "arch": spec.name,
         "style": spec.style,
+        "stem": spec.stem,
         "precision": precision,
         "deterministic": deterministic,
         "framework": trainer.framework,

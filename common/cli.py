@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .backend import BACKENDS, BackendUnavailable, check_installed, load_backend
 from .data.transforms import TRANSFORM_OPTIONS
-from .hparams import D2L, PRESETS
+from .hparams import D2L, PRESET_HELP, PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -77,7 +77,7 @@ def _arch(text):
 
 
 def _add_network(parser, default_hint):
-    from .spec import RESNET_SPECS, STYLES
+    from .spec import RESNET_SPECS, STEMS, STYLES
 
     parser.add_argument("--arch", type=_arch, default=None,
                         help=f"{', '.join(RESNET_SPECS)}, or the book's tuple of (num_residuals, num_channels) "
@@ -85,6 +85,9 @@ def _add_network(parser, default_hint):
     parser.add_argument("--style", choices=STYLES, default=None,
                         help=f"d2l: the chapter's blocks; torchvision: torchvision's ResNet exactly; preact: "
                              f"pre-activation blocks ({default_hint})")
+    parser.add_argument("--stem", choices=STEMS, default=None,
+                        help=f"imagenet: the chapter's 7 x 7 / 2 convolution and 3 x 3 / 2 max pool; small: a "
+                             f"3 x 3 / 1 convolution and no pool, for small images ({default_hint})")
 
 
 def _add_precision(parser, determinism=True):
@@ -117,6 +120,50 @@ def _add_backend(parser):
                         help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
 
 
+def _milestones(text):
+    """An argparse ``type`` for --milestones: epochs separated by commas."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs separated by commas (e.g. 15,25), got {text!r}") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"milestones are epochs from 1 on, got {text}")
+    return values
+
+
+_fraction = _bounded(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+
+
+def _add_optimizer(parser):
+    """The optimizer, schedule and loss (:mod:`common.optim`); the defaults are the chapter's."""
+    from .optim import SCHEDULES
+
+    group = parser.add_argument_group("optimizer and schedule (PyTorch's conventions; default: the chapter's "
+                                      "plain SGD at a constant rate)")
+    group.add_argument("--momentum", type=_fraction, help=f"SGD momentum (default {D2L.momentum})")
+    group.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum")
+    group.add_argument("--weight-decay", type=_bounded(float, "a number >= 0", lambda value: 0 <= value < 1),
+                       help="L2 weight decay on every trainable array, added to the gradient (default 0)")
+    group.add_argument("--label-smoothing", type=_fraction, help="label smoothing of the training loss (default 0)")
+    group.add_argument("--schedule", choices=SCHEDULES,
+                       help="learning rate per step: constant (default); cosine: linear warm-up, then cosine to "
+                            "zero; onecycle: PyTorch's OneCycleLR; step: times --gamma at each --milestones epoch")
+    group.add_argument("--warmup-epochs", type=_bounded(float, "a number of epochs >= 0", lambda value: value >= 0),
+                       help="cosine's linear warm-up (default none) or onecycle's rise (default 30%% of the run)")
+    group.add_argument("--milestones", type=_milestones, help="the step schedule's epochs (default: half and "
+                                                                "three quarters of the run)")
+    group.add_argument("--gamma", type=_bounded(float, "a number in (0, 1]", lambda value: 0 < value <= 1),
+                       help="the step schedule's factor (default 0.1)")
+    _add_tta(group)
+
+
+def _add_tta(parser):
+    from .optim import TTA
+
+    parser.add_argument("--tta", choices=TTA, default=None,
+                        help="test-time views: none (default); flip: the mean logits of each image and its mirror")
+
+
 def _add_transforms(parser):
     """One option per transform a run can ask for (:data:`common.data.TRANSFORM_OPTIONS`)."""
     for option in TRANSFORM_OPTIONS.values():
@@ -131,7 +178,7 @@ def _add_transforms(parser):
 def _requested_transforms(args):
     """``(name, value)`` of every transform option given on the command line, in their order."""
     given = ((name, getattr(args, f"transform_{name}")) for name in TRANSFORM_OPTIONS)
-    return tuple((name, value) for name, value in given if value not in (None, False))
+    return tuple((name, value) for name, value in given if value is not None and value is not False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one backend; writes a checkpoint and metrics.json")
     _add_backend(train)
     train.add_argument("--preset", choices=sorted(PRESETS),
-                       help="a whole recipe: d2l = the chapter's (the default values below), "
-                            "quick = 2 epochs on 2,048 images at 28 x 28 for a CPU")
+                       help="a whole recipe, which the options below change: " + "; ".join(
+                           f"{name} = {PRESET_HELP[name]}" for name in PRESETS))
     _add_network(train, "default resnet18, d2l")
     _add_precision(train)
     train.add_argument("--epochs", type=_positive_int, help=f"default {D2L.epochs}")
@@ -158,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-subset", type=_positive_int, help="evaluate on a stratified sample of N test images")
     train.add_argument("--seed", type=_non_negative_int, help="initial weights and data order (default 0)")
     _add_transforms(train)
+    _add_optimizer(train)
     train.add_argument("--out", help="run directory for checkpoint.npz and metrics.json (default: runs/<backend>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
@@ -169,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", required=True, help="a checkpoint.npz written by any backend")
     _add_network(evaluate, "default: the file's")
     _add_precision(evaluate, determinism=False)
+    _add_tta(evaluate)
     evaluate.add_argument("--resize", type=_resize, default=UNSET, help=f"as in training, default {D2L.resize}")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--test-subset", type=_positive_int, help="a stratified sample of N test images")
@@ -228,7 +277,9 @@ def _train(args, argv):
         key: value for key, value in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "subset": args.subset, "test_subset": args.test_subset, "arch": args.arch, "style": args.style,
-            "precision": args.precision,
+            "stem": args.stem, "precision": args.precision, "momentum": args.momentum, "nesterov": args.nesterov,
+            "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "schedule": args.schedule,
+            "warmup_epochs": args.warmup_epochs, "milestones": args.milestones, "gamma": args.gamma, "tta": args.tta,
         }.items() if value is not None
     }
     if args.nondeterministic:
@@ -272,7 +323,8 @@ def _launch_workers(args, argv, preset, overrides, out_dir):
 
 def _evaluate(args):
     backend = load_backend(args.backend)
-    result = backend.evaluate(weights=args.weights, arch=args.arch, style=args.style,
+    result = backend.evaluate(weights=args.weights, arch=args.arch, style=args.style, stem=args.stem,
+                              tta=args.tta or "none",
                               resize=_checkpoint_resize(args, args.weights),
                               batch_size=args.batch_size, test_subset=args.test_subset, data_dir=args.data_dir,
                               synthetic=args.synthetic, device=args.device, precision=args.precision or "fp32")
@@ -300,7 +352,7 @@ def _bench(args, argv):
     else:
         result = run_bench(args.backend, batch_size=args.batch_size, resize=args.resize, steps=args.steps,
                            warmup=args.warmup, rounds=args.rounds, device=args.device, reference=args.reference,
-                           peak_gflops=args.peak_gflops, arch=args.arch or "resnet18", style=args.style or "d2l",
+                           peak_gflops=args.peak_gflops, arch=_bench_spec(args), style=args.style or "d2l",
                            precision=args.precision or "fp32", deterministic=not args.nondeterministic)
         if result is None:
             return 0  # another worker than worker 0: it reports for the job
@@ -310,6 +362,12 @@ def _bench(args, argv):
     if args.out:
         atomic_write(args.out, lambda handle: handle.write(text.encode()))
     return 0
+
+
+def _bench_spec(args):
+    from .spec import get_spec
+
+    return get_spec(args.arch or "resnet18", args.style or "d2l", args.stem)
 
 
 def _bench_workers(args, argv):

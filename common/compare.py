@@ -88,8 +88,11 @@ def comparison_rows(runs: Sequence[dict]) -> List[dict]:
 
 
 def _network(hyperparameters) -> str:
-    """``resnet18 (d2l)``: the arch and style a run trained (runs from before styles: d2l)."""
-    return f"{hyperparameters.get('arch', 'resnet18')} ({hyperparameters.get('style', 'd2l')})"
+    """``resnet18 (d2l)``, ``resnet18 (d2l, stem small)``: the arch, style and stem a run trained
+    (runs from before styles: d2l; before stems: imagenet)."""
+    stem = hyperparameters.get("stem", "imagenet")
+    return (f"{hyperparameters.get('arch', 'resnet18')} ({hyperparameters.get('style', 'd2l')}"
+            + (f", stem {stem})" if stem != "imagenet" else ")"))
 
 
 def _format(key, value):
@@ -192,7 +195,8 @@ def agreement_lines(runs: Sequence[dict], rtol: float = SAME_STEP_RTOL) -> List[
 
 
 def plot_runs(runs: Sequence[dict], path) -> None:
-    """Loss per step (log scale), then train loss, train accuracy and test accuracy per epoch.
+    """Loss per step (log scale), the learning rate per step beside it (where a run recorded its
+    rates, ``step_lrs``), then train loss, train accuracy and test accuracy per epoch.
 
     One line per run; each panel's axes are shared by every run.
     """
@@ -203,12 +207,17 @@ def plot_runs(runs: Sequence[dict], path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     panels = [("train_loss", "train loss"), ("train_acc", "train accuracy"), ("test_acc", "test accuracy")]
-    figure = plt.figure(figsize=(17, 3.8))
-    grid = figure.add_gridspec(1, 4, width_ratios=[1.6, 1, 1, 1])
+    with_rates = any(run.get("step_lrs") for run in runs)
+    figure = plt.figure(figsize=(21 if with_rates else 17, 3.8))
+    ratios = [1.6, 1.2, 1, 1, 1] if with_rates else [1.6, 1, 1, 1]
+    grid = figure.add_gridspec(1, len(ratios), width_ratios=ratios)
     steps_axis = figure.add_subplot(grid[0])
-    loss_axis = figure.add_subplot(grid[1])
-    train_acc_axis = figure.add_subplot(grid[2], sharex=loss_axis)
-    epoch_axes = [loss_axis, train_acc_axis, figure.add_subplot(grid[3], sharex=loss_axis, sharey=train_acc_axis)]
+    rate_axis = figure.add_subplot(grid[1], sharex=steps_axis) if with_rates else None
+    first = 2 if with_rates else 1
+    loss_axis = figure.add_subplot(grid[first])
+    train_acc_axis = figure.add_subplot(grid[first + 1], sharex=loss_axis)
+    epoch_axes = [loss_axis, train_acc_axis,
+                  figure.add_subplot(grid[first + 2], sharex=loss_axis, sharey=train_acc_axis)]
     for colour, (backend, group) in enumerate(_by_backend(runs).items()):
         for index, run in enumerate(group):
             epochs = [h["epoch"] for h in run["history"]]
@@ -216,6 +225,9 @@ def plot_runs(runs: Sequence[dict], path) -> None:
             style = dict(color=f"C{colour}", label=label, alpha=1.0 if len(group) == 1 else 0.7)
             losses = run.get("step_losses") or []
             steps_axis.plot(range(1, len(losses) + 1), losses, linewidth=1, **style)
+            rates = run.get("step_lrs") or []
+            if rate_axis is not None and rates:
+                rate_axis.plot(range(1, len(rates) + 1), rates, linewidth=1, **style)
             for axis, (key, _) in zip(epoch_axes, panels):
                 axis.plot(epochs, [h[key] for h in run["history"]], marker="o", **style)
     steps_axis.set_yscale("log")
@@ -223,6 +235,10 @@ def plot_runs(runs: Sequence[dict], path) -> None:
                          + (" (one line per seed)" if len(runs) > len(_by_backend(runs)) else ""))
     steps_axis.set_xlabel("step")
     steps_axis.grid(True, which="both", alpha=0.3)
+    if rate_axis is not None:
+        rate_axis.set_title("learning rate per step")
+        rate_axis.set_xlabel("step")
+        rate_axis.grid(True, alpha=0.3)
     for axis, (_, title) in zip(epoch_axes, panels):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(title)

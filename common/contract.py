@@ -42,14 +42,18 @@ __all__ = ["Trainer", "Model", "Data", "Kernels", "Train", "Distributed", "Refer
 
 
 class Trainer(abc.ABC):
-    """One network, its plain-SGD optimizer and its loss on one device: what every backend's
+    """One network, its optimizer and schedule and its loss on one device: what every backend's
     ``Trainer`` (and ``DistributedTrainer``, ``ReferenceTrainer``) provides for
     :mod:`common.training` and :mod:`common.bench`.
 
     Constructed as ``Trainer(net=None, *, arch="resnet18", style="d2l", num_classes=10,
-    in_channels=1, lr=0.05, device=None, precision="fp32", deterministic=True)``
-    (:data:`TRAINER_ARGUMENTS`); ``net=None`` builds ``resnet(arch, num_classes, in_channels,
-    style)`` with fast paths, a given ``net`` is trained as built (:mod:`common.fastpaths`).
+    in_channels=1, lr=0.05, device=None, precision="fp32", deterministic=True, recipe=None)``
+    (:data:`TRAINER_ARGUMENTS`). ``recipe`` (a :class:`common.optim.Recipe`; ``None``: the
+    chapter's plain SGD at the constant ``lr``) is the optimizer, schedule, loss and evaluation
+    views, built from the framework's own optimizer and schedule objects configured to compute
+    :mod:`common.optim`'s math; the Trainer stores it as ``recipe``. ``net=None`` builds
+    ``resnet(arch, num_classes, in_channels, style)`` with fast paths, a given ``net`` is trained
+    as built (:mod:`common.fastpaths`).
     ``precision`` is one of :data:`common.hparams.PRECISIONS` (``fp32`` exact, TF32 off; ``tf32`` a
     GPU's TF32; ``bf16`` the framework's mixed precision: bfloat16 convolutions and dense layers,
     float32 weights, BatchNorm and loss), ``deterministic`` the framework's own switches for
@@ -66,6 +70,8 @@ class Trainer(abc.ABC):
     device_name: str = "cpu"
     #: The network being trained.
     net = None
+    #: What it trains with (:class:`common.optim.Recipe`); set by the constructor.
+    recipe = None
     #: This process's rank among the workers of a data-parallel job, their number, and the engine
     #: that joins them (``None`` for a single process); see :mod:`common.distributed`. A backend's
     #: ``distributed.DistributedTrainer`` sets them; its ``train_step`` takes the worker's shard of
@@ -78,6 +84,17 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def lr(self) -> float:
         """The learning rate; settable."""
+
+    @abc.abstractmethod
+    def export_optimizer_state(self) -> Dict[str, np.ndarray]:
+        """The optimizer's state under :mod:`common.optim`'s canonical names: ``step`` (int64, the
+        steps taken) and, with momentum, ``momentum_buffer.<name>`` (float64, PyTorch's buffer) per
+        trainable array; what a checkpoint holds, whichever backend reads it back."""
+
+    @abc.abstractmethod
+    def import_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``state`` (:meth:`export_optimizer_state` of any backend): the schedule at
+        step ``state["step"]``, the momentum buffers as given (zero where absent)."""
 
     @abc.abstractmethod
     def to_batch(self, images, labels):
@@ -128,7 +145,7 @@ class Trainer(abc.ABC):
 
 #: What every Trainer class accepts, by keyword, besides ``net``: :class:`Trainer`'s constructor.
 TRAINER_ARGUMENTS = dict(arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05, device=None,
-                         precision="fp32", deterministic=True)
+                         precision="fp32", deterministic=True, recipe=None)
 #: What a ``ReferenceTrainer`` accepts.
 _REFERENCE_ARGUMENTS = dict(device=None, lr=0.05, precision=None)
 

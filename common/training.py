@@ -31,9 +31,10 @@ from .backend import BACKENDS, backend_part
 from .data import DataConfig, build_transforms, fashion_mnist_loader, fashion_mnist_loaders
 from .files import atomic_write
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
+from .optim import STEP_STATE, chapter_recipe, describe
 from .sharding import check_shardable
 from .spec import arch_name, get_spec
-from .weights import init_weights, load_weights, read_architecture, read_metadata, save_weights
+from .weights import init_weights, load_weights, read_metadata, read_optimizer_state, read_spec, save_weights
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -210,6 +211,7 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
                          f"{trainer.rank} of {trainer.world_size}; build the loader with shard=(rank, world_size)")
     history = list(history or [])
     step_losses = list(step_losses or [])
+    schedule = trainer.recipe.schedule
     wall_start = time.perf_counter() - sum(h["seconds"] + h["eval_seconds"] for h in history)
     started = _now()
     for epoch in range(start_epoch, config.epochs):
@@ -234,6 +236,8 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
         }
         history.append(record)
         step_losses.extend(stats["step_losses"])
+        optimizer_state = trainer.export_optimizer_state()
+        steps_done = int(optimizer_state[STEP_STATE])
         if not quiet:
             print_fn(
                 f"[{trainer.backend}] epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, "
@@ -242,19 +246,21 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
             )
         if out_dir is not None:
             state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history,
-                     "step_losses": step_losses}
-            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, get_spec(config.arch, config.style),
-                         metadata={"train_state": state})
+                     "step_losses": step_losses, "recipe": describe(trainer.recipe)}
+            save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, config.spec,
+                         metadata={"train_state": state}, optimizer_state=optimizer_state)
             metrics = dict(_environment(trainer))
             peak_memory = trainer.peak_memory_bytes()
             metrics.update({
                 "peak_device_memory_mb": None if peak_memory is None else round(peak_memory / 2**20, 1),
                 "hyperparameters": config.to_dict(),
+                "recipe": describe(trainer.recipe),
                 "seed": config.seed,
                 "epochs_completed": epoch + 1,
                 "finished": epoch + 1 == config.epochs,
                 "history": history,
                 "step_losses": step_losses,
+                "step_lrs": schedule.rates(range(steps_done)),
                 "wall_seconds": time.perf_counter() - wall_start,
                 "started": started,
                 "updated": _now(),
@@ -324,19 +330,22 @@ def _resume_state(out_dir, config: TrainConfig):
     path = os.path.join(out_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
-    weights = load_weights(path, get_spec(config.arch, config.style))
+    weights = load_weights(path, config.spec)
     state = read_metadata(path).get("train_state")
     if not state:
         raise CheckpointError(f"{path}: holds weights but no training state; it cannot be resumed")
     saved = TrainConfig(**state["config"])
-    differs = [k for k in ("arch", "style", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset",
-                           "drop_last", "transforms")
-               if getattr(saved, k) != getattr(config, k)]
+    # What the run computes; a schedule's rates also depend on the number of epochs.
+    keys = ("arch", "style", "stem", "precision", "batch_size", "lr", "resize", "seed", "subset", "test_subset",
+            "drop_last", "transforms", "momentum", "nesterov", "weight_decay", "label_smoothing", "schedule",
+            "warmup_epochs", "milestones", "gamma") + (("epochs",) if config.schedule != "constant" else ())
+    differs = [k for k in keys if getattr(saved, k) != getattr(config, k)]
     if differs:
         pairs = ", ".join(f"{k}={getattr(saved, k)!r} (now {getattr(config, k)!r})" for k in differs)
         raise CheckpointError(f"{path}: was trained with {pairs}; resume with the same settings or use another --out")
     if state["epoch"] > config.epochs:
         raise CheckpointError(f"{path}: already has {state['epoch']} epochs, more than --epochs {config.epochs}")
+    state["optimizer_state"] = read_optimizer_state(path)
     return weights, state
 
 
@@ -382,44 +391,49 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
 
 
 def check_start(out_dir, resume: bool, config: TrainConfig):
-    """Where a run into ``out_dir`` starts: ``(start_epoch, history, step_losses, weights)``
-    (``weights`` None for a new run); a one-line :class:`CheckpointError` when it cannot (a
-    checkpoint there without ``resume``, or one ``resume`` cannot continue)."""
+    """Where a run into ``out_dir`` starts: ``(start_epoch, history, step_losses, weights,
+    optimizer_state)`` (``weights`` None and the state empty for a new run); a one-line
+    :class:`CheckpointError` when it cannot (a checkpoint there without ``resume``, or one
+    ``resume`` cannot continue)."""
     if out_dir is not None:
         checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
         if resume:
             weights, state = _resume_state(out_dir, config)
-            return state["epoch"], state.get("history", []), state.get("step_losses", []), weights
+            return (state["epoch"], state.get("history", []), state.get("step_losses", []), weights,
+                    state["optimizer_state"])
         if os.path.exists(checkpoint):
             raise CheckpointError(
                 f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
             )
-    return 0, [], [], None
+    return 0, [], [], None, {}
 
 
 def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn):
-    start_epoch, history, step_losses, weights = check_start(out_dir, resume, config)
-    trainer = trainer_class(net, arch=config.arch, style=config.style, lr=config.lr, device=device,
-                            precision=config.precision, deterministic=config.deterministic)
+    start_epoch, history, step_losses, weights, optimizer_state = check_start(out_dir, resume, config)
+    data = DataConfig(config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
+                      test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last,
+                      synthetic=synthetic, transforms=build_transforms(config.transforms))
+    train_loader, test_loader = fashion_mnist_loaders(data)  # every shard has the same number of steps
+    recipe = config.recipe(len(train_loader))
+    trainer = trainer_class(net, arch=config.spec, style=config.style, lr=config.lr, device=device,
+                            precision=config.precision, deterministic=config.deterministic, recipe=recipe)
     spec, in_channels, num_classes = trainer.architecture()
-    if (spec.name, spec.style) != (config.arch, config.style):
-        raise ValueError(f"the network passed in is {spec.label}, "
-                         f"the run's is {get_spec(config.arch, config.style).label}; "
-                         f"pass arch= and style= to match it")
+    if spec != config.spec:
+        raise ValueError(f"the network passed in is {spec.label}, the run's is {config.spec.label}; "
+                         f"pass arch=, style= and stem= to match it")
     if weights is None:
         weights = init_weights(spec, config.seed, in_channels, num_classes)
     trainer.import_weights(weights)
+    if optimizer_state:
+        trainer.import_optimizer_state(optimizer_state)
     rank, world_size = trainer.rank, trainer.world_size
     writer = rank == 0
     # A data-parallel job's worker 0 holds the run directory, unless the launcher does already.
     lock = (run_directory_lock(out_dir) if world_size > 1 and writer and out_dir is not None
             and not distributed.launched() else contextlib.nullcontext())
     with lock:
-        train_loader, test_loader = fashion_mnist_loaders(DataConfig(
-            config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
-            test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last, synthetic=synthetic,
-            shard=(rank, world_size), transforms=build_transforms(config.transforms),
-        ))
+        if world_size > 1:
+            train_loader = fashion_mnist_loader("train", data.replace(shard=(rank, world_size)))
         quiet = quiet or not writer
         if start_epoch and not quiet:
             print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
@@ -428,23 +442,24 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
                    progress=False if not writer else progress, print_fn=print_fn)
 
 
-def evaluate(backend, *, weights, arch=None, style=None, resize: Optional[int] = 96, batch_size: int = 256,
-             test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False, device=None,
-             progress: bool = False, precision: str = "fp32") -> Dict[str, float]:
+def evaluate(backend, *, weights, arch=None, style=None, stem=None, resize: Optional[int] = 96,
+             batch_size: int = 256, test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False,
+             device=None, progress: bool = False, precision: str = "fp32", tta: str = "none") -> Dict[str, float]:
     """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
-    (its short name, or its ``Trainer`` class). ``arch`` and ``style`` default to the file's (for
-    a dict: ResNet-18, style d2l); given and different from the file's, a one-line error names both.
-    ``precision`` is the arithmetic of the evaluation (:data:`common.hparams.PRECISIONS`)."""
+    (its short name, or its ``Trainer`` class). ``arch``, ``style`` and ``stem`` default to the
+    file's (for a dict: ResNet-18, style d2l, the ImageNet stem); given and different from the
+    file's, a one-line error names both. ``precision`` is the arithmetic of the evaluation
+    (:data:`common.hparams.PRECISIONS`), ``tta`` its views (:data:`common.optim.TTA`)."""
     if not isinstance(weights, dict):
-        file_arch, file_style = read_architecture(weights)
-        spec = get_spec(file_arch if arch is None else arch, file_style if style is None else style)
+        saved = read_spec(weights)
+        spec = get_spec(saved.name if arch is None else arch, style or saved.style, stem or saved.stem)
         weights = load_weights(weights, spec)
     else:
-        spec = get_spec(arch or "resnet18", style)
+        spec = get_spec(arch or "resnet18", style, stem)
     test_loader = fashion_mnist_loader("test", DataConfig(batch_size, resize=resize, test_subset=test_subset,
                                                           data_dir=data_dir, synthetic=synthetic))
     trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device,
-                                      precision=check_precision(precision))
+                                      precision=check_precision(precision), recipe=chapter_recipe().replace(tta=tta))
     trainer.import_weights(weights)
     return evaluate_loader(trainer, test_loader, progress=progress)
 

@@ -35,9 +35,11 @@ One step (:meth:`DistributedTrainer.train_step`) is one ``jax.jit``-compiled ``j
 over a one-axis mesh of the workers' devices (axis ``"workers"``), which takes the weights,
 running statistics and optimizer state replicated and the batch sharded (each worker's shard,
 made a global array without a copy): each worker runs the forward and backward pass on its own
-shard (mean cross-entropy over the shard; BatchNorm with the shard's batch statistics, its
-running statistics updated locally), then ``lax.pmean`` averages the gradients over the workers,
-every worker applies the same plain-SGD update, ``lax.pmean`` averages the updated running means
+shard (mean cross-entropy over the shard, with the recipe's label smoothing; BatchNorm with the
+shard's batch statistics, its running statistics updated locally), then ``lax.pmean`` averages the
+gradients over the workers, every worker applies the same optimizer step (the Trainer's
+:func:`~resnet_jax.train.update`: the recipe's optax optimizer, schedule and momentum included, on
+the replicated state), ``lax.pmean`` averages the updated running means
 and variances, and ``lax.psum`` sums the shards' loss and number correct: the global batch's.
 Evaluation, weights in and out, ``to_host`` and ``to_batch`` are the :class:`Trainer`'s, local.
 
@@ -59,7 +61,6 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -67,7 +68,7 @@ from common import autotune
 
 from . import kernels
 from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
-from .train import OPTIMIZER, Trainer, _apply_train, _correct, _losses
+from .train import Trainer, _apply_train, _correct, _losses, update
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
@@ -176,19 +177,19 @@ def initialize(device=None) -> Tuple[int, int]:
 
 
 @lru_cache(maxsize=None)
-def _sharded_train_step(mesh, module, fast_paths_mode):
-    """The jitted data-parallel step of ``module`` over ``mesh`` (see the module docstring);
-    ``fast_paths_mode`` a key only, as in :mod:`resnet_jax.train`'s steps: another mode compiles anew."""
+def _sharded_train_step(mesh, module, fast_paths_mode, optimizer_update, label_smoothing):
+    """The jitted data-parallel step of ``module`` over ``mesh`` (see the module docstring) with
+    the optimizer's ``optimizer_update`` and the loss's ``label_smoothing``; ``fast_paths_mode`` a
+    key only, as in :mod:`resnet_jax.train`'s steps: another mode compiles anew."""
     def local(params, batch_stats, opt_state, x, y):
         def loss(params):
             logits, new_stats = _apply_train(module, params, batch_stats, x)
-            losses = _losses(logits, y)
+            losses = _losses(logits, y, label_smoothing)
             return jnp.mean(losses), (losses, logits, new_stats)
 
         (_, (losses, logits, new_stats)), gradients = jax.value_and_grad(loss, has_aux=True)(params)
         gradients = lax.pmean(gradients, AXIS)
-        updates, opt_state = OPTIMIZER.update(gradients, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = update(optimizer_update, params, gradients, opt_state)
         new_stats = lax.pmean(new_stats, AXIS)
         loss_sum, correct = lax.psum((jnp.sum(losses), _correct(logits, y)), AXIS)
         return params, new_stats, opt_state, loss_sum, correct
@@ -213,9 +214,11 @@ class DistributedTrainer(Trainer):
     ``(summed loss, number correct)``, the same in every worker. Attributes: ``rank``,
     ``world_size``, ``engine``, ``mesh`` (one device per worker)."""
 
-    def __init__(self, net=None, *, device=None, **kwargs):
+    def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
+                 device=None, precision="fp32", deterministic=True, recipe=None):
         self.rank, self.world_size = initialize(device)
-        super().__init__(net, device=device, **kwargs)
+        super().__init__(net, arch=arch, style=style, num_classes=num_classes, in_channels=in_channels, lr=lr,
+                         device=device, precision=precision, deterministic=deterministic, recipe=recipe)
         platform = self.device.platform
         self.engine = ENGINE if platform == "cpu" else f"jax.distributed ({'nccl' if platform == 'gpu' else platform})"
         devices = []
@@ -294,13 +297,14 @@ class DistributedTrainer(Trainer):
         return treedef.unflatten(local)
 
     def train_step(self, x, y):
-        """One data-parallel SGD step on this worker's shard ``(x, y)``; returns the global batch's
+        """One data-parallel optimizer step on this worker's shard ``(x, y)``; returns the global batch's
         (summed loss, number correct), the same in every worker, without waiting for them."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"images and labels differ in batch size: {x.shape[0]} and {y.shape[0]}")
         rows = x.shape[0] * self.world_size
         variables = self.net.variables
-        step = _sharded_train_step(self.mesh, self.modules[True], autotune.fast_paths_mode())
+        step = _sharded_train_step(self.mesh, self.modules[True], autotune.fast_paths_mode(), self.optimizer.update,
+                                   self.recipe.label_smoothing)
         with kernels.precision_scope(self.precision):
             params, batch_stats, opt_state, loss, correct = step(
                 self._replicated_tree("params", variables["params"]),

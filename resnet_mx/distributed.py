@@ -22,10 +22,11 @@ returns ``kv.rank``, and the worker trains shard ``rank``.
 One step of :class:`DistributedTrainer` (the meaning of :func:`common.oracle.sharded_sgd_step`):
 forward and backward on this worker's shard as :class:`resnet_mx.train.Trainer` does (the shard's
 batch statistics; running statistics updated locally, PyTorch's way); the gradients pushpulled
-(summed over workers) and applied by the same plain-SGD step with ``1 / (N * shard size)`` as
-the gradient scale, so every worker moves its weights by ``lr`` times the mean of the workers'
-mean gradients; then every BatchNorm running mean and variance pushpulled and divided by N
-(the mean of the workers' updated statistics); and ``(loss sum, number correct)`` pushpulled as
+(summed over workers) and applied by the same optimizer step (:meth:`resnet_mx.train.Trainer.update`:
+the recipe's optimizer, schedule and momentum handling) with ``1 / (N * shard size)`` as the
+gradient scale, so every worker steps with the mean of the workers' mean gradients (plain SGD:
+its weights move by ``lr`` times it); then every BatchNorm running mean and variance pushpulled
+and divided by N (the mean of the workers' updated statistics); and ``(loss sum, number correct)`` pushpulled as
 one array, so the step returns the global batch's. All of it is queued on MXNet's engine; the
 step returns without waiting. Evaluation, weights I/O and ``to_host`` stay local.
 
@@ -131,7 +132,7 @@ def _global_sums(key: int, loss_sum, correct):
 class DistributedTrainer(Trainer):
     """A :class:`resnet_mx.train.Trainer` whose steps are one data-parallel job's (see the module).
 
-    Constructed exactly like ``Trainer``; it joins the job first (:func:`initialize`). With
+    Constructed exactly like ``Trainer`` (``recipe`` included); it joins the job first (:func:`initialize`). With
     ``device=None`` a worker takes GPU ``rank % GPUs`` where MXNet sees GPUs (not tested: no CUDA
     build of MXNet here), else the CPU. Every worker must construct its trainers in the same
     order (the kvstore keys they initialise are numbered in that order).
@@ -164,10 +165,10 @@ class DistributedTrainer(Trainer):
         losses.backward()
         # Each gradient is the sum over the shard's examples (backward of the per-example losses);
         # pushpull sums it over the workers, in place (on the CPU the pushed array itself receives
-        # the sum), and step() scales by 1 / (N * shard size): the mean of the workers' mean gradients.
+        # the sum), and the step scales by 1 / (N * shard size): the mean of the workers' mean gradients.
         grads = [_legacy(p.grad(self.device)) for p in self._trainable]
         kv.pushpull(self._grad_keys, grads, out=grads)
-        self.optimizer.step(x.shape[0] * self.world_size)
+        self.update(x.shape[0] * self.world_size)
         # The running statistics the forward pass moved locally: the workers' mean.
         statistics = [_legacy(p.data(self.device)) for p in self._statistics]
         if statistics:

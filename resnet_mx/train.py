@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -24,13 +24,15 @@ from common import contract, training
 from common.backend import device_label
 from common.hparams import check_precision
 from common.naming import trainable_parameter_names
+from common.optim import MOMENTUM_PREFIX, STEP_STATE, WARMUP_START_FACTOR, Recipe, Schedule, resolve_recipe
 from common.spec import ResNetSpec
 
 from .data import to_tensor
 from .kernels import legacy_operators, use_bfloat16
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
-__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "make_optimizer", "OneCycleScheduler", "OutOfPlaceNAG",
+           "LabelSmoothingCrossEntropyLoss", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
 
 
 def try_gpu(i=0):
@@ -86,6 +88,111 @@ def set_precision(precision: str = "fp32", deterministic: bool = True, device=No
     os.environ["MXNET_ENFORCE_DETERMINISM"] = "1" if deterministic else "0"
 
 
+class OneCycleScheduler(mx.lr_scheduler.LRScheduler):
+    """PyTorch's ``OneCycleLR`` (cosine annealing, momentum not cycled) as an MXNet scheduler, which
+    MXNet 1.9 has none of: the rate of update ``num_update`` (read as the step's 0-based index, see
+    :func:`make_optimizer`) is :meth:`common.optim.Schedule.lr_at`'s closed form."""
+
+    def __init__(self, schedule: Schedule):
+        super().__init__(base_lr=schedule.lr)
+        self.schedule = schedule
+
+    def __call__(self, num_update):
+        return self.schedule.lr_at(num_update)
+
+
+class OutOfPlaceNAG(mx.optimizer.NAG):
+    """``mxnet.optimizer.NAG`` whose ``nag_mom_update`` reads a copy of the weight it overwrites.
+
+    MXNet 1.9.1's NAG kernel writes the new weight before it reads the weight again for the
+    momentum's ``wd * w``; NAG passes ``out=weight``, so ``v`` takes the new weight where the op
+    works in place and the old one (PyTorch's) where MXNet hands the kernel a copy (as it does for
+    a convolution's weight after an evaluation pass, oneDNN's layout of it presumably): runs would
+    not repeat bit for bit. The copy makes it the old one always. Without weight decay the kernel
+    reads the weight once: no copy.
+    """
+
+    def _update_impl(self, index, weight, grad, state, multi_precision=False):
+        if multi_precision or state is None or not self.wd:
+            return super()._update_impl(index, weight, grad, state, multi_precision)
+        self._update_count(index)
+        options = {"rescale_grad": self.rescale_grad, "momentum": self.momentum}
+        if self.clip_gradient:
+            options["clip_gradient"] = self.clip_gradient
+        mx.nd.nag_mom_update(weight.copy(), grad, state, out=weight, lr=self._get_lr(index), wd=self._get_wd(index),
+                             **options)
+
+
+def _updates_before(kind: str, step: int) -> int:
+    """The ``begin_num_update`` of an optimizer whose next step is ``step`` (0-based).
+
+    MXNet's optimizer counts before it asks its scheduler: step ``k`` runs at ``num_update =
+    begin_num_update + k + 1``. ``CosineScheduler`` and :class:`OneCycleScheduler` take
+    ``num_update`` as the step's 0-based index, as :meth:`common.optim.Schedule.lr_at` does, so
+    they begin one lower; ``MultiFactorScheduler`` decays where ``num_update > milestone``, which
+    MXNet's own count ``k + 1`` turns into PyTorch's ``k >= milestone``.
+    """
+    return step - 1 if kind in ("cosine", "onecycle") else step
+
+
+def make_optimizer(parameters, recipe: Recipe, step: int = 0) -> gluon.Trainer:
+    """The ``gluon.Trainer`` of ``recipe`` whose next step is ``step``: MXNet's own optimizer, with
+    MXNet's own learning-rate scheduler inside it, configured to compute :mod:`common.optim`'s math.
+
+    ``mxnet.optimizer.SGD``, or ``mxnet.optimizer.NAG`` for Nesterov momentum. SGD's ``wd`` is
+    PyTorch's coupled L2 (``g + wd * w``, on every trainable array: Gluon's ``wd_mult`` is 1). In
+    MXNet 1.9.1 both keep ``v = momentum * v - lr * (g + wd * w)`` (``sgd_mom_update``,
+    ``nag_mom_update``; NAG then steps ``w += momentum * v - lr * (g + wd * w)``, PyTorch's
+    Nesterov step): ``v`` is ``-lr`` times PyTorch's buffer, which :meth:`Trainer.update` keeps
+    so when the rate changes. The gradient is the sum over the batch; ``step(batch_size)``
+    rescales it to the mean loss's.
+
+    NAG runs out of place (:class:`OutOfPlaceNAG`): in place, its weight decay reads the new
+    weight at times.
+
+    Schedules, from :mod:`mxnet.lr_scheduler`: ``cosine``: ``CosineScheduler`` (its linear
+    warm-up from ``WARMUP_START_FACTOR * lr``, then cosine decay to 0 at ``total_steps``);
+    ``step``: ``MultiFactorScheduler`` (times ``gamma`` at each milestone); ``onecycle``:
+    :class:`OneCycleScheduler`, an ``LRScheduler`` subclass with :mod:`common.optim`'s closed form,
+    because MXNet has no one-cycle schedule (``CosineScheduler`` only decays, and
+    ``mxnet.lr_scheduler`` has no way to chain a rising one before it); ``constant`` (and ``step``
+    without milestones): no scheduler, the optimizer's ``learning_rate``, which
+    :attr:`Trainer.lr` sets. How MXNet's update count meets the schedule's step: :func:`_updates_before`.
+    """
+    schedule = recipe.schedule
+    options = dict(momentum=recipe.momentum, wd=recipe.weight_decay,
+                   begin_num_update=_updates_before(schedule.kind, step))
+    if schedule.kind == "cosine":
+        options["lr_scheduler"] = mx.lr_scheduler.CosineScheduler(
+            schedule.total_steps, base_lr=schedule.lr, final_lr=0.0, warmup_steps=schedule.warmup_steps,
+            warmup_begin_lr=WARMUP_START_FACTOR * schedule.lr, warmup_mode="linear")
+    elif schedule.kind == "step" and schedule.milestones:
+        options["lr_scheduler"] = mx.lr_scheduler.MultiFactorScheduler(list(schedule.milestones), factor=schedule.gamma,
+                                                                       base_lr=schedule.lr)
+    elif schedule.kind == "onecycle":
+        options["lr_scheduler"] = OneCycleScheduler(schedule)
+    else:
+        options["learning_rate"] = schedule.lr
+    optimizer = OutOfPlaceNAG(**options) if recipe.nesterov else mx.optimizer.SGD(**options)
+    return gluon.Trainer(parameters, optimizer, kvstore=None)
+
+
+class LabelSmoothingCrossEntropyLoss(gluon.loss.SoftmaxCrossEntropyLoss):
+    """PyTorch's ``CrossEntropyLoss(label_smoothing=smoothing)`` per example: Gluon's softmax
+    cross-entropy with dense labels (``sparse_label=False``) on the targets ``(1 - smoothing) *
+    one_hot(label) + smoothing / classes``, which ``one_hot`` builds from the integer labels."""
+
+    def __init__(self, smoothing: float, classes: int, **kwargs):
+        super().__init__(sparse_label=False, **kwargs)
+        self._smoothing, self._classes = float(smoothing), int(classes)
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None):
+        off = self._smoothing / self._classes
+        one_hot = F.npx.one_hot if is_np_array() else F.one_hot
+        targets = one_hot(label, self._classes, on_value=1.0 - self._smoothing + off, off_value=off)
+        return super().hybrid_forward(F, pred, targets, sample_weight)
+
+
 def _cudnn_autotune(net, allowed: bool) -> None:
     """Let cuDNN autotune ``net``'s convolutions (MXNet's default), or not (``cudnn_tune="off"``)."""
     def set_tuning(block):
@@ -126,13 +233,29 @@ def _correct(logits, labels):
     return (logits.argmax(axis=1) == labels.astype(np.float32)).sum()
 
 
+@legacy_operators
+def _mirrored(images):
+    """NCHW images mirrored along the width axis."""
+    return mx.nd.flip(images, axis=3)
+
+
+def _legacy(array):
+    """The legacy-NDArray view of a NumPy-mode array (the same memory), as MXNet's optimizers take."""
+    return array.as_nd_ndarray() if isinstance(array, mx.np.ndarray) else array
+
+
+def _momentum(state):
+    """The momentum array of an MXNet SGD / NAG state (multi-precision states are ``(momentum, weight32)``)."""
+    return state[0] if isinstance(state, (tuple, list)) else state
+
+
 def _scalar(value) -> float:
     """A one-element array (legacy ``(1,)`` or NumPy-mode ``()``) as a Python float."""
     return float(value.asnumpy().item())
 
 
 class Trainer(contract.Trainer):
-    """One network, its SGD optimizer and loss on one device; see :class:`common.contract.Trainer`.
+    """One network, its optimizer, schedule and loss on one device; see :class:`common.contract.Trainer`.
 
     ``net`` may be a built network (a :class:`resnet_mx.model.ResNet` or the chapter's
     ``Sequential``, initialised or not); ``None`` builds ``resnet(arch, num_classes, in_channels, style)``.
@@ -147,14 +270,20 @@ class Trainer(contract.Trainer):
     oneDNN's bfloat16 convolutions on maps of a few pixels are as slow as its float32 ones, and
     the AMP pass converts the matrix products that replace them. ``deterministic``: see
     :func:`set_precision`; it and TF32 are GPU switches, and process-wide.
+
+    ``recipe`` (:class:`common.optim.Recipe`, ``None``: the chapter's plain SGD at ``lr``): the
+    optimizer and schedule of :func:`make_optimizer`, label smoothing in the training loss
+    (:class:`LabelSmoothingCrossEntropyLoss`; evaluation's is plain), and ``tta="flip"`` in
+    :meth:`eval_step`.
     """
 
     backend = "mx"
     framework = f"MXNet {mx.__version__}"
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None, precision="fp32", deterministic=True):
+                 device=None, precision="fp32", deterministic=True, recipe=None):
         self.precision, self.deterministic = check_precision(precision), bool(deterministic)
+        self.recipe = resolve_recipe(lr, recipe)
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.device_type, self.device.device_id)
         set_precision(self.precision, self.deterministic, self.device)
@@ -167,11 +296,14 @@ class Trainer(contract.Trainer):
             _cudnn_autotune(net, allowed=not self.deterministic)
         net.hybridize(static_alloc=True, static_shape=True)
         self.net = net
-        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()  # MXNet's fused log-softmax + pick
-        # Plain SGD: no momentum, no weight decay. step(batch_size) rescales the summed
-        # gradient by 1 / batch_size, so the update is that of the mean loss.
-        self.optimizer = gluon.Trainer(net.collect_params(), "sgd",
-                                       {"learning_rate": lr, "momentum": 0.0, "wd": 0.0}, kvstore=None)
+        # Per example (the step's rescaling makes the mean); the recipe's smoothing in training only.
+        self.eval_loss = gluon.loss.SoftmaxCrossEntropyLoss()  # MXNet's fused log-softmax + pick
+        smoothing = self.recipe.label_smoothing
+        self.loss = (LabelSmoothingCrossEntropyLoss(smoothing, self.architecture()[2]) if smoothing else
+                     self.eval_loss)
+        self.optimizer = make_optimizer(net.collect_params(), self.recipe)
+        self.steps = 0
+        self._state_lr = None  # the rate inside MXNet's momentum state: the last step's (None before any)
 
     @staticmethod
     def resolve_device(device) -> mx.Context:
@@ -193,10 +325,17 @@ class Trainer(contract.Trainer):
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.learning_rate)
+        """The rate of the next step: the scheduler's at the update count that step will have."""
+        optimizer = self.optimizer.optimizer
+        if optimizer.lr_scheduler is None:
+            return float(optimizer.lr)
+        return float(optimizer.lr_scheduler(optimizer.num_update + 1))
 
     @lr.setter
     def lr(self, value: float) -> None:
+        if self.optimizer.optimizer.lr_scheduler is not None:
+            raise ValueError(f"the rate follows the recipe's {self.recipe.schedule.kind} schedule; only a constant "
+                             "one can be set")
         self.optimizer.set_learning_rate(float(value))
 
     def to_batch(self, images, labels):
@@ -212,18 +351,88 @@ class Trainer(contract.Trainer):
         return images, labels
 
     def train_step(self, x, y):
-        """One SGD step; (loss summed over the batch, number correct) without waiting for them."""
+        """One optimizer step; (loss summed over the batch, number correct) without waiting for them."""
         with autograd.record():
             logits = self.net(x)
             losses = self.loss(logits, y)
         losses.backward()
-        self.optimizer.step(x.shape[0])
+        self.update(x.shape[0])
         return losses.sum(), _correct(logits, y)
 
+    def update(self, batch_size: int) -> None:
+        """The optimizer's step with the gradients in place, summed over ``batch_size`` examples
+        (``step`` rescales them to the mean loss's); the schedule is the optimizer's own.
+
+        MXNet's momentum state is ``v = -lr * buf`` (PyTorch's ``buf``, see :func:`make_optimizer`):
+        before a step whose rate differs from the last one's, ``v`` is rescaled by their ratio,
+        so that the step computes PyTorch's ``w -= lr_k * buf``. The chapter's recipe (no momentum)
+        and a constant rate skip it.
+        """
+        if self.recipe.momentum:
+            lr = self.lr
+            if self._state_lr is not None and lr != self._state_lr:
+                ratio = lr / self._state_lr  # every rate is > 0 (common.optim)
+                for state in self._updater().states.values():
+                    momentum = _momentum(state)
+                    momentum *= ratio
+            self._state_lr = lr
+        self.optimizer.step(batch_size)
+        self.steps += 1
+
     def eval_step(self, x, y):
-        """(loss summed over the batch, number correct) in eval mode, without waiting for them."""
+        """(loss summed over the batch, number correct) in eval mode, without waiting for them; with
+        the recipe's ``tta="flip"`` the logits are the mean of the image's and its mirror image's."""
         logits = self.net(x)
-        return self.loss(logits, y).sum(), _correct(logits, y)
+        if self.recipe.tta == "flip":
+            logits = (logits + self.net(_mirrored(x))) / 2
+        return self.eval_loss(logits, y).sum(), _correct(logits, y)
+
+    def _updater(self):
+        """The updater that holds the optimizer's states, by the gluon.Trainer's parameter index (one
+        per device, and this Trainer has one; gluon.Trainer 1.9.1 has no public way to them)."""
+        return self.optimizer._updaters[0]
+
+    def _momentum_slots(self) -> Dict[str, Tuple[int, gluon.Parameter]]:
+        """Canonical name -> (the gluon.Trainer's index of the parameter, the parameter), per trainable array."""
+        variables = canonical_variables(self.net)
+        # gluon.Trainer numbers a ParameterDict's parameters in the order of their sorted names.
+        index = {name: i for i, name in enumerate(sorted(self.net.collect_params().keys()))}
+        return {name: (index[variables[name].name], variables[name])
+                for name in trainable_parameter_names(*self.architecture())}
+
+    def export_optimizer_state(self) -> Dict[str, np.ndarray]:
+        """``step`` and each trainable array's ``momentum_buffer``, PyTorch's: ``-v / lr`` in float64,
+        ``lr`` the rate inside MXNet's state ``v`` (the last step's)."""
+        state = {STEP_STATE: np.int64(self.steps)}
+        if self.recipe.momentum:
+            lr = self.lr if self._state_lr is None else self._state_lr
+            states = self._updater().states
+            for name, (index, parameter) in self._momentum_slots().items():
+                value = states.get(index)
+                state[MOMENTUM_PREFIX + name] = (np.zeros(parameter.shape) if value is None else
+                                                 -_momentum(value).asnumpy().astype(np.float64) / lr)
+        return state
+
+    def import_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """A fresh optimizer whose schedule stands at step ``state["step"]`` (its update count begins
+        there), with MXNet's states ``v = float32(-buf * lr)`` of the given buffers, ``lr`` the
+        rate of the last step taken as the fresh scheduler gives it (an exact round trip of
+        :meth:`export_optimizer_state`'s float64 ``buf``)."""
+        self.steps = int(state[STEP_STATE])
+        self.optimizer = make_optimizer(self.net.collect_params(), self.recipe, self.steps)
+        optimizer = self.optimizer.optimizer
+        # Before a step, MXNet's learning_rate is its scheduler's at the count of the last step taken.
+        self._state_lr = float(optimizer.learning_rate) if self.steps else None
+        if self.recipe.momentum:
+            lr = self.lr if self._state_lr is None else self._state_lr
+            updater = self._updater()
+            for name, (index, parameter) in self._momentum_slots().items():
+                slot = optimizer.create_state_multi_precision(index, _legacy(parameter.data(self.device)))
+                buffer = state.get(MOMENTUM_PREFIX + name)
+                if buffer is not None:
+                    _momentum(slot)[:] = (-np.asarray(buffer, np.float64) * lr).astype(np.float32)
+                updater.states[index] = slot
+                updater.states_synced[index] = True
 
     def to_host(self, values) -> List[float]:
         """Python floats: the one place that waits for the device.

@@ -27,13 +27,15 @@ before any other TensorFlow work.
 What a step does (:func:`common.oracle.sharded_sgd_step`): ``strategy.run`` runs the worker's
 step on its own shard: the local train-mode forward and backward pass (BatchNorm with the shard's
 statistics, its running statistics updated locally), then, explicitly in the replica context,
-``all_reduce(MEAN)`` of the gradients and of the updated running statistics, the plain-SGD update
-``w -= lr * mean gradient`` written by hand, and ``all_reduce(SUM)`` of the shard's summed loss
-and number correct. Keras 3's optimizer is not used for the update: under a strategy its
-``apply`` all-reduces the gradients once more by SUM (keras-team/keras #19891), and Keras 3's
-``fit`` is broken under this strategy (keras-team/keras #20585). The local pass is compiled by
-XLA or run by TensorFlow's graph executor, whichever :mod:`common.autotune` measures faster (on
-the local step alone, without collectives); the all-reduces stay outside XLA.
+``all_reduce(MEAN)`` of the gradients and of the updated running statistics, the recipe's update
+of the mean gradients (:meth:`Trainer.update`, as in one process: weight decay, the momentum's
+rescaling, Keras' SGD at its schedule's rate), and ``all_reduce(SUM)`` of the shard's summed
+loss and number correct. Keras' SGD computes the update (its ``update_step`` per variable, then
+its ``iterations``), but not through ``optimizer.apply``: under a strategy that all-reduces the
+gradients once more by SUM (keras-team/keras #19891); and Keras 3's ``fit`` is broken under this
+strategy (keras-team/keras #20585). The local pass is compiled by XLA or run by TensorFlow's
+graph executor, whichever :mod:`common.autotune` measures faster (on the local step alone,
+without collectives); the all-reduces stay outside XLA.
 
 The collectives of every worker must match: each worker traces the same training steps in the
 same order (the training loop does; equal shards give equal shapes). Evaluation, export and
@@ -50,7 +52,7 @@ import tensorflow as tf
 
 from . import kernels
 from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
-from .train import Trainer, _correct, _cross_entropy
+from .train import Trainer, _correct
 
 __all__ = ["ENGINE", "initialize", "DistributedTrainer", "shutdown"]
 
@@ -160,15 +162,19 @@ class DistributedTrainer(Trainer):
         variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.net(x, training=True)
-            losses = _cross_entropy(logits, y)
+            losses = self.loss(logits, y)
             loss = tf.reduce_mean(losses)
         gradients = tape.gradient(loss, variables)
         return tf.reduce_sum(losses), _correct(logits, y), gradients, [tf.identity(v.value) for v in self._statistics()]
 
-    def _sgd(self, variables, gradients):
+    def _apply(self, gradients, variables) -> None:
+        """Keras' SGD step on gradients already averaged over the workers: its ``update_step`` on
+        each variable at the schedule's rate, then its step counter (``apply`` would all-reduce
+        them once more, see the module's docstring)."""
         lr = self.optimizer.learning_rate
-        for variable, gradient in zip(variables, gradients):
-            variable.assign_sub(tf.cast(lr, gradient.dtype) * gradient)
+        for gradient, variable in zip(gradients, variables):
+            self.optimizer.update_step(gradient, variable, lr)
+        self.optimizer.iterations.assign_add(1)
 
     def _replica_step(self, local, tracing, x, y):
         """One worker's step in the strategy's replica context (a thread of the strategy's own)."""
@@ -177,11 +183,11 @@ class DistributedTrainer(Trainer):
         context = tf.distribute.get_replica_context()
         variables = self.net.trainable_variables
         if self._measuring:  # autotuning: the local step alone, no collectives
-            self._sgd(variables, gradients)
+            self.update(gradients, variables)
             return loss_sum, correct
         statistics = self._statistics()
         means = context.all_reduce(tf.distribute.ReduceOp.MEAN, list(gradients) + updated)
-        self._sgd(variables, means[:len(variables)])
+        self.update(means[:len(variables)], variables)
         for variable, value in zip(statistics, means[len(variables):]):
             variable.assign(value)
         loss_sum, correct = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, correct])

@@ -1,7 +1,9 @@
 """Training ResNet with TensorFlow: the :class:`Trainer` adapter and the chapter's entry points.
 
 The loop, the metrics, the checkpoints and the timing live once in :mod:`common.training`;
-this module supplies TensorFlow's side of one step. Steps are ``tf.function`` graphs, compiled
+this module supplies TensorFlow's side of one step. The recipe (:mod:`common.optim`: momentum,
+weight decay, the learning-rate schedule, label smoothing, flipped test views) runs on Keras'
+own SGD, schedules and loss (:func:`make_optimizer`, :meth:`Trainer.update`). Steps are ``tf.function`` graphs, compiled
 with XLA (which fuses each convolution's bias add, BatchNorm, ReLU and residual add into a few
 kernels) or run by TensorFlow's graph executor (oneDNN's kernels, BatchNorm fused), whichever
 :mod:`common.autotune` measures faster for the network on this machine.
@@ -12,8 +14,10 @@ dtype policy, set on each layer of the network trained (no process-wide policy),
 """
 from __future__ import annotations
 
+import math
 import re
 import time
+from typing import Dict, Mapping
 
 import keras
 import numpy as np
@@ -22,14 +26,24 @@ import tensorflow as tf
 from common import autotune, contract, training
 from common.backend import device_label
 from common.hparams import check_precision
-from common.layout import to_canonical_layout
+from common.layout import from_canonical_layout, to_canonical_layout
 from common.naming import trainable_parameter_names
+from common.optim import (
+    MOMENTUM_PREFIX,
+    ONECYCLE_DIV_FACTOR,
+    ONECYCLE_FINAL_DIV_FACTOR,
+    STEP_STATE,
+    WARMUP_START_FACTOR,
+    Recipe,
+    resolve_recipe,
+)
 
 from . import kernels
 from .data import to_tensor
-from .model import architecture, canonical_variables, export_weights, import_weights, resnet
+from .model import DATA_FORMAT, architecture, canonical_variables, export_weights, import_weights, resnet
 
-__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "make_optimizer", "OneCycle", "Trainer", "loss_and_gradients", "train",
+           "evaluate", "train_ch6"]
 
 #: Keras' dtype policy of each precision: bf16 is Keras' mixed precision (bfloat16 computation,
 #: float32 variables); TF32 is no dtype but a switch of TensorFlow's GPU kernels.
@@ -99,6 +113,89 @@ def set_precision(precision: str = "fp32", deterministic: bool = True, device=No
     use_tf32(precision == "tf32")
 
 
+def make_optimizer(recipe: Recipe):
+    """``(optimizer, schedule)`` of ``recipe``: ``keras.optimizers.SGD`` and Keras' own learning-rate
+    schedules, whose math :mod:`common.optim` writes down (``schedule`` is None for a constant rate,
+    which stays Keras' settable rate variable).
+
+    cosine: ``CosineDecay`` (its linear warm-up from ``WARMUP_START_FACTOR * lr`` to ``lr`` is
+    ``LinearLR``'s, its decay over ``total - warmup`` steps to ``alpha=0`` ``CosineAnnealingLR``'s);
+    step: ``PiecewiseConstantDecay``; onecycle: :class:`OneCycle`, a ``LearningRateSchedule`` of
+    this module's, as Keras has no one-cycle schedule. The optimizer's ``iterations`` is the step
+    counter its schedule reads: nothing to step by hand.
+
+    Two conventions differ from PyTorch's, and the Trainer's :meth:`Trainer.update` bridges them:
+    Keras' ``weight_decay`` is decoupled (``w -= lr * wd * w``), so it stays unset and the update
+    adds ``wd * w`` to the gradients (PyTorch's L2); Keras' SGD keeps ``v = m * v - lr * g`` (the
+    rate inside the momentum), so the update rescales ``v`` by ``lr_k / lr_(k-1)`` before step k.
+    """
+    schedule = recipe.schedule
+    # float64 rates (Keras' schedules compute in their initial rate's dtype): exact ratios, and a
+    # cosine's last rates stay above zero where float32's cos(~pi) rounds to -1.
+    lr = np.float64(schedule.lr)
+    if schedule.kind == "constant":
+        rate = None
+    elif schedule.kind == "step":
+        if schedule.milestones:
+            # Keras' value i holds for boundary[i-1] < step <= boundary[i]; PyTorch's rate changes AT a milestone.
+            rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+                [m - 1 for m in schedule.milestones],
+                [lr * np.float64(schedule.gamma) ** i for i in range(len(schedule.milestones) + 1)])
+        else:
+            rate = None  # no milestone: a constant rate (PiecewiseConstantDecay needs a boundary)
+    elif schedule.kind == "onecycle":
+        rate = OneCycle(schedule.lr, schedule.total_steps, schedule.warmup_steps)
+    elif schedule.warmup_steps:
+        # Keras' warm-up goes linearly from initial_learning_rate to warmup_target, then decays from warmup_target.
+        warmup = schedule.warmup_steps
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=np.float64(WARMUP_START_FACTOR) * lr, decay_steps=schedule.total_steps - warmup,
+            alpha=0.0, warmup_target=lr, warmup_steps=warmup)
+    else:
+        rate = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=schedule.total_steps,
+                                                      alpha=0.0)
+    optimizer = keras.optimizers.SGD(learning_rate=float(schedule.lr) if rate is None else rate,
+                                     momentum=float(recipe.momentum), nesterov=recipe.nesterov)
+    return optimizer, rate
+
+
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """PyTorch's ``OneCycleLR(max_lr=lr, total_steps=total_steps, anneal_strategy="cos")`` with its
+    peak on step ``warmup_steps`` (:meth:`common.optim.Schedule.lr_at`'s closed form in TensorFlow's
+    ops, float64): cosine up from ``lr / 25`` to ``lr``, then down to ``lr / 25e4``. Keras has no
+    one-cycle schedule."""
+
+    def __init__(self, lr: float, total_steps: int, warmup_steps: int, name: str = "OneCycle"):
+        super().__init__()
+        self.lr, self.total_steps, self.warmup_steps, self.name = float(lr), int(total_steps), int(warmup_steps), name
+
+    def __call__(self, step):
+        with tf.name_scope(self.name):
+            k = tf.cast(step, tf.float64)
+            w, last = float(self.warmup_steps), float(self.total_steps - 1)
+            peak = tf.constant(self.lr, tf.float64)
+            initial = peak / ONECYCLE_DIV_FACTOR
+            rising = k <= w
+            start = tf.where(rising, initial, peak)
+            end = tf.where(rising, peak, initial / ONECYCLE_FINAL_DIV_FACTOR)
+            pct = tf.where(rising, k / w, (k - w) / (last - w))
+            return end + (start - end) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
+
+    def get_config(self):
+        return {"lr": self.lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "name": self.name}
+
+
+def _smoothed_cross_entropy(label_smoothing: float):
+    """Keras' softmax cross-entropy with PyTorch's label smoothing (targets ``(1 - eps) * one_hot +
+    eps / classes``), one loss per example, in float32."""
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing, reduction=None)
+
+    def smoothed(logits, labels):
+        logits = tf.cast(logits, tf.float32)
+        return loss(tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32), logits)
+    return smoothed
+
+
 class Trainer(contract.Trainer):
     """TensorFlow's side of :func:`common.training.fit` (the contract: :class:`common.contract.Trainer`).
 
@@ -123,6 +220,13 @@ class Trainer(contract.Trainer):
     The TF32 switch and Keras' layer policies are set here and the TF32 switch again before each
     step, so trainers of different precisions can share a process.
 
+    ``recipe`` (:class:`common.optim.Recipe`; None: the chapter's plain SGD at ``lr``): Keras' SGD
+    and schedule (:func:`make_optimizer`), updated by :meth:`update`; label smoothing through
+    Keras' ``CategoricalCrossentropy`` in training only; ``tta="flip"`` in :meth:`eval_step`.
+    The optimizer's state is exported and imported in PyTorch's convention (``step``,
+    ``momentum_buffer.<name>``), so a run resumes in any backend. ``lr`` is the rate of the next
+    step; it can be set for a constant rate only.
+
     ``deterministic`` (the default): bit-identical reruns, so a resumed run equals the
     uninterrupted one, on a GPU through ``tf.config.experimental.enable_op_determinism()``
     (:func:`use_op_determinism`: process-wide and permanent; deterministic cuDNN algorithms
@@ -136,11 +240,14 @@ class Trainer(contract.Trainer):
 
     backend = "tf"
     framework = f"TensorFlow {tf.__version__}"
+    #: The Keras learning-rate schedule of the recipe (:func:`make_optimizer`); None: a constant rate.
+    schedule = None
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None, precision="fp32", deterministic=True):
+                 device=None, precision="fp32", deterministic=True, recipe=None):
         self.precision = check_precision(precision)
         self.deterministic = bool(deterministic)
+        self.recipe = resolve_recipe(lr, recipe)
         self.device = self.resolve_device(device)
         kind, index = self.device[1:].split(":")
         self.device_name = device_label("cpu" if kind == "CPU" else "gpu", int(index))
@@ -153,8 +260,12 @@ class Trainer(contract.Trainer):
             if not net.built:
                 net.build((None, None, None, in_channels))
             self.net = use_dtype_policy(net, DTYPE_POLICIES[self.precision])
-            self.optimizer = keras.optimizers.SGD(learning_rate=lr)  # no momentum, no weight decay
+            self.optimizer, self.schedule = make_optimizer(self.recipe)
             self.optimizer.build(net.trainable_variables)
+        # The mean over the batch is taken in the step; the recipe's smoothing in training only.
+        label_smoothing = self.recipe.label_smoothing
+        self.loss = _smoothed_cross_entropy(label_smoothing) if label_smoothing else _cross_entropy
+        self.eval_loss = _cross_entropy
         self._compiled = {}  # (compiler, train?) -> the step as a tf.function
         self.compiler = None  # "xla" or "graph", chosen at the first step (see _step)
 
@@ -174,25 +285,61 @@ class Trainer(contract.Trainer):
         return f"/GPU:{int(match.group(2) or 0)}"
 
     @property
+    def steps(self) -> int:
+        """Optimizer steps taken: Keras' ``iterations``, the counter the schedule reads."""
+        return int(self.optimizer.iterations.numpy())
+
+    @property
     def lr(self) -> float:
+        """The rate of the next step (Keras evaluates the schedule at ``iterations``)."""
         return float(self.optimizer.learning_rate.numpy())
 
     @lr.setter
     def lr(self, value) -> None:
+        if self.schedule is not None:
+            raise ValueError(f"the learning rate follows the {self.recipe.schedule.kind} schedule; it cannot be set")
+        old = self.lr
         self.optimizer.learning_rate = float(value)  # assigns the variable: no retracing
+        slots = getattr(self.optimizer, "momentums", None)  # (none before a ReferenceTrainer's first step)
+        if slots and self.lr != old:  # v = -lr * buf: the next step meets PyTorch's buf with the new rate
+            factor = np.float32(self.lr / old)
+            for slot in slots:
+                slot.assign(slot * factor)
 
     def _train(self, x, y):
         variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.net(x, training=True)
-            losses = _cross_entropy(logits, y)
+            losses = self.loss(logits, y)
             loss = tf.reduce_mean(losses)
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        self.update(tape.gradient(loss, variables), variables)
         return tf.reduce_sum(losses), _correct(logits, y)
+
+    def update(self, gradients, variables) -> None:
+        """The optimizer's step with ``gradients`` (inside the compiled step), which advances
+        ``iterations`` and with it the schedule. PyTorch's coupled weight decay is added to the
+        gradients (Keras' own is decoupled); Keras' momentum ``v = m * v - lr * g`` holds the rate,
+        so with a schedule ``v`` is first rescaled by ``lr_k / lr_(k-1)``: then ``v = -lr_k * buf``
+        and the step is PyTorch's (:mod:`common.optim`). The chapter's recipe adds nothing."""
+        decay = self.recipe.weight_decay
+        if decay:
+            gradients = [g + tf.cast(decay, g.dtype) * tf.cast(w, g.dtype) for g, w in zip(gradients, variables)]
+        if self.optimizer.momentums and self.schedule is not None:
+            step = self.optimizer.iterations
+            ratio = self.schedule(step) / self.schedule(tf.maximum(step - 1, 0))  # 1 at step 0
+            for slot in self.optimizer.momentums:
+                slot.assign(slot * tf.cast(ratio, slot.dtype))
+        self._apply(gradients, variables)
+
+    def _apply(self, gradients, variables) -> None:
+        self.optimizer.apply(gradients, variables)
 
     def _eval(self, x, y):
         logits = self.net(x, training=False)
-        return tf.reduce_sum(_cross_entropy(logits, y)), _correct(logits, y)
+        if self.recipe.tta == "flip":  # the mean of the logits of x and of x mirrored along the width axis
+            flipped = self.net(tf.reverse(x, axis=[DATA_FORMAT.index("W")]), training=False)
+            logits = (tf.cast(logits, tf.float32) + tf.cast(flipped, tf.float32)) / 2
+        return tf.reduce_sum(self.eval_loss(logits, y)), _correct(logits, y)
 
     def to_batch(self, images, labels):
         """Device tensors from NCHW NumPy, or from tensors :mod:`resnet_tf.data` made."""
@@ -246,6 +393,48 @@ class Trainer(contract.Trainer):
 
     def eval_step(self, x, y):
         return self._step(x, y, False)
+
+    def _momentums(self) -> Dict[str, keras.Variable]:
+        """Canonical name -> Keras' momentum slot ``v`` of that trainable array (its layout), in spec order."""
+        index = {id(variable): i for i, variable in enumerate(self.net.trainable_variables)}  # the optimizer's order
+        variables = canonical_variables(self.net)
+        return {name: self.optimizer.momentums[index[id(variables[name])]]
+                for name in trainable_parameter_names(*self.architecture())}
+
+    def _previous_rate(self, step: int) -> float:
+        """The rate ``v`` holds after ``step`` steps (that of step ``step - 1``; step 0's before the
+        first), in float64 as the compiled step computes it."""
+        if self.schedule is None:
+            return self.lr
+        return float(self.schedule(max(step - 1, 0)).numpy())
+
+    def export_optimizer_state(self) -> Dict[str, np.ndarray]:
+        """``step`` (Keras' ``iterations``) and each parameter's ``momentum_buffer`` in PyTorch's
+        convention, ``buf = -v / lr`` from Keras' ``v`` (float64: ``v`` comes back bit for bit)."""
+        step = self.steps
+        state = {STEP_STATE: np.int64(step)}
+        if self.recipe.momentum:
+            rate = self._previous_rate(step)
+            for name, slot in self._momentums().items():
+                state[MOMENTUM_PREFIX + name] = -to_canonical_layout(slot.numpy()).astype(np.float64) / rate
+        return state
+
+    def import_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``state``: ``iterations`` (hence the schedule) at ``state["step"]``, a
+        constant rate back at the recipe's, and ``v = -lr * buf`` from each given buffer (zero where
+        absent). Assigned in place: the compiled steps stay."""
+        step = int(state[STEP_STATE])
+        self.optimizer.iterations.assign(step)
+        if self.schedule is None:
+            self.optimizer.learning_rate = float(self.recipe.schedule.lr)
+        if self.recipe.momentum:
+            rate = self._previous_rate(step)
+            for name, slot in self._momentums().items():
+                buffer = state.get(MOMENTUM_PREFIX + name)
+                if buffer is None:
+                    slot.assign(np.zeros(slot.shape, np.float32))
+                else:  # rounds -buf * lr to the float32 v it came from
+                    slot.assign(from_canonical_layout(-np.asarray(buffer, np.float64) * rate))
 
     def to_host(self, values):
         """Python floats of step results: the one place that waits for the device."""

@@ -185,11 +185,11 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None, precision="fp32", deterministic=True):
+                 device=None, precision="fp32", deterministic=True, recipe=None):
         self.rank, self.world_size = initialize(device)
         self.engine = _job[2]
         super().__init__(net, arch=arch, style=style, num_classes=num_classes, in_channels=in_channels, lr=lr,
-                         device=_job[3], precision=precision, deterministic=deterministic)
+                         device=_job[3], precision=precision, deterministic=deterministic, recipe=recipe)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # No buffer broadcast before each forward pass: each worker's BatchNorm uses and updates its
         # own statistics; train_step averages the running ones after the update.
@@ -205,7 +205,7 @@ class DistributedTrainer(Trainer):
         loss = self.loss(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces the gradients (mean over workers) during the backward pass
-        self.optimizer.step()
+        self.update()
         with torch.no_grad():
             local = [loss.detach().reshape(1) * y.shape[0], (logits.argmax(dim=1) == y).sum().reshape(1).float()]
             flat = torch.cat([t.reshape(-1).float() for t in self._statistics] + local)

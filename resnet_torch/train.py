@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Tuple
+import warnings
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -12,12 +13,14 @@ from common import contract, training
 from common.backend import device_label
 from common.hparams import check_precision
 from common.naming import trainable_parameter_names
+from common.optim import MOMENTUM_PREFIX, STEP_STATE, WARMUP_START_FACTOR, Recipe, resolve_recipe
 from common.spec import ResNetSpec
 
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
-__all__ = ["try_gpu", "set_precision", "Trainer", "loss_and_gradients", "train", "evaluate", "train_ch6"]
+__all__ = ["try_gpu", "set_precision", "make_optimizer", "Trainer", "loss_and_gradients", "train", "evaluate",
+           "train_ch6"]
 
 
 def try_gpu(i=0):
@@ -46,8 +49,37 @@ def set_precision(precision: str = "fp32", deterministic: bool = True, device=No
         torch.backends.cudnn.benchmark = False  # decided per input size by the Trainer
 
 
+def make_optimizer(parameters, recipe: Recipe):
+    """``(optimizer, scheduler)`` of ``recipe``: ``torch.optim.SGD`` and PyTorch's own schedulers,
+    whose math :mod:`common.optim` writes down (``scheduler`` is None for a constant rate).
+
+    cosine: ``LinearLR`` for the warm-up, then ``CosineAnnealingLR`` to zero (``SequentialLR``);
+    onecycle: ``OneCycleLR`` without its momentum cycling, its ``pct_start`` putting the peak on
+    step ``warmup_steps``; step: ``MultiStepLR``. Step the scheduler after every optimizer step.
+    """
+    schedule = recipe.schedule
+    # foreach updates all tensors at once.
+    optimizer = torch.optim.SGD(parameters, lr=schedule.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                weight_decay=recipe.weight_decay, foreach=True)
+    lr_scheduler = torch.optim.lr_scheduler
+    if schedule.kind == "constant":
+        return optimizer, None
+    if schedule.kind == "step":
+        return optimizer, lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), gamma=schedule.gamma)
+    if schedule.kind == "onecycle":
+        return optimizer, lr_scheduler.OneCycleLR(optimizer, schedule.lr, total_steps=schedule.total_steps,
+                                                  pct_start=schedule.onecycle_pct_start, anneal_strategy="cos",
+                                                  cycle_momentum=False)
+    warmup = schedule.warmup_steps
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.total_steps - warmup, eta_min=0.0)
+    if not warmup:
+        return optimizer, cosine
+    linear = lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=warmup)
+    return optimizer, lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
 class Trainer(contract.Trainer):
-    """One network, its SGD optimizer and loss on one device; see :class:`common.contract.Trainer`.
+    """One network, its optimizer, schedule and loss on one device; see :class:`common.contract.Trainer`.
 
     Plain NCHW memory and eager mode: channels_last and ``torch.compile`` were slower here on the CPU.
 
@@ -64,8 +96,9 @@ class Trainer(contract.Trainer):
     framework = f"PyTorch {torch.__version__.split('+')[0]}"
 
     def __init__(self, net=None, *, arch="resnet18", style="d2l", num_classes=10, in_channels=1, lr=0.05,
-                 device=None, precision="fp32", deterministic=True):
+                 device=None, precision="fp32", deterministic=True, recipe=None):
         self.precision, self.deterministic = check_precision(precision), bool(deterministic)
+        self.recipe = resolve_recipe(lr, recipe)
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
         set_precision(self.precision, self.deterministic, self.device)
@@ -73,9 +106,11 @@ class Trainer(contract.Trainer):
             net = resnet(arch, num_classes, in_channels, style, plain=True if precision == "bf16" else None)
         self.net = net.to(self.device)
         self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        self.loss = nn.CrossEntropyLoss()  # mean over the batch, as in the chapter
-        # No momentum, no weight decay: the chapter's plain SGD. foreach updates all tensors at once.
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr, foreach=True)
+        # Mean over the batch, as in the chapter; the recipe's smoothing in training only.
+        self.loss = nn.CrossEntropyLoss(label_smoothing=self.recipe.label_smoothing)
+        self.eval_loss = nn.CrossEntropyLoss()
+        self.optimizer, self.scheduler = make_optimizer(self.net.parameters(), self.recipe)
+        self.steps = 0
 
     @staticmethod
     def resolve_device(device) -> torch.device:
@@ -134,17 +169,58 @@ class Trainer(contract.Trainer):
         loss = self.loss(logits.float(), y)  # the loss in float32 (a no-op unless bf16)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.update()
         with torch.no_grad():
             return loss.detach() * y.shape[0], (logits.argmax(dim=1) == y).sum()
 
+    def update(self) -> None:
+        """The optimizer's step with the gradients in place, then the schedule's."""
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+
     def eval_step(self, x, y):
-        """(loss summed over the batch, number correct) in eval mode, as device scalars."""
+        """(loss summed over the batch, number correct) in eval mode, as device scalars; with the
+        recipe's ``tta="flip"`` the logits are the mean of the image's and its mirror image's."""
         self.net.eval()
         with torch.inference_mode():
             with self._autocast:
                 logits = self.net(x).float()
-            return self.loss(logits, y) * y.shape[0], (logits.argmax(dim=1) == y).sum()
+                if self.recipe.tta == "flip":
+                    logits = (logits + self.net(torch.flip(x, dims=[3])).float()) / 2
+            return self.eval_loss(logits, y) * y.shape[0], (logits.argmax(dim=1) == y).sum()
+
+    def _trainable(self) -> Dict[str, torch.Tensor]:
+        variables = canonical_variables(self.net)
+        return {name: variables[name] for name in trainable_parameter_names(*self.architecture())}
+
+    def export_optimizer_state(self) -> Dict[str, np.ndarray]:
+        """``step`` and each parameter's ``momentum_buffer`` (torch's own: the canonical form)."""
+        state = {STEP_STATE: np.int64(self.steps)}
+        if self.recipe.momentum:
+            for name, parameter in self._trainable().items():
+                buffer = self.optimizer.state.get(parameter, {}).get("momentum_buffer")
+                state[MOMENTUM_PREFIX + name] = (np.zeros(tuple(parameter.shape)) if buffer is None else
+                                                 buffer.detach().cpu().double().numpy())
+        return state
+
+    def import_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """A fresh optimizer and scheduler, stepped to ``state["step"]`` (the rates computed as an
+        uninterrupted run computes them), with the given momentum buffers."""
+        self.optimizer, self.scheduler = make_optimizer(self.net.parameters(), self.recipe)
+        self.steps = int(state[STEP_STATE])
+        if self.scheduler is not None:
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.steps):
+                    self.scheduler.step()
+        if self.recipe.momentum:
+            for name, parameter in self._trainable().items():
+                buffer = state.get(MOMENTUM_PREFIX + name)
+                buffer = torch.zeros_like(parameter) if buffer is None else torch.as_tensor(
+                    np.asarray(buffer), dtype=parameter.dtype, device=parameter.device)
+                self.optimizer.state[parameter]["momentum_buffer"] = buffer.detach().clone()
 
     def to_host(self, values) -> List[float]:
         """Python floats; the one place that waits for the device (a single transfer)."""

@@ -57,3 +57,24 @@ def test_the_gpu_checks_summary_names_every_miss():
     text, ok = gpu_check.summary([dict(suites[0], exit=0, failed=[])], [benches[0][1:2]],
                                  [recipes[0], dict(recipes[1], test_acc=0.91)])
     assert ok and text.splitlines()[-1] == "all targets met", text
+
+
+def test_the_gpu_checks_summary_holds_the_modern_preset_to_its_target():
+    gpu_check = _tool("gpu_check")
+    recipes = [{"precision": "fp32", "test_acc": 0.915, "examples_per_sec": 15_000.0, "peak_device_memory_mb": 1.0,
+                "wall_seconds": 60.0, "device": "cuda:0"},
+               {"precision": "bf16", "test_acc": 0.91, "examples_per_sec": 30_000.0, "peak_device_memory_mb": 1.0,
+                "wall_seconds": 40.0, "device": "cuda:0"}]
+
+    def seed(backend, number, accuracy):
+        return {"backend": backend, "seed": number, "test_acc": accuracy, "seconds_to": {"0.93": 30.0, "0.95": None},
+                "wall_seconds": 90.0, "device": "cuda:0"}
+
+    presets = [seed("torch", 0, 0.952), seed("torch", 1, 0.953), seed("torch", 2, 0.951),
+               seed("jax", 0, 0.952), seed("jax", 1, 0.94), {"backend": "jax", "seed": 2, "error": "boom"}]
+    text, ok = gpu_check.summary([], [], recipes, presets)
+    missed = text.splitlines()[-1]
+    assert not ok and "jax: modern + small stem" in missed and "torch: modern" not in missed, text
+    assert "jax seed 2: failed: boom" in text
+    text, ok = gpu_check.summary([], [], recipes, presets[:3])
+    assert ok, text

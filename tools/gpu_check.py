@@ -1,8 +1,10 @@
 """The GPU check's steps and its one summary (run it through ``tools/gpu_check.sh``).
 
 Steps: the backend's test suite on the GPU, ``bench`` per precision at 96 and 28 px against
-the chapter's code, and the chapter's recipe end to end in fp32 and bf16. Every step's raw
-output goes to ``--results``; the summary at the end checks issue 13's targets on one H200.
+the chapter's code, the chapter's recipe end to end in fp32 and bf16, and (issue 23) the
+``modern`` preset with the small stem, three seeds per backend, with the time each seed took to
+reach a test accuracy of 0.93 and 0.95. Every step's raw output goes to ``--results``; the
+summary at the end checks issue 13's targets on one H200 and issue 23's (mean >= 0.95).
 ``--smoke`` runs every step tiny (synthetic data, a few steps), to check the script itself
 on a CPU.
 """
@@ -24,6 +26,8 @@ from common.hparams import PRECISIONS  # noqa: E402  (framework-free)
 TARGETS = {"fp32_recipe_examples_per_sec": 14_000, "fp32_test_acc": 0.91, "bf16_recipe_examples_per_sec": 25_000,
            "bf16_acc_within": 0.01}
 SUITE_SECONDS = 150
+#: Issue 23 on a GPU: the modern preset with the small stem, mean test accuracy over three seeds.
+PRESET_TARGET, PRESET_SEEDS, PRESET_THRESHOLDS = 0.95, (0, 1, 2), (0.93, 0.95)
 
 
 def run_suite(backend, results, smoke):
@@ -87,7 +91,30 @@ def run_recipe(backend, precision, results, smoke):
             "wall_seconds": round(metrics["wall_seconds"], 1), "device": metrics["device"]}
 
 
-def summary(suites, benches, recipes):
+def run_preset(backend, seed, epochs, results, smoke):
+    """``--preset modern --stem small`` for one seed: final test accuracy, and the wall time
+    (training and evaluation) until the test accuracy first reached each threshold."""
+    out = os.path.join(results, f"modern_small_{backend}_seed{seed}")
+    command = [sys.executable, "-m", "common", "train", "--backend", backend, "--preset", "modern", "--stem", "small",
+               "--seed", str(seed), "--epochs", str(epochs), "--out", out, "--quiet"]
+    command += ["--synthetic", "--subset", "256", "--test-subset", "128", "--epochs", "2"] if smoke else []
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        return {"backend": backend, "seed": seed, "error": (completed.stderr.strip().splitlines() or ["?"])[-1]}
+    with open(os.path.join(out, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    elapsed, reached = 0.0, {}
+    for record in metrics["history"]:
+        elapsed += record["seconds"] + record["eval_seconds"]
+        for threshold in PRESET_THRESHOLDS:
+            if record["test_acc"] >= threshold and threshold not in reached:
+                reached[threshold] = round(elapsed, 1)
+    return {"backend": backend, "seed": seed, "test_acc": metrics["history"][-1]["test_acc"],
+            "seconds_to": {str(t): reached.get(t) for t in PRESET_THRESHOLDS},
+            "wall_seconds": round(metrics["wall_seconds"], 1), "device": metrics["device"]}
+
+
+def summary(suites, benches, recipes, presets=()):
     lines, misses = ["", "=" * 78, "GPU check summary", "=" * 78], []
     for suite in suites:
         ok = suite["exit"] == 0
@@ -128,6 +155,20 @@ def summary(suites, benches, recipes):
          "test_acc" in bf16 and "test_acc" in fp32
          and abs(bf16["test_acc"] - fp32["test_acc"]) <= TARGETS["bf16_acc_within"]),
     ]
+    by_backend = {}
+    for row in presets:
+        by_backend.setdefault(row["backend"], []).append(row)
+    if presets:
+        lines += ["", "the modern preset with the small stem (issue 23), per seed: test acc, seconds to 0.93 / 0.95"]
+    for backend, rows in by_backend.items():
+        accuracies = [r["test_acc"] for r in rows if "test_acc" in r]
+        for row in rows:
+            lines.append(f"  {backend} seed {row['seed']}: " + (f"failed: {row['error']}" if "error" in row else
+                         f"{row['test_acc']:.4f}, {row['seconds_to']['0.93']} s / {row['seconds_to']['0.95']} s "
+                         f"({row['wall_seconds']} s in all on {row['device']})"))
+        mean = sum(accuracies) / len(accuracies) if len(accuracies) == len(rows) else 0.0
+        checks.append((f"{backend}: modern + small stem, mean test accuracy >= {PRESET_TARGET} over {len(rows)} "
+                       f"seeds (got {mean:.4f})", mean >= PRESET_TARGET))
     lines += ["", "targets (one H200):"] + [f"  {'met ' if ok else 'MISS'}  {name}" for name, ok in checks]
     misses += [name for name, ok in checks if not ok]
     lines.append(f"\n{'all targets met' if not misses else f'{len(misses)} missed: ' + '; '.join(misses)}")
@@ -139,7 +180,10 @@ def main(argv=None):
     parser.add_argument("--results", required=True)
     parser.add_argument("--smoke", action="store_true", help="everything tiny: checks the script on a CPU")
     parser.add_argument("--backends", nargs="+", default=["torch"], help="backends to check (default: torch)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["suite", "bench", "recipe"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["suite", "bench", "recipe", "preset"])
+    parser.add_argument("--preset-backends", nargs="+", default=["torch", "jax"],
+                        help="backends that train the modern preset with the small stem (default: torch jax)")
+    parser.add_argument("--preset-epochs", type=int, default=20, help="its epochs (default 20)")
     args = parser.parse_args(argv)
     os.makedirs(args.results, exist_ok=True)
     if args.smoke:
@@ -151,7 +195,9 @@ def main(argv=None):
     benches = [run_benches(b, args.results, args.smoke) for b in args.backends] if "bench" not in args.skip else []
     recipes = ([run_recipe(args.backends[0], p, args.results, args.smoke) for p in ("fp32", "bf16")]
                if "recipe" not in args.skip else [])
-    text, ok = summary(suites, benches, recipes)
+    presets = ([run_preset(b, seed, args.preset_epochs, args.results, args.smoke)
+                for b in args.preset_backends for seed in PRESET_SEEDS] if "preset" not in args.skip else [])
+    text, ok = summary(suites, benches, recipes, presets)
     text += f"\n(the check took {time.perf_counter() - start:.0f} s)"
     print(text)
     with open(os.path.join(args.results, "summary.txt"), "w") as handle:
