@@ -95,3 +95,16 @@ def scaled_for_unit_logits(weights, images, training=False, arch="resnet18"):
     weights = dict(weights)
     weights["fc.weight"] = (weights["fc.weight"] / max(float(np.std(logits)), 1e-6)).astype(np.float32)
     return weights
+
+
+def epoch_batches(loader):
+    """Every batch of ``loader``'s current epoch, copied."""
+    return [(images.copy(), labels.copy()) for images, labels in loader]
+
+
+def assert_same_batches(got, expected):
+    """The same batches, bit for bit, in the same order."""
+    assert len(got) == len(expected)
+    for (images, labels), (expected_images, expected_labels) in zip(got, expected):
+        np.testing.assert_array_equal(labels, expected_labels)
+        np.testing.assert_array_equal(images, expected_images)

@@ -36,7 +36,7 @@ from common.data.augment import (
     flip_choices,
 )
 
-from helpers import load_expected
+from helpers import assert_same_batches, epoch_batches, load_expected
 
 ALL = (("crop_padding", 4), ("flip", True), ("erase", 0.5))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,17 +51,6 @@ def distinct_images(count, height, width, seed=0, channels=1):
     """float32 images in [0.05, 1] with no zero and (almost surely) no two equal pixels."""
     rng = np.random.default_rng(seed)
     return (np.float32(0.05) + np.float32(0.95) * rng.random((count, channels, height, width), dtype=np.float32))
-
-
-def epoch_batches(loader):
-    return [(images.copy(), labels.copy()) for images, labels in loader]
-
-
-def assert_same_batches(got, expected):
-    assert len(got) == len(expected)
-    for (images, labels), (expected_images, expected_labels) in zip(got, expected):
-        np.testing.assert_array_equal(labels, expected_labels)
-        np.testing.assert_array_equal(images, expected_images)
 
 
 # --------------------------------------------------------------------------- the options

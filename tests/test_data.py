@@ -42,7 +42,7 @@ from common.data import (
 from common.data.transforms import Resize
 from common.files import atomic_write, cache_dir
 
-from helpers import REAL_DATA_DIR, have_real_data, load_expected
+from helpers import REAL_DATA_DIR, assert_same_batches, epoch_batches, have_real_data, load_expected
 
 HAVE_REAL_DATA = have_real_data()
 #: SHA-256 of two epochs of :func:`toy_transform`'s batches (test_transformed_batches_are_pinned_on_every_numpy).
@@ -773,17 +773,6 @@ def toy_transform(batch, rng):
 def transformed_loader(count=21, batch_size=8, **kwargs):
     images, _ = synthetic_fashion_mnist(count, seed=5)
     return BatchLoader(images, np.arange(count), batch_size, seed=3, transforms=(toy_transform,), **kwargs)
-
-
-def epoch_batches(loader):
-    return [(images.copy(), labels.copy()) for images, labels in loader]
-
-
-def assert_same_batches(got, expected):
-    assert len(got) == len(expected)
-    for (images, labels), (expected_images, expected_labels) in zip(got, expected):
-        np.testing.assert_array_equal(labels, expected_labels)
-        np.testing.assert_array_equal(images, expected_images)
 
 
 def test_each_transform_gets_its_batch_and_its_own_generator():

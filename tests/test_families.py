@@ -218,6 +218,13 @@ def test_every_architecture_and_style_matches_the_oracle(backend, family_batch, 
     exported = backend.export_weights(net)
     assert list(exported) == list(parameter_shapes(spec))
     assert {name: value.shape for name, value in exported.items()} == parameter_shapes(spec)
+    assert_matches_the_oracle(backend, net, spec, images, labels)
+
+
+def assert_matches_the_oracle(backend, net, spec, images, labels):
+    """``net`` (the network of ``spec``) against the oracle, within the bounds of
+    :func:`test_every_architecture_and_style_matches_the_oracle`'s docstring: eval and train
+    logits, running statistics, the loss and every gradient's norm."""
     weights = damped_residuals(disturbed_weights(spec), spec)
 
     # eval mode

@@ -5,27 +5,25 @@ The framework-free half pins the spec, the labels, the FLOPs (counted by hand), 
 oracle's backward pass (finite differences) and the weights file; the backend half holds each
 backend's network with the small stem to the oracle as tests/test_families.py holds the others.
 """
-import functools
 
 import numpy as np
 import pytest
 
 from common import oracle
 from common.flops import forward_flops_per_example, training_flops_per_example
-from common.naming import count_parameters, parameter_shapes, trainable_parameter_names
+from common.naming import count_parameters, parameter_shapes
 from common.spec import STEMS, STYLES, ResNetSpec, StageSpec, get_spec, iter_convs, stage_output_shapes
 from common.weights import (
     WeightsError,
     init_weights,
-    jittered_weights,
     load_weights,
     read_architecture,
     read_spec,
     save_weights,
 )
-from test_families import _assert_within
+from test_families import assert_matches_the_oracle
 
-from helpers import damped_residuals, disturbed_weights, scaled_for_unit_logits
+from helpers import disturbed_weights
 
 # --- the spec ------------------------------------------------------------------------------------
 
@@ -229,11 +227,6 @@ def stem_case(request):
     return spec, images, labels
 
 
-def _gradient_norms(weights, images, labels, spec):
-    loss, gradients = oracle.loss_and_gradients(weights, images, labels, arch=spec)
-    return loss, {name: float(np.linalg.norm(g)) for name, g in gradients.items()}
-
-
 def _stem_max_pool(backend_name, net):
     """The network's ``maxpool`` layer (None: none), in jax from the module bound to its variables."""
     return (net.module.bind(net.variables) if backend_name == "jax" else net).maxpool
@@ -254,51 +247,7 @@ def test_small_stem_networks_match_the_oracle(backend_name, backend, stem_case, 
     size = images.shape[-1]
     assert backend.trace_shapes(net, images[:1]) == [
         (name, (1,) + shape) for name, shape in stage_output_shapes(spec, 1, size, size)]
-    weights = damped_residuals(disturbed_weights(spec), spec)
-
-    # eval mode
-    weights = scaled_for_unit_logits(weights, images, arch=spec)
-    backend.import_weights(net, weights)
-    expected = oracle.forward(weights, images, arch=spec)
-    assert 0.5 < np.std(expected) < 2.0
-    np.testing.assert_allclose(backend.forward(net, images), expected, rtol=0, atol=1e-4)
-
-    # train mode: logits and running statistics
-    weights = scaled_for_unit_logits(weights, images, training=True, arch=spec)
-    backend.import_weights(net, weights)
-    expected, state = oracle.forward(weights, images, training=True, return_state=True, arch=spec)
-    assert 0.5 < np.std(expected) < 2.0
-    error = float(np.abs(backend.forward(net, images, training=True) - expected).max())
-    _assert_within(error, lambda: max(float(np.abs(oracle.forward(jittered_weights(weights, seed=s), images,
-                                                                  training=True, arch=spec) - expected).max())
-                                      for s in (1, 2)), "train logits")
-    exported = backend.export_weights(net)
-    for name, value in state.items():
-        np.testing.assert_allclose(exported[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
-
-    # one SGD step's loss and gradient norms
-    weights = damped_residuals(disturbed_weights(spec, seed=3), spec)
-    backend.import_weights(net, weights)
-    loss, gradients = backend.loss_and_gradients(net, images, labels)
-    assert list(gradients) == trainable_parameter_names(spec)
-    want_loss, want = _gradient_norms(weights, images, labels, spec)
-
-    @functools.cache
-    def jittered_norms():
-        return [_gradient_norms(jittered_weights(weights, seed=s), images, labels, spec) for s in (1, 2)]
-
-    _assert_within(abs(loss / want_loss - 1), lambda: max(abs(other / want_loss - 1) for other, _ in jittered_norms()),
-                   f"loss {loss:.6g}, oracle {want_loss:.6g}: relatively")
-    total = np.sqrt(sum(norm ** 2 for norm in want.values()))
-    near_zero = set(oracle.batch_norm_fed_conv_biases(spec))
-    for name, norm in want.items():
-        have = float(np.linalg.norm(gradients[name]))
-        if name in near_zero:  # zero up to rounding: only its size relative to the whole means anything
-            assert have <= 1e-4 * total, name
-            continue
-        _assert_within(abs(have / norm - 1),
-                       lambda: max(abs(norms[name] / norm - 1) for _, norms in jittered_norms()),
-                       f"{name}: gradient norm {have:.6g}, oracle {norm:.6g}: relatively")
+    assert_matches_the_oracle(backend, net, spec, images, labels)
 
 
 def test_small_stem_with_plain_layers(backend_name, backend):
