@@ -107,9 +107,12 @@ class Schedule:
         if self.kind == "cosine" and self.warmup_steps >= self.total_steps:
             raise ValueError(f"the warm-up ({self.warmup_steps} steps) must be shorter than the training "
                              f"({self.total_steps} steps)")
+        if self.kind == "onecycle" and self.total_steps < 3:
+            raise ValueError(f"the onecycle schedule needs at least 3 steps, the run has {self.total_steps}; "
+                             f"train longer (more --epochs or a smaller --batch-size)")
         if self.kind == "onecycle" and not 1 <= self.warmup_steps <= self.total_steps - 2:
             raise ValueError(f"onecycle's rise must take 1 to {self.total_steps - 2} of the {self.total_steps} "
-                             f"steps, got {self.warmup_steps}; train longer or change --warmup")
+                             f"steps, got {self.warmup_steps}; change --warmup-epochs")
         if self.milestones and self.kind != "step":
             raise ValueError(f"milestones belong to the step schedule, not to {self.kind}")
         if any(not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(

@@ -50,7 +50,8 @@ def test_the_schedules_start_peak_and_end_where_pytorch_puts_them():
     (dict(kind="linear"), "unknown schedule 'linear'"),
     (dict(kind="constant", warmup_steps=3), "warm-up belongs to the cosine and onecycle"),
     (dict(kind="cosine", total_steps=5, warmup_steps=5), "must be shorter than the training"),
-    (dict(kind="onecycle", total_steps=2, warmup_steps=1), "train longer"),
+    (dict(kind="onecycle", total_steps=2, warmup_steps=1), "needs at least 3 steps, the run has 2; train longer"),
+    (dict(kind="onecycle", total_steps=10, warmup_steps=9), "rise must take 1 to 8 of the 10 steps"),
     (dict(kind="step", total_steps=10, milestones=(5, 3)), "increasing"),
     (dict(kind="step", total_steps=10, milestones=(5,), gamma=2.0), "gamma must lie in"),
 ])
