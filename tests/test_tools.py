@@ -78,3 +78,10 @@ def test_the_gpu_checks_summary_holds_the_modern_preset_to_its_target():
     assert "jax seed 2: failed: boom" in text
     text, ok = gpu_check.summary([], [], recipes, presets[:3])
     assert ok, text
+
+
+def test_the_gpu_check_holds_only_the_steps_it_ran_to_their_targets():
+    gpu_check = _tool("gpu_check")
+    text, ok = gpu_check.summary([], [], [], [{"backend": "torch", "seed": 0, "test_acc": 0.96, "wall_seconds": 9.0,
+                                               "seconds_to": {"0.93": 3.0, "0.95": 6.0}, "device": "cuda:0"}])
+    assert ok and "fp32 recipe" not in text, text

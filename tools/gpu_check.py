@@ -147,7 +147,7 @@ def summary(suites, benches, recipes, presets=()):
                      f"{recipe['examples_per_sec']:.0f} img/s, "
                      f"peak {recipe['peak_device_memory_mb']} MB, {recipe['wall_seconds']} s on {recipe['device']}")
     fp32, bf16 = by_precision.get("fp32", {}), by_precision.get("bf16", {})
-    checks = [
+    checks = [] if not recipes else [
         ("fp32 recipe >= 14,000 img/s", fp32.get("examples_per_sec", 0) >= TARGETS["fp32_recipe_examples_per_sec"]),
         ("fp32 test accuracy >= 0.91", fp32.get("test_acc", 0) >= TARGETS["fp32_test_acc"]),
         ("bf16 recipe >= 25,000 img/s", bf16.get("examples_per_sec", 0) >= TARGETS["bf16_recipe_examples_per_sec"]),
