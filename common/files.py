@@ -9,22 +9,26 @@ from __future__ import annotations
 import os
 import tempfile
 
-__all__ = ["CACHE_NAME", "atomic_write", "cache_dir"]
+__all__ = ["CACHE_NAME", "TEMPORARY_PREFIX", "atomic_write", "cache_dir"]
 
 #: This project's directory under the user's cache directory.
 CACHE_NAME = "resnet-fmnist"
+#: How :func:`atomic_write`'s temporary files begin.
+TEMPORARY_PREFIX = ".tmp-"
 
 
 def atomic_write(path, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it.
 
     A crash or an exception part-way (``write`` may raise to refuse what it wrote) leaves
-    ``path`` as it was (or absent), never half written, and no temporary file behind.
+    ``path`` as it was (or absent), never half written, and no temporary file behind; a process
+    killed by a signal leaves its temporary file, which a run directory's lock removes when the
+    run ends (:func:`common.training.run_directory_lock`).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

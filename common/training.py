@@ -29,7 +29,7 @@ import numpy as np
 from . import distributed
 from .backend import BACKENDS, backend_part
 from .data import DataConfig, build_transforms, fashion_mnist_loader, fashion_mnist_loaders
-from .files import atomic_write
+from .files import TEMPORARY_PREFIX, atomic_write
 from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .optim import STEP_STATE, chapter_recipe, describe
 from .sharding import check_shardable
@@ -302,6 +302,7 @@ def run_directory_lock(out_dir):
         handle.flush()
         yield
     finally:
+        _remove_stale_temporaries(out_dir)
         handle.seek(0)
         handle.truncate()
         handle.close()  # releases the lock
@@ -309,6 +310,16 @@ def run_directory_lock(out_dir):
             with contextlib.suppress(OSError):
                 os.remove(path)
                 os.rmdir(out_dir)
+
+
+def _remove_stale_temporaries(out_dir) -> None:
+    """Remove what a writer killed mid-write left in ``out_dir``: :func:`common.files.atomic_write`'s
+    temporary files (a worker stopped by SIGTERM or SIGKILL cannot remove its own). Called by the
+    lock's holder when the run ends, when nothing else may write there."""
+    for name in os.listdir(out_dir):
+        if name.startswith(TEMPORARY_PREFIX):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out_dir, name))
 
 
 def resolve_config(preset, config, overrides) -> TrainConfig:

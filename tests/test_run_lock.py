@@ -63,3 +63,11 @@ def test_the_lock_is_released_and_an_empty_new_directory_removed(tmp_path):
     with run_directory_lock(str(out)):  # released: taken again at once
         pass
     assert sorted(os.listdir(out)) == [".lock", "keep.txt"] and (out / ".lock").read_text() == ""
+
+
+def test_the_lock_removes_what_a_killed_writer_left(tmp_path):
+    out = tmp_path / "run"
+    with run_directory_lock(out):
+        (out / "checkpoint.npz").write_bytes(b"kept")
+        (out / ".tmp-abc123checkpoint.npz").write_bytes(b"half written by a worker that was killed")
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz"]
