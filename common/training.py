@@ -236,8 +236,6 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
         }
         history.append(record)
         step_losses.extend(stats["step_losses"])
-        optimizer_state = trainer.export_optimizer_state()
-        steps_done = int(optimizer_state[STEP_STATE])
         if not quiet:
             print_fn(
                 f"[{trainer.backend}] epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.3f}, "
@@ -245,6 +243,8 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
                 f"{record['examples_per_sec']:.1f} examples/sec on {trainer.device_name}"
             )
         if out_dir is not None:
+            optimizer_state = trainer.export_optimizer_state()  # the buffers to the host: only to write them
+            steps_done = int(optimizer_state[STEP_STATE])
             state = {"epoch": epoch + 1, "config": config.to_dict(), "backend": trainer.backend, "history": history,
                      "step_losses": step_losses, "recipe": describe(trainer.recipe)}
             save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, config.spec,
