@@ -254,6 +254,11 @@ def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float =
 class _Pass:
     """One pass through the network: parameters, mode, and what the backward pass needs.
 
+    The network's walk (:func:`_network`) makes one call per layer (``conv``, ``bn``, ``relu``,
+    ``max_pool``, ``add``, ``avg_pool``, ``dense``) and computes nothing itself; so another pass
+    with the same methods walks the same network: :mod:`common.onnx_model`'s emits an ONNX node
+    per call.
+
     ``caches`` holds each layer's cache under its canonical name (``layer2.0.bn1``) or a
     name for the parameter-free layers (``layer2.0.relu2``); ``state`` collects the
     updated running statistics of a train-mode pass.
@@ -300,6 +305,24 @@ class _Pass:
         out, self.caches[name] = relu(x)
         return out
 
+    def max_pool(self, name: str, x: Array, kernel: int, stride: int, padding: int) -> Array:
+        out, self.caches[name] = max_pool2d(x, kernel, stride, padding)
+        return out
+
+    def add(self, name: str, x: Array, y: Array) -> Array:
+        """The residual sum (``name`` says which; nothing to cache)."""
+        return x + y
+
+    def avg_pool(self, name: str, x: Array) -> Array:
+        """Global average pooling to (N, C)."""
+        out, self.caches[name] = global_avg_pool(x)
+        return out
+
+    def dense(self, name: str, x: Array) -> Array:
+        x, weight = self.operands(x, self.params[f"{name}.weight"])
+        out, self.caches[name] = dense(x, weight, self.params[f"{name}.bias"])
+        return self.result(out)
+
     # backward, the same calls in reverse
 
     def conv_backward(self, name: str, d_out: Array) -> Array:
@@ -322,7 +345,7 @@ def _stem(run: _Pass, x: Array, spec) -> Array:
     x = run.bn("bn1", x)
     x = run.relu("relu", x)
     if spec.max_pool:  # the small stem has none
-        x, run.caches["maxpool"] = max_pool2d(x, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
+        x = run.max_pool("maxpool", x, spec.pool_kernel, spec.pool_stride, spec.pool_padding)
     return x
 
 
@@ -355,7 +378,7 @@ def _block(run: _Pass, x: Array, block, spec) -> Array:
         if number < len(convs):
             y = run.relu(f"{block.name}.relu{number}", y)
     shortcut = _shortcut(run, x, block, spec) if block.use_1x1conv else x
-    return run.relu(f"{block.name}.relu_out", y + shortcut)
+    return run.relu(f"{block.name}.relu_out", run.add(f"{block.name}.add", y, shortcut))
 
 
 def _block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
@@ -384,7 +407,7 @@ def _preact_block(run: _Pass, x: Array, block, spec) -> Array:
             activated = y
         y = run.conv(conv.name, y, conv.stride, conv.padding, conv.groups)
     shortcut = _shortcut(run, activated, block, spec) if block.use_1x1conv else x
-    return y + shortcut
+    return run.add(f"{block.name}.add", y, shortcut)
 
 
 def _preact_block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
@@ -403,9 +426,7 @@ def _preact_block_backward(run: _Pass, d_out: Array, block, spec) -> Array:
 def _head(run: _Pass, x: Array, spec) -> Array:
     if spec.preact:  # the final BatchNorm and ReLU of a pre-activation network
         x = run.relu("norm_relu", run.bn("norm", x))
-    x, run.caches["avgpool"] = global_avg_pool(x)
-    logits, run.caches["fc"] = dense(*run.operands(x, run.params["fc.weight"]), run.params["fc.bias"])
-    return run.result(logits)
+    return run.dense("fc", run.avg_pool("avgpool", x))
 
 
 def _head_backward(run: _Pass, d_logits: Array, spec) -> Array:
