@@ -1,4 +1,5 @@
-"""``resnet-fmnist``: train, evaluate, compare and benchmark the backends (:data:`common.backend.BACKENDS`).
+"""``resnet-fmnist``: train, evaluate, export, compare and benchmark the backends
+(:data:`common.backend.BACKENDS`).
 
 Every failure a user can cause (a bad argument, a framework that is not installed, missing or
 corrupt data, an unreadable checkpoint) ends with one line on stderr and a non-zero exit,
@@ -14,6 +15,8 @@ import sys
 from . import __version__
 from .backend import BACKENDS, BackendUnavailable, check_installed, load_backend
 from .data.transforms import TRANSFORM_OPTIONS
+from .export import DEFAULT_NAMES as EXPORT_NAMES
+from .export import FORMATS as EXPORT_FORMATS
 from .hparams import D2L, PRESET_HELP, PRESETS
 
 __all__ = ["main", "build_parser"]
@@ -112,10 +115,14 @@ def _add_workers(parser):
                         default=None, help="the workers' coordinator port on 127.0.0.1 (default: a free one)")
 
 
-def _add_backend(parser):
-    parser.add_argument("--backend", required=True, choices=sorted(BACKENDS),
-                        help="framework to run: " + ", ".join(
-                            f"{name} ({row.framework})" for name, row in BACKENDS.items()))
+def _add_backend(parser, onnx=False):
+    """--backend (and --device); with ``onnx``, ONNX Runtime too, which runs an exported graph."""
+    choices = sorted(BACKENDS) + (["onnx"] if onnx else [])
+    runtimes = [f"{name} ({row.framework})" for name, row in BACKENDS.items()]
+    if onnx:
+        runtimes.append("onnx (ONNX Runtime on the CPU, the checkpoint exported to ONNX; pip install "
+                        "'resnet-fmnist[onnx]')")
+    parser.add_argument("--backend", required=True, choices=choices, help="framework to run: " + ", ".join(runtimes))
     parser.add_argument("--device", default=None,
                         help="device to use, e.g. cpu, gpu, gpu:1 (default: the first GPU if there is one, else cpu)")
 
@@ -189,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train one backend; writes a checkpoint and metrics.json")
+    train = commands.add_parser("train", help="train one backend; writes a checkpoint, the model and metrics.json")
     _add_backend(train)
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="a whole recipe, which the options below change: " + "; ".join(
@@ -206,15 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_non_negative_int, help="initial weights and data order (default 0)")
     _add_transforms(train)
     _add_optimizer(train)
-    train.add_argument("--out", help="run directory for checkpoint.npz and metrics.json (default: runs/<backend>)")
+    train.add_argument("--out", help="run directory for checkpoint.safetensors (what --resume reads), "
+                       "model.safetensors (the network alone) and metrics.json (default: runs/<backend>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     _add_workers(train)
     _add_data_options(train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a weights or checkpoint file")
-    _add_backend(evaluate)
-    evaluate.add_argument("--weights", required=True, help="a checkpoint.npz written by any backend")
+    _add_backend(evaluate, onnx=True)
+    evaluate.add_argument("--weights", required=True, help="a checkpoint.safetensors or model.safetensors written "
+                          "by any backend (or an older run's checkpoint.npz)")
     _add_network(evaluate, "default: the file's")
     _add_precision(evaluate, determinism=False)
     _add_tta(evaluate)
@@ -222,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--test-subset", type=_positive_int, help="a stratified sample of N test images")
     _add_data_options(evaluate)
+
+    export = commands.add_parser("export", help="a checkpoint as a file other programs read: safetensors "
+                                 "(torchvision, timm), ONNX, Gluon's model zoo")
+    export.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint or weights file written by any "
+                        "backend (safetensors, or an older run's .npz)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                        help="safetensors: the network without the optimizer's state (a run's model.safetensors); "
+                             "onnx: an ONNX graph for ONNX Runtime (pip install 'resnet-fmnist[onnx]'); gluon: "
+                             "parameters for Gluon's resnet18_v1 / resnet34_v1 (style torchvision, needs mxnet)")
+    export.add_argument("--out", default=None, help="the file to write, which must not exist (default: "
+                        + ", ".join(f"{name} for {fmt}" for fmt, name in EXPORT_NAMES.items())
+                        + ", beside the checkpoint)")
 
     compare = commands.add_parser("compare", help="table and plot of several runs side by side")
     compare.add_argument("runs", nargs="+", metavar="DIR", help="run directories (or metrics.json files)")
@@ -301,8 +322,10 @@ def _train(args, argv):
         if job > 1:
             return 0  # worker 0 printed its epochs; the launcher (if any) says what was written
     if not args.quiet:
-        print(f"[{args.backend}] wrote {os.path.join(out_dir, 'checkpoint.npz')} and "
-              f"{os.path.join(out_dir, 'metrics.json')}")
+        from .training import CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME
+
+        print(f"[{args.backend}] wrote {os.path.join(out_dir, CHECKPOINT_NAME)}, {os.path.join(out_dir, MODEL_NAME)} "
+              f"and {os.path.join(out_dir, METRICS_NAME)}")
     return 0
 
 
@@ -322,14 +345,37 @@ def _launch_workers(args, argv, preset, overrides, out_dir):
 
 
 def _evaluate(args):
-    backend = load_backend(args.backend)
-    result = backend.evaluate(weights=args.weights, arch=args.arch, style=args.style, stem=args.stem,
-                              tta=args.tta or "none",
-                              resize=_checkpoint_resize(args, args.weights),
-                              batch_size=args.batch_size, test_subset=args.test_subset, data_dir=args.data_dir,
-                              synthetic=args.synthetic, device=args.device, precision=args.precision or "fp32")
+    options = dict(weights=args.weights, arch=args.arch, style=args.style, stem=args.stem, tta=args.tta or "none",
+                   resize=_checkpoint_resize(args, args.weights), batch_size=args.batch_size,
+                   test_subset=args.test_subset, data_dir=args.data_dir, synthetic=args.synthetic)
+    if args.backend == "onnx":  # not a backend: ONNX Runtime, running the checkpoint exported to ONNX
+        result = _evaluate_onnx(args, options)
+    else:
+        result = load_backend(args.backend).evaluate(device=args.device, precision=args.precision or "fp32",
+                                                     **options)
     print(f"[{args.backend}] {args.weights}: test loss {result['loss']:.4f}, test acc {result['accuracy']:.4f} "
           f"on {result['examples']} images")
+    return 0
+
+
+def _evaluate_onnx(args, options):
+    from .export import optional_packages
+
+    if (args.precision or "fp32") != "fp32":
+        raise ValueError(f"--backend onnx evaluates in fp32; leave out --precision {args.precision}")
+    if args.device not in (None, "cpu"):
+        raise ValueError(f"--backend onnx runs ONNX Runtime on the CPU; leave out --device {args.device}")
+    with optional_packages("evaluate --backend onnx", "onnx"):
+        from .onnx_model import evaluate
+
+        return evaluate(progress=False, **options)
+
+
+def _export(args):
+    from .export import export
+
+    out = export(args.checkpoint, args.format, args.out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -431,7 +477,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    handler = {"train": _train, "evaluate": _evaluate, "compare": _compare, "bench": _bench,
+    handler = {"train": _train, "evaluate": _evaluate, "export": _export, "compare": _compare, "bench": _bench,
                "peak": _peak}[args.command]
     try:
         return handler(args, argv) if args.command in ("train", "bench") else handler(args)

@@ -38,7 +38,10 @@ from .weights import init_weights, load_weights, read_metadata, read_optimizer_s
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "MODEL_NAME",
+    "LEGACY_CHECKPOINT_NAME",
     "METRICS_NAME",
+    "find_checkpoint",
     "run_directory_lock",
     "TrainingDiverged",
     "CheckpointError",
@@ -50,7 +53,13 @@ __all__ = [
     "train_ch6",
 ]
 
-CHECKPOINT_NAME = "checkpoint.npz"
+#: A run directory's checkpoint: weights, BatchNorm statistics, optimizer and training state (what
+#: ``--resume`` reads), a safetensors file (:func:`common.weights.save_weights`).
+CHECKPOINT_NAME = "checkpoint.safetensors"
+#: The same file without the optimizer's tensors: the trained network, for the ecosystem's models.
+MODEL_NAME = "model.safetensors"
+#: The checkpoint of runs written before safetensors: still resumed, never written.
+LEGACY_CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
 LOCK_NAME = ".lock"
 
@@ -165,10 +174,20 @@ def _write_json(path, payload) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def find_checkpoint(out_dir) -> Optional[str]:
+    """The path of the checkpoint in run directory ``out_dir``: :data:`CHECKPOINT_NAME`, or for a
+    run written before safetensors :data:`LEGACY_CHECKPOINT_NAME`; None if it has neither."""
+    for name in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def _kept_checkpoint(error: TrainingDiverged, out_dir) -> TrainingDiverged:
     """``error``, telling where the last good checkpoint is when there is one."""
-    kept = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir is not None else None
-    if kept and os.path.exists(kept):
+    kept = find_checkpoint(out_dir) if out_dir is not None else None
+    if kept:
         return TrainingDiverged(f"{error}; the last good checkpoint is kept in {kept}")
     return error
 
@@ -196,9 +215,10 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
     """Train ``trainer`` for epochs ``start_epoch .. config.epochs - 1``.
 
     After every epoch: one summary line (unless ``quiet``), and, with ``out_dir``, the
-    checkpoint (canonical weights plus the state needed to resume) and ``metrics.json``
-    (with every step's training loss, ``step_losses``, continuing those given), both
-    replaced atomically. A non-finite training loss, test loss, weight or running statistic
+    checkpoint (:data:`CHECKPOINT_NAME`: canonical weights plus the state needed to resume),
+    the model (:data:`MODEL_NAME`: the checkpoint less the optimizer's tensors) and
+    ``metrics.json`` (with every step's training loss, ``step_losses``, continuing those
+    given), each replaced atomically. A non-finite training loss, test loss, weight or running statistic
     raises :class:`TrainingDiverged` and leaves the last good checkpoint as it was. Returns
     the per-epoch history (a list of dicts with ``epoch, train_loss, train_acc, test_acc,
     test_loss, examples_per_sec, seconds, eval_seconds``).
@@ -249,6 +269,7 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
                      "step_losses": step_losses, "recipe": describe(trainer.recipe)}
             save_weights(os.path.join(out_dir, CHECKPOINT_NAME), weights, config.spec,
                          metadata={"train_state": state}, optimizer_state=optimizer_state)
+            save_weights(os.path.join(out_dir, MODEL_NAME), weights, config.spec, metadata={"train_state": state})
             metrics = dict(_environment(trainer))
             peak_memory = trainer.peak_memory_bytes()
             metrics.update({
@@ -338,9 +359,10 @@ def resolve_config(preset, config, overrides) -> TrainConfig:
 
 
 def _resume_state(out_dir, config: TrainConfig):
-    path = os.path.join(out_dir, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+    path = find_checkpoint(out_dir)
+    if path is None:
+        raise CheckpointError(f"--resume: no checkpoint at {os.path.join(out_dir, CHECKPOINT_NAME)}; "
+                              f"start without --resume")
     weights = load_weights(path, config.spec)
     state = read_metadata(path).get("train_state")
     if not state:
@@ -374,8 +396,10 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
     ``overrides`` (``epochs=1, resize=None, ...``, see :class:`common.hparams.TrainConfig`).
     Initial weights come from :func:`common.weights.init_weights` for the seed, the data order
     from :mod:`common.data` for the seed, so every backend computes the same run. With
-    ``out_dir``, a checkpoint and ``metrics.json`` are written after every epoch; an existing
-    checkpoint is never overwritten unless ``resume`` continues it.
+    ``out_dir``, a checkpoint, the model and ``metrics.json`` are written after every epoch; an
+    existing checkpoint or model is never overwritten unless ``resume`` continues the run (which
+    resumes a run written before safetensors from its ``checkpoint.npz`` and writes safetensors
+    from then on, leaving the ``.npz`` as it was).
 
     In a process whose environment describes a data-parallel job (:mod:`common.distributed`),
     this trains as one of its workers, with the backend's ``distributed.DistributedTrainer`` on
@@ -404,18 +428,21 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
 def check_start(out_dir, resume: bool, config: TrainConfig):
     """Where a run into ``out_dir`` starts: ``(start_epoch, history, step_losses, weights,
     optimizer_state)`` (``weights`` None and the state empty for a new run); a one-line
-    :class:`CheckpointError` when it cannot (a checkpoint there without ``resume``, or one
-    ``resume`` cannot continue)."""
+    :class:`CheckpointError` when it cannot (a checkpoint or model there without ``resume``, or
+    a checkpoint ``resume`` cannot continue)."""
     if out_dir is not None:
-        checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
         if resume:
             weights, state = _resume_state(out_dir, config)
             return (state["epoch"], state.get("history", []), state.get("step_losses", []), weights,
                     state["optimizer_state"])
-        if os.path.exists(checkpoint):
+        checkpoint = find_checkpoint(out_dir)
+        if checkpoint is not None:
             raise CheckpointError(
                 f"{checkpoint} already exists; pass --resume to continue it, or choose another --out"
             )
+        model = os.path.join(out_dir, MODEL_NAME)
+        if os.path.exists(model):
+            raise CheckpointError(f"{model} already exists; remove it or choose another --out")
     return 0, [], [], None, {}
 
 
@@ -447,7 +474,7 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
             train_loader = fashion_mnist_loader("train", data.replace(shard=(rank, world_size)))
         quiet = quiet or not writer
         if start_epoch and not quiet:
-            print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {out_dir}")
+            print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {find_checkpoint(out_dir)}")
         return fit(trainer, train_loader, test_loader, config, out_dir=out_dir if writer else None,
                    start_epoch=start_epoch, history=history, step_losses=step_losses, quiet=quiet,
                    progress=False if not writer else progress, print_fn=print_fn)

@@ -3,25 +3,33 @@
 Weights are a ``dict`` of canonical name -> float32 NumPy array (see
 :func:`common.naming.parameter_shapes`). :func:`init_weights` makes them from a seed in NumPy,
 so every backend starts from bit-identical numbers; :func:`save_weights` /
-:func:`load_weights` read and write them as an ``.npz`` file that needs no pickle, carries
-the architecture's name, style and stem (:func:`read_spec`), and is replaced atomically.
+:func:`load_weights` read and write them as a `safetensors <https://huggingface.co/docs/safetensors>`_
+file (the format the ecosystem reads: no pickle, a JSON header, readers for every framework),
+which carries the architecture's name, style and stem in its header (:func:`read_spec`) and is
+replaced atomically. The ``.npz`` files of earlier versions still load: every reader tells the two
+formats apart by their content, and :func:`save_weights` writes one for a path ending in ``.npz``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from .files import atomic_write
 from .naming import parameter_shapes
-from .spec import ResNetSpec, get_spec
+from .spec import RESNET_SPECS, STEMS, ResNetSpec, get_spec
 
 __all__ = [
     "WeightsError",
     "FORMAT_TAG",
+    "SAFETENSORS_FORMAT",
+    "OPTIMIZER_PREFIX",
     "init_weights",
     "jittered_weights",
     "check_weights",
@@ -33,14 +41,21 @@ __all__ = [
     "read_spec",
 ]
 
-#: Written into every file; bumped if the layout of the file ever changes.
+#: The ``format`` of a safetensors file's header; bumped if the layout of the file ever changes.
+SAFETENSORS_FORMAT = "resnet-fmnist-safetensors/1"
+#: Written into every ``.npz`` file (the format before safetensors, still read and written).
 FORMAT_TAG = "resnet-fmnist-weights/1"
+#: + a canonical name of :mod:`common.optim`: a tensor of the optimizer's state (both formats).
+OPTIMIZER_PREFIX = "__optimizer__."
 _META_FORMAT = "__format__"
 _META_ARCH = "__arch__"
 _META_STYLE = "__style__"  # absent in files written before styles existed: "d2l"
 _META_STEM = "__stem__"  # absent in files written before stems existed: "imagenet"
 _META_EXTRA = "__metadata__"
-_META_OPTIMIZER = "__optimizer__."  # + a canonical name of common.optim: the optimizer's state
+#: What ``npz`` (the zip of an ``.npz`` file) begins with; anything else is read as safetensors.
+_ZIP_MAGIC = b"PK\x03\x04"
+#: safetensors' own limit on the size of a header.
+_HEADER_LIMIT = 100_000_000
 
 
 class WeightsError(ValueError):
@@ -133,134 +148,251 @@ def check_weights(weights: Mapping[str, np.ndarray], arch="resnet18", source: st
             raise WeightsError(f"{source}: '{name}' has negative variances")
 
 
-def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metadata: Optional[dict] = None,
-                 optimizer_state: Optional[Mapping[str, np.ndarray]] = None) -> None:
-    """Write ``weights`` (checked first) to ``path`` as an uncompressed ``.npz``, atomically.
-
-    ``metadata`` (JSON-serialisable: training state, say) is stored beside the arrays and
-    read back by :func:`read_metadata`; ``optimizer_state`` (canonical names of
-    :mod:`common.optim`, float64 buffers and the int64 step) beside them too, read back by
-    :func:`read_optimizer_state`.
-    """
-    spec = get_spec(arch)
-    check_weights(weights, spec, source=os.fspath(path))
-    arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
-    arrays[_META_FORMAT] = np.array(FORMAT_TAG)
-    arrays[_META_ARCH] = np.array(spec.name)
-    arrays[_META_STYLE] = np.array(spec.style)
-    arrays[_META_STEM] = np.array(spec.stem)
-    arrays[_META_EXTRA] = np.array(json.dumps(metadata or {}, sort_keys=True))
+def _optimizer_arrays(path, optimizer_state) -> Dict[str, np.ndarray]:
+    """``optimizer_state`` under the file's names, checked: finite float or integer arrays."""
+    arrays = {}
     for name, value in (optimizer_state or {}).items():
         value = np.asarray(value)
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)) or not np.all(
                 np.isfinite(value)):
-            raise WeightsError(f"{os.fspath(path)}: optimizer state '{name}' is not a finite number array")
-        arrays[_META_OPTIMIZER + name] = np.array(value, order="C")  # a 0-d step stays 0-d
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+            raise WeightsError(f"{path}: optimizer state '{name}' is not a finite number array")
+        arrays[OPTIMIZER_PREFIX + name] = np.array(value, order="C")  # a 0-d step stays 0-d
+    return arrays
 
 
-def _open_npz(path):
+def save_weights(path, weights: Mapping[str, np.ndarray], arch="resnet18", metadata: Optional[dict] = None,
+                 optimizer_state: Optional[Mapping[str, np.ndarray]] = None) -> None:
+    """Write ``weights`` (checked first) to ``path``, atomically: a safetensors file, or, for a
+    path ending in ``.npz``, an uncompressed ``.npz`` (the format of earlier versions).
+
+    The safetensors file holds the weights as float32 tensors under their canonical names
+    (for style torchvision: torchvision's and timm's ``state_dict`` keys, less
+    ``num_batches_tracked``), ``optimizer_state`` (canonical names of :mod:`common.optim`,
+    float64 buffers and the 0-d int64 step) as tensors named ``__optimizer__.<name>``, and in its
+    header's ``__metadata__`` (text to text): ``format`` (:data:`SAFETENSORS_FORMAT`), ``arch``,
+    ``style``, ``stem``, ``in_channels``, ``num_classes`` and ``metadata``, the JSON text of
+    ``metadata`` (training state, say). :func:`read_metadata` and :func:`read_optimizer_state`
+    read them back; ``safetensors.numpy.load_file`` reads the tensors with nothing of this project.
+    """
+    spec = get_spec(arch)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise WeightsError(f"{path}: no such file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise WeightsError(f"{path}: not a readable .npz weights file ({error})") from None
+    check_weights(weights, spec, source=path)
+    arrays = {name: np.ascontiguousarray(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
+    text = json.dumps(metadata or {}, sort_keys=True)
+    optimizer = _optimizer_arrays(path, optimizer_state)
+    if path.endswith(".npz"):
+        arrays[_META_FORMAT] = np.array(FORMAT_TAG)
+        arrays[_META_ARCH] = np.array(spec.name)
+        arrays[_META_STYLE] = np.array(spec.style)
+        arrays[_META_STEM] = np.array(spec.stem)
+        arrays[_META_EXTRA] = np.array(text)
+        arrays.update(optimizer)
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        return
+    in_channels, num_classes = _infer_io(weights)
+    header = {"format": SAFETENSORS_FORMAT, "arch": spec.name, "style": spec.style, "stem": spec.stem,
+              "in_channels": str(in_channels), "num_classes": str(num_classes), "metadata": text}
+    data = safetensors.numpy.save({**arrays, **optimizer}, metadata=header)
+    atomic_write(path, lambda handle: handle.write(data))
 
 
-def _read_string(npz, key, path):
-    try:
-        return str(npz[key][()])
-    except KeyError:
-        raise WeightsError(f"{path}: no '{key}' entry; not a resnet-fmnist weights file") from None
-    except ValueError as error:  # an object array that would need pickle
-        raise WeightsError(f"{path}: entry '{key}' is not plain text ({error})") from None
+def _not_readable(path, error) -> str:
+    """Why the safetensors reader refused ``path`` (``error``), in words: not a weights file at
+    all, a truncated one (the header promises more bytes than the file has), or a corrupt one."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        opening = handle.read(1)
+        if length is None or opening != b"{" or length > _HEADER_LIMIT:  # a safetensors header is a JSON object
+            return "not a safetensors or .npz weights file"
+        if 8 + length > size:
+            return f"truncated: its safetensors header needs {8 + length} bytes, the file has {size}"
+        handle.seek(8)
+        try:
+            header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"a corrupt safetensors file ({error})"
+    if 8 + length + end > size:
+        return f"truncated: its tensors need {8 + length + end} bytes, the file has {size}"
+    return f"a corrupt safetensors file ({error})"
 
 
-def _read_tags(npz, path) -> Tuple[str, str, str]:
-    """``(arch, style, stem)`` of an open weights file; files older than styles or stems have the defaults."""
-    arch = _read_string(npz, _META_ARCH, path)
-    style = _read_string(npz, _META_STYLE, path) if _META_STYLE in npz.files else "d2l"
-    stem = _read_string(npz, _META_STEM, path) if _META_STEM in npz.files else "imagenet"
-    return arch, style, stem
+def _torchvision_match(shapes: Mapping[str, Tuple[int, ...]]) -> Optional[ResNetSpec]:
+    """The torchvision-style spec whose ``state_dict`` (less ``num_batches_tracked``) has exactly
+    these names and shapes, if one has."""
+    shapes = {name: tuple(shape) for name, shape in shapes.items() if not name.endswith(".num_batches_tracked")}
+    conv1, fc = shapes.get("conv1.weight", ()), shapes.get("fc.weight", ())
+    if len(conv1) != 4 or len(fc) != 2:
+        return None
+    in_channels, num_classes = conv1[1], fc[0]
+    for arch in RESNET_SPECS:
+        for stem in STEMS:
+            spec = get_spec(arch, "torchvision", stem)
+            if parameter_shapes(spec, in_channels, num_classes) == shapes:
+                return spec
+    return None
+
+
+class _WeightsFile(contextlib.AbstractContextManager):
+    """One open weights file of either format, told apart by its first bytes (an ``.npz`` is a
+    zip): the text of its header's fields and its arrays by name. Every failure is a one-line
+    :class:`WeightsError` naming the file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise WeightsError(f"{self.path}: no such file")
+        with open(self.path, "rb") as handle:
+            self.is_npz = handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        self._stack = contextlib.ExitStack()
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self) -> None:
+        if self.is_npz:
+            self.format = FORMAT_TAG
+            try:
+                self._npz = self._stack.enter_context(np.load(self.path, allow_pickle=False))
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+                raise WeightsError(f"{self.path}: not a readable .npz weights file ({error})") from None
+            self.names = [key for key in self._npz.files
+                          if not key.startswith("__") or key.startswith(OPTIMIZER_PREFIX)]
+            return
+        self.format = SAFETENSORS_FORMAT
+        try:
+            self._file = self._stack.enter_context(safetensors.safe_open(self.path, framework="numpy"))
+            self._header = self._file.metadata() or {}
+            self.names = list(self._file.keys())
+        except (safetensors.SafetensorError, OSError, ValueError) as error:
+            raise WeightsError(f"{self.path}: {_not_readable(self.path, error)}") from None
+        if "format" not in self._header:
+            raise WeightsError(self._foreign())
+
+    def _foreign(self) -> str:
+        """What a safetensors file without this project's header gets: what it is, and for a
+        torchvision ResNet's ``state_dict``, how to make one of this project's files from it."""
+        message = f"{self.path}: a safetensors file, but not one of resnet-fmnist's (its header has no 'format')"
+        shapes = {name: tuple(self._file.get_slice(name).get_shape()) for name in self.names}
+        spec = _torchvision_match(shapes)
+        if spec is None:
+            return message
+        stem = f", stem={spec.stem!r}" if spec.stem != "imagenet" else ""
+        return (f"{message}; its tensors are torchvision's {spec.name}: drop the num_batches_tracked entries and "
+                f"write them with common.weights.save_weights(path, weights, "
+                f"get_spec({spec.name!r}, 'torchvision'{stem}))")
+
+    def __exit__(self, *exc_info):
+        self._stack.close()
+        return None
+
+    def text(self, field: str, default: Optional[str] = None) -> str:
+        """The header's ``field`` (see :func:`save_weights`; in an ``.npz``, the text array
+        ``__<field>__``): a one-line error if it is absent and has no ``default``."""
+        if not self.is_npz:
+            value = self._header.get(field, default)
+            if value is None:
+                raise WeightsError(f"{self.path}: its header has no '{field}'; not a resnet-fmnist weights file")
+            return value
+        key = "__" + field + "__"
+        if key not in self._npz.files:
+            if default is None:
+                raise WeightsError(f"{self.path}: no '{key}' entry; not a resnet-fmnist weights file")
+            return default
+        try:
+            return str(self._npz[key][()])
+        except ValueError as error:  # an object array that would need pickle
+            raise WeightsError(f"{self.path}: entry '{key}' is not plain text ({error})") from None
+
+    def tags(self) -> Tuple[str, str, str]:
+        """``(arch, style, stem)``; ``.npz`` files older than styles or stems have the defaults."""
+        if not self.is_npz:
+            return self.text("arch"), self.text("style"), self.text("stem")
+        return self.text("arch"), self.text("style", "d2l"), self.text("stem", "imagenet")
+
+    def array(self, name: str) -> np.ndarray:
+        try:
+            return self._npz[name] if self.is_npz else self._file.get_tensor(name)
+        except (ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError, safetensors.SafetensorError) as error:
+            raise WeightsError(f"{self.path}: array '{name}' cannot be read ({error})") from None
 
 
 def read_architecture(path) -> Tuple[str, str]:
     """``(arch, style)`` recorded in a weights file (for :func:`common.spec.get_spec`); its stem is
     :func:`read_spec`'s."""
-    path = os.fspath(path)
-    with _open_npz(path) as npz:
-        arch, style, _ = _read_tags(npz, path)
+    with _WeightsFile(path) as file:
+        arch, style, _ = file.tags()
     return arch, style
 
 
 def read_spec(path) -> ResNetSpec:
     """The spec recorded in a weights file: its architecture, style and stem."""
-    path = os.fspath(path)
-    with _open_npz(path) as npz:
-        arch, style, stem = _read_tags(npz, path)
+    with _WeightsFile(path) as file:
+        arch, style, stem = file.tags()
     try:
         return get_spec(arch, style, stem)
     except ValueError as error:
-        raise WeightsError(f"{path}: {error}") from None
+        raise WeightsError(f"{os.fspath(path)}: {error}") from None
+
+
+def _header_int(file: _WeightsFile, field: str) -> Optional[int]:
+    """A safetensors header's ``in_channels`` or ``num_classes`` (None in an ``.npz``)."""
+    if file.is_npz:
+        return None
+    text = file.text(field)
+    if not text.isdigit():
+        raise WeightsError(f"{file.path}: its header's '{field}' is {text!r}, not a number")
+    return int(text)
 
 
 def load_weights(path, arch="resnet18") -> Dict[str, np.ndarray]:
-    """Read a file written by :func:`save_weights` and check it against ``arch`` (a name or a spec
-    with its style and stem).
+    """Read a file written by :func:`save_weights` (either format) and check it against ``arch``
+    (a name or a spec with its style and stem).
 
-    Refuses (with :class:`WeightsError` naming the file and the key) anything that is not
-    an npz, needs pickle, has another architecture, style or stem tag, or has a missing, extra,
-    wrongly shaped or non-finite array.
+    Refuses (with :class:`WeightsError` naming the file and the key) a missing, truncated or
+    corrupt file, one that is not this project's (a foreign safetensors file, an npz that needs
+    pickle), one with another architecture, style or stem, and one with a missing, extra,
+    wrongly shaped, non-float or non-finite array. Returns the arrays in the order of
+    :func:`common.naming.parameter_shapes`.
     """
     spec = get_spec(arch)
     path = os.fspath(path)
-    with _open_npz(path) as npz:
-        tag = _read_string(npz, _META_FORMAT, path)
-        if tag != FORMAT_TAG:
-            raise WeightsError(f"{path}: format '{tag}' is not '{FORMAT_TAG}'")
-        file_arch, file_style, file_stem = _read_tags(npz, path)
+    with _WeightsFile(path) as file:
+        tag = file.text("format")
+        if tag != file.format:
+            raise WeightsError(f"{path}: format '{tag}' is not '{file.format}'")
+        file_arch, file_style, file_stem = file.tags()
         if (file_arch, file_style, file_stem) != (spec.name, spec.style, spec.stem):
             stems = (file_stem, spec.stem) != ("imagenet", "imagenet")  # named where either is not the default
             have = f"{file_arch} (style {file_style}" + (f", stem {file_stem})" if stems else ")")
             want = f"{spec.name} (style {spec.style}" + (f", stem {spec.stem})" if stems else ")")
             flags = f"--arch {file_arch} --style {file_style}" + (f" --stem {file_stem}" if stems else "")
             raise WeightsError(f"{path}: holds weights for {have}, not {want}; pass {flags}")
-        weights = {}
-        for key in npz.files:
-            if key.startswith("__"):
-                continue
-            try:
-                weights[key] = npz[key]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-                raise WeightsError(f"{path}: array '{key}' cannot be read ({error})") from None
-    check_weights(weights, spec, source=path)
-    return {name: np.asarray(value, dtype=np.float32) for name, value in weights.items()}
+        in_channels, num_classes = _header_int(file, "in_channels"), _header_int(file, "num_classes")
+        weights = {name: file.array(name) for name in file.names if not name.startswith(OPTIMIZER_PREFIX)}
+    check_weights(weights, spec, source=path, in_channels=in_channels, num_classes=num_classes)
+    order = parameter_shapes(spec, *_infer_io(weights))
+    return {name: np.asarray(weights[name], dtype=np.float32) for name in order}
 
 
 def read_optimizer_state(path) -> Dict[str, np.ndarray]:
     """The optimizer state stored by :func:`save_weights` under its canonical names (empty if none)."""
-    path = os.fspath(path)
-    state = {}
-    with _open_npz(path) as npz:
-        for key in npz.files:
-            if key.startswith(_META_OPTIMIZER):
-                try:
-                    state[key[len(_META_OPTIMIZER):]] = npz[key]
-                except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-                    raise WeightsError(f"{path}: optimizer state '{key}' cannot be read ({error})") from None
-    return state
+    with _WeightsFile(path) as file:
+        return {name[len(OPTIMIZER_PREFIX):]: file.array(name) for name in file.names
+                if name.startswith(OPTIMIZER_PREFIX)}
 
 
 def read_metadata(path) -> dict:
     """The ``metadata`` dict stored by :func:`save_weights` (empty if none)."""
-    path = os.fspath(path)
-    with _open_npz(path) as npz:
-        if _META_EXTRA not in npz.files:
-            return {}
-        text = _read_string(npz, _META_EXTRA, path)
+    with _WeightsFile(path) as file:
+        text = file.text("metadata", "")
+    if not text:
+        return {}
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise WeightsError(f"{path}: metadata is not valid JSON ({error})") from None
+        raise WeightsError(f"{os.fspath(path)}: metadata is not valid JSON ({error})") from None

@@ -30,7 +30,8 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     """The markers, handled here once (pyproject.toml declares them):
 
-    * ``backend(*names)``: runs only where RESNET_BACKEND is one of ``names``;
+    * ``backend(*names)``: runs only where RESNET_BACKEND is one of ``names`` (and there even when it
+      takes no backend: the onnx environment's framework-free tests);
     * ``compile_heavy(*names)``: in those backends' environments, only adds compiling to what other
       cases check (XLA's ResNet-101): skipped there unless RESNET_ALL_FAMILIES=1;
     * tests that take no backend (framework-free) run only where :data:`FRAMEWORK_FREE_IN` says.
@@ -45,7 +46,8 @@ def pytest_collection_modifyitems(config, items):
         heavy = item.get_closest_marker("compile_heavy")
         if heavy is not None and BACKEND in heavy.args and not all_families:
             item.add_marker(pytest.mark.skip(reason=f"only adds compiling in {BACKEND}: RESNET_ALL_FAMILIES=1 runs it"))
-        if BACKEND not in FRAMEWORK_FREE_IN and "backend_name" not in getattr(item, "fixturenames", ()):
+        chosen = backends is not None and BACKEND in backends.args  # marked for this environment
+        if BACKEND not in FRAMEWORK_FREE_IN and not chosen and "backend_name" not in getattr(item, "fixturenames", ()):
             item.add_marker(free_skip)
 
 

@@ -163,9 +163,11 @@ def test_train_writes_checkpoint_and_metrics(capsys, tmp_path, backend_name):
     assert metrics["backend"] == backend_name and metrics["finished"] is True
     assert metrics["hyperparameters"]["batch_size"] == 16 and metrics["hyperparameters"]["resize"] is None
     assert len(metrics["history"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.safetensors", "metrics.json",
+                                                     "model.safetensors"]
     # evaluate reads the resize from the checkpoint
     code, out_text, err = run(capsys, "evaluate", "--backend", backend_name, "--weights",
-                              str(out / "checkpoint.npz"), "--synthetic", "--test-subset", "16")
+                              str(out / "checkpoint.safetensors"), "--synthetic", "--test-subset", "16")
     assert code == 0, err
     assert "test acc" in out_text and "on 16 images" in out_text
 
@@ -179,17 +181,22 @@ def test_diverged_run_exits_1_and_writes_no_checkpoint(capsys, tmp_path, backend
                        "1e6", "--quiet")
     assert code == 1
     assert_one_line_error(err, "epoch 1", "--lr")
-    assert not (out / "checkpoint.npz").exists() and not (out / "metrics.json").exists()
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
-def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name):
+@pytest.mark.parametrize("name, hint", [
+    ("checkpoint.safetensors", "--resume"),
+    ("checkpoint.npz", "--resume"),  # an older run's
+    ("model.safetensors", "choose another --out"),
+])
+def test_train_never_overwrites_a_checkpoint(capsys, tmp_path, backend_name, name, hint):
     out = tmp_path / "run"
-    save_weights(out / "checkpoint.npz", init_weights(seed=9))
-    before = (out / "checkpoint.npz").read_bytes()
+    save_weights(out / name, init_weights(seed=9))
+    before = (out / name).read_bytes()
     code, _, err = run(capsys, "train", "--backend", backend_name, "--out", str(out), *TINY)
     assert code == 1
-    assert_one_line_error(err, "already exists", "--resume")
-    assert (out / "checkpoint.npz").read_bytes() == before
+    assert_one_line_error(err, str(out / name), "already exists", hint)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", name] and (out / name).read_bytes() == before
 
 
 def test_missing_data_is_one_line(capsys, tmp_path, backend_name):
@@ -199,12 +206,13 @@ def test_missing_data_is_one_line(capsys, tmp_path, backend_name):
     assert_one_line_error(err, str(tmp_path / "absent"))
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"garbage", "not a readable .npz"),
-    (None, "missing array 'layer1.2.conv1.weight' (and 95 more) for resnet34"),  # the file says resnet34
+@pytest.mark.parametrize("name, content, words", [
+    ("checkpoint.safetensors", b"garbage", "not a safetensors or .npz weights file"),
+    ("checkpoint.npz", b"garbage", "not a safetensors or .npz weights file"),
+    ("checkpoint.npz", None, "missing array 'layer1.2.conv1.weight' (and 95 more) for resnet34"),  # says resnet34
 ])
-def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, content, words):
-    path = tmp_path / "checkpoint.npz"
+def test_evaluate_refuses_bad_checkpoints(capsys, tmp_path, backend_name, name, content, words):
+    path = tmp_path / name
     if content is None:
         save_weights(path, init_weights(seed=0))
         with np.load(path, allow_pickle=False) as npz:
@@ -226,13 +234,13 @@ def test_train_evaluate_and_resume_name_the_network(capsys, tmp_path, backend_na
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["hyperparameters"]["arch"], metrics["hyperparameters"]["style"]) == ("((1, 16), (1, 32))", "preact")
-    assert read_architecture(out / "checkpoint.npz") == ("((1, 16), (1, 32))", "preact")
+    assert read_architecture(out / "checkpoint.safetensors") == ("((1, 16), (1, 32))", "preact")
     # evaluate takes the network from the file ...
-    code, text, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.npz"),
-                          "--synthetic", "--test-subset", "16")
+    code, text, err = run(capsys, "evaluate", "--backend", backend_name, "--weights",
+                          str(out / "checkpoint.safetensors"), "--synthetic", "--test-subset", "16")
     assert code == 0 and "test acc" in text, err
     # ... and refuses another one, naming both
-    code, _, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.npz"),
+    code, _, err = run(capsys, "evaluate", "--backend", backend_name, "--weights", str(out / "checkpoint.safetensors"),
                        "--synthetic", "--style", "d2l")
     assert code == 1
     assert_one_line_error(err, "holds weights for ((1, 16), (1, 32)) (style preact), "

@@ -239,7 +239,7 @@ def test_two_workers_take_the_oracles_sharded_step(backend, backend_name, tmp_pa
                              "--test-subset", "8", "--batch-size", "16", "--epochs", "1"))
     assert done.returncode == 0, done.stderr[-3000:]
     arch = get_spec(STEP_ARCH).name
-    weights = load_weights(out / "checkpoint.npz", get_spec(arch))
+    weights = load_weights(out / "checkpoint.safetensors", get_spec(arch))
     before = init_weights(arch, 0)
     loader = fashion_mnist_loader("train", 16, synthetic=True, subset=16)
     images, labels = next(iter(loader))
@@ -277,7 +277,7 @@ def test_an_epoch_on_two_workers_then_resumed_on_one(backend_name, tmp_path):
     loader = fashion_mnist_loader("train", 8, synthetic=True, subset=20)
     start = init_weights(arch, 0)
     losses, want = _oracle_epoch(start, loader, 0, 2, 0.02, arch)
-    first = load_weights(out / "checkpoint.npz", get_spec(arch))
+    first = load_weights(out / "checkpoint.safetensors", get_spec(arch))
     metrics = json.loads((out / "metrics.json").read_text())
     np.testing.assert_allclose(metrics["step_losses"], losses, rtol=0, atol=1e-3)
     assert _update_norm(first, want) <= 2e-3 * _update_norm(first, start)
@@ -285,7 +285,7 @@ def test_an_epoch_on_two_workers_then_resumed_on_one(backend_name, tmp_path):
     done = _cli(*_train_args(backend_name, out, "--workers", "1", "--epochs", "2", "--resume", *common_args))
     assert done.returncode == 0, done.stderr[-3000:]
     losses, want = _oracle_epoch(first, loader, 1, 1, 0.02, arch)
-    second = load_weights(out / "checkpoint.npz", get_spec(arch))
+    second = load_weights(out / "checkpoint.safetensors", get_spec(arch))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workers"] == 1 and metrics["epochs_completed"] == 2
     np.testing.assert_allclose(metrics["step_losses"][3:], losses, rtol=0, atol=1e-3)
@@ -326,7 +326,7 @@ def test_a_killed_worker_ends_the_job_and_keeps_the_checkpoint(backend_name, tmp
                                 stdout=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
-        while not (out / "checkpoint.npz").exists():
+        while not (out / "metrics.json").exists():  # written after the checkpoint and the model
             assert launcher.poll() is None, launcher.stderr.read()
             assert time.monotonic() < deadline, "no checkpoint in time"
             time.sleep(0.2)
@@ -346,10 +346,10 @@ def test_a_killed_worker_ends_the_job_and_keeps_the_checkpoint(backend_name, tmp
                                                f"by SIGKILL; the other workers were stopped")
     assert took <= FAULT_BOUND, f"the job took {took:.1f} s to end"
     assert not any(_alive(pid) for pid in family)
-    state = read_metadata(out / "checkpoint.npz")["train_state"]  # whole: written atomically by worker 0
+    state = read_metadata(out / "checkpoint.safetensors")["train_state"]  # whole: written atomically by worker 0
     assert state["epoch"] >= 1
-    load_weights(out / "checkpoint.npz", get_spec(get_spec(TINY_ARCH).name))
-    assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz", "metrics.json"]
+    load_weights(out / "checkpoint.safetensors", get_spec(get_spec(TINY_ARCH).name))
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.safetensors", "metrics.json", "model.safetensors"]
 
 
 def test_bench_reports_the_scaling_against_one_worker(backend_name):

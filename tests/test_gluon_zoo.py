@@ -7,23 +7,28 @@ weights through a name map (:func:`zoo_to_canonical`), a zoo network must give t
 resnet_mx's, in evaluation mode and in training mode (batch statistics; the zoo's BatchNorm moves its
 running statistics its own way, so only logits are compared). Built on the CPU, nothing downloaded.
 
+:func:`common.gluon_zoo.export_gluon` writes such weights as a file the zoo's own ``load_parameters`` reads
+into ``vision.resnet18_v1(classes=10)`` / ``resnet34_v1`` (one input channel, which the zoo's first
+convolution takes from the file): the zoo then gives resnet_mx's logits within 1e-5 of the largest, in both
+modes; every other network is refused in one line, and so is an export where MXNet does not import.
+
 The inputs are 64 x 64: in training mode a deeper network on smaller maps (32 x 32, layer4 on 1 x 1 maps,
 4 values per BatchNorm channel) depends on float32 rounding by more than the 1e-4 bound (the oracle's own
 logits move by 4e-4 under a 1e-6 relative jitter of the weights); at 64 x 64 by 5e-5 or less.
 """
+import sys
+
 import numpy as np
 import pytest
 
 from common import oracle
+from common.gluon_zoo import GluonZooError, export_gluon, zoo_to_canonical
 from common.naming import parameter_shapes
 from common.spec import BN_EPSILON, get_spec, iter_blocks
 
 from helpers import disturbed_weights, scaled_for_unit_logits
 
 pytestmark = pytest.mark.backend("mx")
-
-#: Gluon's names inside a BatchNorm -> the canonical ones.
-BN_PARTS = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean", "running_var": "running_var"}
 
 #: (zoo builder, classes): both depths the zoo builds with basic blocks, both class counts.
 CASES = [("resnet18", 1000), ("resnet34", 10)]
@@ -32,32 +37,6 @@ CASES = [("resnet18", 1000), ("resnet34", 10)]
 @pytest.fixture(scope="module")
 def mx_backend(backend):
     return backend
-
-
-def zoo_to_canonical(spec):
-    """The zoo's structural parameter names (``features.5.0.body.3.weight``) -> canonical names.
-
-    ``ResNetV1.features`` is [conv, BatchNorm, ReLU, max pool, stage 1, ..., stage 4, global pool]; a
-    ``BasicBlockV1`` is ``body`` = [conv, BatchNorm, ReLU, conv, BatchNorm] and, where the shape changes,
-    ``downsample`` = [1 x 1 conv, BatchNorm]; the classifier is ``output``. (Gluon's flat names,
-    ``resnetv10_stage2_conv2_weight``, number the layers of a stage in one sequence and take a prefix
-    counted per process, so they are not used.)
-    """
-    names = {"features.0.weight": "conv1.weight"}
-    names.update({f"features.1.{part}": f"bn1.{canonical}" for part, canonical in BN_PARTS.items()})
-    for block in iter_blocks(spec):
-        zoo = f"features.{3 + block.stage}.{block.index}"
-        layers = {"body.0": "conv1", "body.1": "bn1", "body.3": "conv2", "body.4": "bn2"}
-        if block.use_1x1conv:
-            layers.update({"downsample.0": "downsample.0", "downsample.1": "downsample.1"})
-        for zoo_layer, layer in layers.items():
-            if layer.startswith("conv") or layer == "downsample.0":
-                names[f"{zoo}.{zoo_layer}.weight"] = f"{block.name}.{layer}.weight"
-            else:
-                names.update({f"{zoo}.{zoo_layer}.{part}": f"{block.name}.{layer}.{canonical}"
-                              for part, canonical in BN_PARTS.items()})
-    names.update({"output.weight": "fc.weight", "output.bias": "fc.bias"})
-    return names
 
 
 def zoo_network(name, classes):
@@ -140,3 +119,85 @@ def test_gluon_zoo_is_the_torchvision_style(mx_backend, name, classes):
         ours = mx_backend.forward(net, images, training=training)
         np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4, err_msg=f"resnet_mx, {mode}")
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4, err_msg=f"resnet_mx and zoo, {mode}")
+
+
+def _exported_zoo(tmp_path, name, weights, spec, filename):
+    """``weights`` through :func:`export_gluon` into a fresh ``vision.<name>_v1(classes=10)`` by Gluon's own
+    ``load_parameters`` (strict: no parameter missing, none extra)."""
+    import mxnet as mx
+    from mxnet.gluon.model_zoo import vision
+
+    path = tmp_path / filename
+    export_gluon(weights, spec, path, metadata={"train_state": {"epoch": 1}})
+    assert sorted(mx.nd.load(str(path))) == sorted(zoo_to_canonical(spec))  # the structural names, nothing else
+    zoo = getattr(vision, f"{name}_v1")(classes=10)
+    zoo.load_parameters(str(path))
+    return zoo
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_export_gluon_loads_into_the_zoo(mx_backend, tmp_path, name):
+    spec = get_spec(name, "torchvision")
+    images, _ = oracle.step_batch(seed=7, batch_size=4, size=64, in_channels=1)
+    net = mx_backend.resnet(name, num_classes=10, in_channels=1, style="torchvision")
+    start = disturbed_weights(spec, seed=3, in_channels=1, num_classes=10)
+    for mode in ("eval", "train"):
+        training = mode == "train"
+        weights = scaled_for_unit_logits(start, images, training=training, arch=spec)
+        zoo = _exported_zoo(tmp_path, name, weights, spec, f"{mode}.params")
+        theirs = zoo_logits(zoo, images, mode)
+        mx_backend.import_weights(net, weights)
+        ours = mx_backend.forward(net, images, training=training)
+        assert 0.5 < np.std(ours) < 2.0
+        np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.max(np.abs(ours)), err_msg=mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.params", "train.params"]  # no temporary left
+
+
+REFUSED = [("resnet50", "torchvision", "imagenet", "stride on the first 1 x 1"),
+           ("resnext50_32x4d", "torchvision", "imagenet", "no ResNeXt"),
+           ("((1, 16), (1, 32))", "torchvision", "imagenet", "no other depth"),
+           ("resnet18", "d2l", "imagenet", "--style torchvision"),
+           ("resnet34", "preact", "imagenet", "--style torchvision"),
+           ("resnet18", "torchvision", "small", "imagenet stem")]
+
+
+@pytest.mark.parametrize("arch, style, stem, why", REFUSED, ids=[f"{a}-{s}-{t}" for a, s, t, _ in REFUSED])
+def test_export_gluon_refuses_what_the_zoo_has_not(tmp_path, arch, style, stem, why):
+    spec = get_spec(arch, style, stem)
+    weights = disturbed_weights(spec, in_channels=1, num_classes=10)
+    with pytest.raises(GluonZooError) as error:
+        export_gluon(weights, spec, tmp_path / "model.params")
+    message = str(error.value)
+    assert "\n" not in message and spec.label in message and why in message
+    assert "resnet18_v1, resnet34_v1" in message and "--format onnx" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_gluon_without_mxnet_says_what_to_install(tmp_path, monkeypatch):
+    spec = get_spec("resnet18", "torchvision")
+    weights = disturbed_weights(spec, in_channels=1, num_classes=10)
+    monkeypatch.setitem(sys.modules, "mxnet", None)  # `import mxnet` raises ImportError
+    with pytest.raises(GluonZooError, match=r"needs mxnet.*pip install mxnet==1\.9\.1") as error:
+        export_gluon(weights, spec, tmp_path / "model.params")
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_gluon_writes_nothing_when_it_fails(mx_backend, tmp_path, monkeypatch):
+    import mxnet as mx
+
+    spec = get_spec("resnet18", "torchvision")
+    weights = disturbed_weights(spec, in_channels=1, num_classes=10)
+    bad = dict(weights, **{"layer1.0.bn1.weight": np.full(64, np.nan, np.float32)})
+    with pytest.raises(ValueError, match="layer1.0.bn1.weight"):
+        export_gluon(bad, spec, tmp_path / "model.params")
+
+    def save_part_then_fail(fname, data):
+        with open(fname, "wb") as handle:
+            handle.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mx.nd, "save", save_part_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_gluon(weights, spec, tmp_path / "model.params")
+    assert list(tmp_path.iterdir()) == []

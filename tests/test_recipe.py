@@ -21,7 +21,7 @@ from common.optim import (
     Schedule,
     chapter_recipe,
 )
-from common.training import CHECKPOINT_NAME, METRICS_NAME, CheckpointError
+from common.training import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, find_checkpoint
 from common.weights import init_weights, load_weights, read_optimizer_state
 
 from helpers import EXPECTED_DIR, SMALL_ARCH
@@ -253,11 +253,12 @@ TINY = dict(arch=SMALL_ARCH, epochs=2, batch_size=16, lr=0.05, resize=None, subs
 
 
 def _copy_run(source, target):
+    """A run directory's checkpoint (either format) and metrics.json, copied into ``target``."""
     import shutil
 
     os.makedirs(target)
-    for name in (CHECKPOINT_NAME, METRICS_NAME):
-        shutil.copy(os.path.join(source, name), os.path.join(target, name))
+    for path in (find_checkpoint(source), os.path.join(source, METRICS_NAME)):
+        shutil.copy(path, target)
 
 
 @pytest.mark.graph_executor
@@ -292,6 +293,9 @@ def test_a_checkpoint_holds_the_optimizer_state_and_resume_continues_it(backend,
 # ------------------------------------------------------------------ a run that moves between frameworks
 
 TORCH_EPOCH1 = os.path.join(EXPECTED_DIR, "torch_epoch1")
+#: Its checkpoint: an older run's checkpoint.npz (issue 23's format), so every backend's resuming it
+#: also proves that a run directory from before safetensors resumes (and writes safetensors).
+TORCH_EPOCH1_CHECKPOINT = find_checkpoint(TORCH_EPOCH1)
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(EXPECTED_DIR)), "tools"))
@@ -316,8 +320,8 @@ def test_a_run_started_in_torch_resumes_here_as_the_oracle_continues_it(backend,
     assert [h["epoch"] for h in history] == [1, 2]
 
     config = TrainConfig(**run_config)
-    start = load_weights(os.path.join(TORCH_EPOCH1, CHECKPOINT_NAME), SMALL_ARCH)
-    state = read_optimizer_state(os.path.join(TORCH_EPOCH1, CHECKPOINT_NAME))
+    start = load_weights(TORCH_EPOCH1_CHECKPOINT, SMALL_ARCH)
+    state = read_optimizer_state(TORCH_EPOCH1_CHECKPOINT)
     loader = fashion_mnist_loader("train", DataConfig(
         config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset, synthetic=True,
         transforms=build_transforms(config.transforms)))
@@ -342,5 +346,5 @@ def test_the_checked_in_torch_epoch_is_what_torch_trains(tmp_path):
 
     first_epoch(str(tmp_path))
     fresh = load_weights(tmp_path / CHECKPOINT_NAME, SMALL_ARCH)
-    kept = load_weights(os.path.join(TORCH_EPOCH1, CHECKPOINT_NAME), SMALL_ARCH)
+    kept = load_weights(TORCH_EPOCH1_CHECKPOINT, SMALL_ARCH)
     assert max(float(np.max(np.abs(fresh[k] - kept[k]))) for k in kept) <= 1e-5

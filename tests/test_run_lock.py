@@ -32,10 +32,10 @@ def test_a_second_run_into_a_busy_directory_is_refused_and_touches_nothing(tmp_p
     out = tmp_path / "run"
     holder = _holder(out)
     try:
-        (out / "checkpoint.npz").write_bytes(b"the other run's")
+        (out / "checkpoint.safetensors").write_bytes(b"the other run's")
         with pytest.raises(CheckpointError, match=rf"{out} is in use by another training run \(pid {holder.pid} on "):
             training.train("no-such-backend", out_dir=str(out), resume=True)
-        assert (out / "checkpoint.npz").read_bytes() == b"the other run's"
+        assert (out / "checkpoint.safetensors").read_bytes() == b"the other run's"
     finally:
         holder.kill()
         holder.wait()
@@ -68,6 +68,6 @@ def test_the_lock_is_released_and_an_empty_new_directory_removed(tmp_path):
 def test_the_lock_removes_what_a_killed_writer_left(tmp_path):
     out = tmp_path / "run"
     with run_directory_lock(out):
-        (out / "checkpoint.npz").write_bytes(b"kept")
-        (out / ".tmp-abc123checkpoint.npz").write_bytes(b"half written by a worker that was killed")
-    assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz"]
+        (out / "checkpoint.safetensors").write_bytes(b"kept")
+        (out / ".tmp-abc123checkpoint.safetensors").write_bytes(b"half written by a worker that was killed")
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.safetensors"]

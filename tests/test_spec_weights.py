@@ -227,7 +227,7 @@ def test_load_refuses_bad_files_naming_file_and_key(tmp_path, change, words):
 def test_load_refuses_non_npz_and_pickles(tmp_path):
     text = tmp_path / "w.npz"
     text.write_text("not a zip")
-    with pytest.raises(WeightsError, match="not a readable .npz"):
+    with pytest.raises(WeightsError, match="not a safetensors or .npz weights file"):
         load_weights(text)
     with pytest.raises(WeightsError, match="no such file"):
         load_weights(tmp_path / "absent.npz")

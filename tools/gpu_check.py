@@ -21,6 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.hparams import PRECISIONS  # noqa: E402  (framework-free)
+from common.training import find_checkpoint  # noqa: E402  (framework-free)
 
 #: Issue 13's targets on one H200.
 TARGETS = {"fp32_recipe_examples_per_sec": 14_000, "fp32_test_acc": 0.91, "bf16_recipe_examples_per_sec": 25_000,
@@ -76,7 +77,7 @@ def run_recipe(backend, precision, results, smoke):
     command = [sys.executable, "-m", "common", "train", "--backend", backend, "--precision", precision,
                "--out", out, "--quiet"]
     command += ["--preset", "quick", "--synthetic", "--epochs", "2"] if smoke else ["--preset", "d2l"]
-    if os.path.exists(os.path.join(out, "checkpoint.npz")):
+    if find_checkpoint(out) is not None:
         return {"precision": precision, "error": f"{out} exists from an earlier run; remove it"}
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
