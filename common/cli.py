@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory for checkpoint.safetensors (what --resume reads), "
                        "model.safetensors (the network alone) and metrics.json (default: runs/<backend>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
+    train.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                       help="also write TensorBoard scalars (each step's loss and rate, each epoch's losses, "
+                            "accuracies and examples/sec) to DIR (default: the run's tensorboard/); "
+                            "needs tensorboardX")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     _add_workers(train)
     _add_data_options(train)
@@ -318,7 +322,7 @@ def _train(args, argv):
     else:  # one process, or one worker of a job (ours, torchrun's, or one started by hand on several hosts)
         load_backend(args.backend).train(preset=preset, out_dir=out_dir, resume=args.resume, quiet=args.quiet,
                                          device=args.device, data_dir=args.data_dir, synthetic=args.synthetic,
-                                         **overrides)
+                                         tensorboard=_tensorboard_dir(args, out_dir), **overrides)
         if job > 1:
             return 0  # worker 0 printed its epochs; the launcher (if any) says what was written
     if not args.quiet:
@@ -327,6 +331,13 @@ def _train(args, argv):
         print(f"[{args.backend}] wrote {os.path.join(out_dir, CHECKPOINT_NAME)}, {os.path.join(out_dir, MODEL_NAME)} "
               f"and {os.path.join(out_dir, METRICS_NAME)}")
     return 0
+
+
+def _tensorboard_dir(args, out_dir):
+    """``--tensorboard``'s folder: the one given, the run's ``tensorboard/`` without one, or None."""
+    if args.tensorboard is None:
+        return None
+    return args.tensorboard or os.path.join(out_dir, "tensorboard")
 
 
 def _launch_workers(args, argv, preset, overrides, out_dir):
@@ -466,10 +477,12 @@ def _expected_errors():
     from .compare import CompareError
     from .data import DataError
     from .distributed import DistributedError
+    from .tensorboard import TensorBoardError
     from .training import CheckpointError, TrainingDiverged
     from .weights import WeightsError
 
-    return (BackendUnavailable, CheckpointError, CompareError, DataError, DistributedError, TrainingDiverged,
+    return (BackendUnavailable, CheckpointError, CompareError, DataError, DistributedError, TensorBoardError,
+            TrainingDiverged,
             WeightsError, ValueError, OSError)
 
 

@@ -34,6 +34,7 @@ from .hparams import D2L, PRESETS, TrainConfig, check_precision
 from .optim import STEP_STATE, chapter_recipe, describe
 from .sharding import check_shardable
 from .spec import arch_name, get_spec
+from .tensorboard import TensorBoardLog, open_log
 from .weights import init_weights, load_weights, read_metadata, read_optimizer_state, read_spec, save_weights
 
 __all__ = [
@@ -211,14 +212,15 @@ def _check_finite(epoch: int, evaluation: Dict[str, float], weights: Dict[str, n
 
 def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None, start_epoch: int = 0,
         history: Optional[List[dict]] = None, step_losses: Optional[List[float]] = None, quiet: bool = False,
-        progress: Optional[bool] = None, print_fn=print) -> List[dict]:
+        progress: Optional[bool] = None, print_fn=print, tensorboard: Optional[TensorBoardLog] = None) -> List[dict]:
     """Train ``trainer`` for epochs ``start_epoch .. config.epochs - 1``.
 
     After every epoch: one summary line (unless ``quiet``), and, with ``out_dir``, the
     checkpoint (:data:`CHECKPOINT_NAME`: canonical weights plus the state needed to resume),
     the model (:data:`MODEL_NAME`: the checkpoint less the optimizer's tensors) and
     ``metrics.json`` (with every step's training loss, ``step_losses``, continuing those
-    given), each replaced atomically. A non-finite training loss, test loss, weight or running statistic
+    given), each replaced atomically; with ``tensorboard``, the epoch's steps and its record as
+    TensorBoard scalars (:mod:`common.tensorboard`). A non-finite training loss, test loss, weight or running statistic
     raises :class:`TrainingDiverged` and leaves the last good checkpoint as it was. Returns
     the per-epoch history (a list of dicts with ``epoch, train_loss, train_acc, test_acc,
     test_loss, examples_per_sec, seconds, eval_seconds``).
@@ -255,6 +257,10 @@ def fit(trainer, train_loader, test_loader, config: TrainConfig, *, out_dir=None
             "eval_seconds": evaluation["seconds"],
         }
         history.append(record)
+        if tensorboard is not None:
+            done = len(step_losses)
+            tensorboard.epoch(done, stats["step_losses"], schedule.rates(range(done, done + len(stats["step_losses"]))),
+                              record)
         step_losses.extend(stats["step_losses"])
         if not quiet:
             print_fn(
@@ -389,7 +395,8 @@ def _trainer_class(backend):
 
 def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[TrainConfig] = None,
           out_dir=None, resume: bool = False, quiet: bool = False, progress: Optional[bool] = None,
-          device=None, data_dir=None, synthetic: bool = False, print_fn=print, **overrides) -> List[dict]:
+          device=None, data_dir=None, synthetic: bool = False, print_fn=print, tensorboard=None,
+          **overrides) -> List[dict]:
     """Train ResNet on Fashion-MNIST with one backend (its short name, or its ``Trainer`` class).
 
     The recipe is ``config`` or ``preset`` ("d2l": the chapter's; the default) with
@@ -399,7 +406,8 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
     ``out_dir``, a checkpoint, the model and ``metrics.json`` are written after every epoch; an
     existing checkpoint or model is never overwritten unless ``resume`` continues the run (which
     resumes a run written before safetensors from its ``checkpoint.npz`` and writes safetensors
-    from then on, leaving the ``.npz`` as it was).
+    from then on, leaving the ``.npz`` as it was). With ``tensorboard`` (a folder), the run's
+    scalars are written there too (:mod:`common.tensorboard`).
 
     In a process whose environment describes a data-parallel job (:mod:`common.distributed`),
     this trains as one of its workers, with the backend's ``distributed.DistributedTrainer`` on
@@ -416,13 +424,13 @@ def train(backend, *, net=None, preset: Optional[str] = None, config: Optional[T
         module = backend_part(name, "distributed")
         try:
             return _train(module.DistributedTrainer, net, config, out_dir, resume, quiet, progress, device, data_dir,
-                          synthetic, print_fn)
+                          synthetic, print_fn, tensorboard)
         finally:
             module.shutdown()
     lock = run_directory_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
     with lock:
         return _train(_trainer_class(backend), net, config, out_dir, resume, quiet, progress, device, data_dir,
-                      synthetic, print_fn)
+                      synthetic, print_fn, tensorboard)
 
 
 def check_start(out_dir, resume: bool, config: TrainConfig):
@@ -446,7 +454,8 @@ def check_start(out_dir, resume: bool, config: TrainConfig):
     return 0, [], [], None, {}
 
 
-def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn):
+def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device, data_dir, synthetic, print_fn,
+           tensorboard=None):
     start_epoch, history, step_losses, weights, optimizer_state = check_start(out_dir, resume, config)
     data = DataConfig(config.batch_size, resize=config.resize, seed=config.seed, subset=config.subset,
                       test_subset=config.test_subset, data_dir=data_dir, drop_last=config.drop_last,
@@ -469,7 +478,8 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
     # A data-parallel job's worker 0 holds the run directory, unless the launcher does already.
     lock = (run_directory_lock(out_dir) if world_size > 1 and writer and out_dir is not None
             and not distributed.launched() else contextlib.nullcontext())
-    with lock:
+    log = open_log(tensorboard, len(step_losses)) if writer else None
+    with lock, log if log is not None else contextlib.nullcontext():
         if world_size > 1:
             train_loader = fashion_mnist_loader("train", data.replace(shard=(rank, world_size)))
         quiet = quiet or not writer
@@ -477,7 +487,7 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
             print_fn(f"[{trainer.backend}] resuming after epoch {start_epoch} from {find_checkpoint(out_dir)}")
         return fit(trainer, train_loader, test_loader, config, out_dir=out_dir if writer else None,
                    start_epoch=start_epoch, history=history, step_losses=step_losses, quiet=quiet,
-                   progress=False if not writer else progress, print_fn=print_fn)
+                   progress=False if not writer else progress, print_fn=print_fn, tensorboard=log)
 
 
 def evaluate(backend, *, weights, arch=None, style=None, stem=None, resize: Optional[int] = 96,
