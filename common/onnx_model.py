@@ -38,7 +38,7 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from .spec import BN_EPSILON, check_input_shape, get_spec
-from .weights import check_weights, load_weights, read_spec
+from .weights import check_weights
 
 __all__ = [
     "ONNX_FORMAT",
@@ -247,20 +247,13 @@ def evaluate(weights, *, arch=None, style=None, stem=None, resize: Optional[int]
     "examples", "seconds"}``, the same data and loss), with ONNX Runtime in place of a backend.
     ``arch``, ``style`` and ``stem`` default to the file's (for a dict: ResNet-18, style d2l, the
     ImageNet stem); given and different from the file's, a one-line error names both."""
-    from .data import DataConfig, fashion_mnist_loader
     from .optim import TTA
-    from .training import evaluate_loader
+    from .training import evaluate_loader, evaluation_inputs
 
     if tta not in TTA:
         raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of: {', '.join(TTA)}")
-    if not isinstance(weights, dict):
-        saved = read_spec(weights)
-        spec = get_spec(saved.name if arch is None else arch, style or saved.style, stem or saved.stem)
-        weights = load_weights(weights, spec)
-    else:
-        spec = get_spec(arch or "resnet18", style, stem)
+    spec, weights, test_loader = evaluation_inputs(weights, arch, style, stem, resize=resize, batch_size=batch_size,
+                                                   test_subset=test_subset, data_dir=data_dir, synthetic=synthetic)
     evaluator = _Evaluator(OnnxRuntimeModel(build_model(weights, spec)), tta)
-    test_loader = fashion_mnist_loader("test", DataConfig(batch_size, resize=resize, test_subset=test_subset,
-                                                          data_dir=data_dir, synthetic=synthetic))
     result = evaluate_loader(evaluator, test_loader, progress=progress)
     return {key: result[key] for key in ("loss", "accuracy", "examples", "seconds")}

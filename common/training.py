@@ -490,14 +490,12 @@ def _train(trainer_class, net, config, out_dir, resume, quiet, progress, device,
                    progress=False if not writer else progress, print_fn=print_fn, tensorboard=log)
 
 
-def evaluate(backend, *, weights, arch=None, style=None, stem=None, resize: Optional[int] = 96,
-             batch_size: int = 256, test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False,
-             device=None, progress: bool = False, precision: str = "fp32", tta: str = "none") -> Dict[str, float]:
-    """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
-    (its short name, or its ``Trainer`` class). ``arch``, ``style`` and ``stem`` default to the
-    file's (for a dict: ResNet-18, style d2l, the ImageNet stem); given and different from the
-    file's, a one-line error names both. ``precision`` is the arithmetic of the evaluation
-    (:data:`common.hparams.PRECISIONS`), ``tta`` its views (:data:`common.optim.TTA`)."""
+def evaluation_inputs(weights, arch=None, style=None, stem=None, *, resize: Optional[int] = 96, batch_size: int = 256,
+                      test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False):
+    """What an evaluation scores: ``(spec, weights, test_loader)`` for ``weights`` (a dict, or a
+    weights/checkpoint file, checked against the spec) and the test set as :func:`evaluate` reads it.
+    ``arch``, ``style`` and ``stem`` default to the file's (for a dict: ResNet-18, style d2l, the
+    ImageNet stem); given and different from the file's, a one-line error names both."""
     if not isinstance(weights, dict):
         saved = read_spec(weights)
         spec = get_spec(saved.name if arch is None else arch, style or saved.style, stem or saved.stem)
@@ -506,6 +504,19 @@ def evaluate(backend, *, weights, arch=None, style=None, stem=None, resize: Opti
         spec = get_spec(arch or "resnet18", style, stem)
     test_loader = fashion_mnist_loader("test", DataConfig(batch_size, resize=resize, test_subset=test_subset,
                                                           data_dir=data_dir, synthetic=synthetic))
+    return spec, weights, test_loader
+
+
+def evaluate(backend, *, weights, arch=None, style=None, stem=None, resize: Optional[int] = 96,
+             batch_size: int = 256, test_subset: Optional[int] = None, data_dir=None, synthetic: bool = False,
+             device=None, progress: bool = False, precision: str = "fp32", tta: str = "none") -> Dict[str, float]:
+    """Test loss and accuracy of ``weights`` (a dict, or a weights/checkpoint file) with one backend
+    (its short name, or its ``Trainer`` class). ``arch``, ``style`` and ``stem`` default to the
+    file's (for a dict: ResNet-18, style d2l, the ImageNet stem); given and different from the
+    file's, a one-line error names both. ``precision`` is the arithmetic of the evaluation
+    (:data:`common.hparams.PRECISIONS`), ``tta`` its views (:data:`common.optim.TTA`)."""
+    spec, weights, test_loader = evaluation_inputs(weights, arch, style, stem, resize=resize, batch_size=batch_size,
+                                                   test_subset=test_subset, data_dir=data_dir, synthetic=synthetic)
     trainer = _trainer_class(backend)(None, arch=spec, style=spec.style, device=device,
                                       precision=check_precision(precision), recipe=chapter_recipe().replace(tta=tta))
     trainer.import_weights(weights)
