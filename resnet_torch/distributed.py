@@ -190,6 +190,9 @@ class DistributedTrainer(Trainer):
         self.engine = _job[2]
         super().__init__(net, arch=arch, style=style, num_classes=num_classes, in_channels=in_channels, lr=lr,
                          device=_job[3], precision=precision, deterministic=deterministic, recipe=recipe)
+        # NCHW memory on every worker: DDP lays out its gradient buckets as the parameters are now,
+        # and every worker must take the same layout, which a measurement per worker would not promise.
+        self.memory_format = torch.contiguous_format
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # No buffer broadcast before each forward pass: each worker's BatchNorm uses and updates its
         # own statistics; train_step averages the running ones after the update.

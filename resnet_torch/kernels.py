@@ -7,9 +7,13 @@ and :data:`FAST` are the two :class:`common.fastpaths.Layers` a ``ResNet`` is bu
 why: :mod:`common.fastpaths`); they differ only in the convolution, which computes the same
 function as ``nn.Conv2d`` (the oracle tests run both) with the same parameters, so
 ``state_dict()`` and the weights are the same either way.
+
+The memory layout a ``Trainer`` trains in, NCHW or ``channels_last`` (:func:`choose_memory_format`),
+is chosen here too, the same way: measured once per machine and shape, the same function either way.
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict
 
 import torch
@@ -27,7 +31,8 @@ from common.fastpaths import (
 )
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
-__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FastConv2d"]
+__all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FastConv2d", "MEMORY_FORMATS", "choose_memory_format",
+           "to_memory_format"]
 
 #: What an autotuned choice is measured for (with the machine): this PyTorch.
 FRAMEWORK = f"PyTorch {torch.__version__}"
@@ -125,6 +130,21 @@ def _timed_run(path, x, weight, bias, stride, padding, training):
     return run
 
 
+def _in_channels_last(tensor) -> bool:
+    """Whether ``tensor``'s strides are channels_last's, by ``Tensor.suggest_memory_format``'s rule
+    (what makes PyTorch convolve in channels_last): where a size of 1 leaves both layouts the same
+    memory (one channel, 1 x 1 maps), the strides ``.to(memory_format=...)`` gave still tell."""
+    sizes, strides = tensor.shape, tensor.stride()
+    if strides[1] == 0:
+        return False
+    least = 0
+    for dim in (1, 3, 2, 0):  # channels_last's order, innermost first
+        if sizes[dim] == 0 or strides[dim] < least or (dim == 0 and least == strides[1]):
+            return False
+        least = strides[dim] * max(sizes[dim], 1)
+    return True
+
+
 class FastConv2d(nn.Conv2d):
     """``nn.Conv2d`` with faster paths for the shapes where oneDNN can be slow; the same function.
 
@@ -155,9 +175,11 @@ class FastConv2d(nn.Conv2d):
         if not paths:
             return super().forward(x)
         paths.append(NATIVE)
+        # A network in channels_last memory convolves in it: a site of its own.
+        layout = " channels_last" if _in_channels_last(x) or _in_channels_last(self.weight) else ""
         site = (f"conv {self.in_channels}->{self.out_channels} k{self.kernel_size[0]} s{self.stride[0]} "
-                f"p{self.padding[0]}{'' if self.bias is not None else ' no bias'} on {tuple(x.shape)} {x.device.type} "
-                f"{'train' if training else 'eval'}")
+                f"p{self.padding[0]}{'' if self.bias is not None else ' no bias'} on {tuple(x.shape)}{layout} "
+                f"{x.device.type} {'train' if training else 'eval'}")
         args = (self.weight, self.bias, self.stride, self.padding)
         path = autotune.choose(FRAMEWORK, site, paths, lambda path: _timed_run(path, x, *args, training))
         return _PATHS[path](x, *args)
@@ -172,3 +194,53 @@ FAST = Layers("fast", conv=FastConv2d, max_pool=nn.MaxPool2d, global_pool=nn.Ada
 def fast_layer_count(net: nn.Module) -> int:
     """How many layers of ``net`` run a fast path of this module (0 for a network built from :data:`PLAIN`)."""
     return sum(isinstance(module, FastConv2d) for module in net.modules())
+
+
+# --- memory layout -------------------------------------------------------------------------
+
+#: The memory layouts a network and its batches can take, by their names in the autotuning cache:
+#: ``channels_last`` (NHWC order in memory, oneDNN's own: no reorder around each convolution),
+#: then :data:`common.autotune.NATIVE`, PyTorch's default contiguous NCHW order. Either way a
+#: tensor keeps its NCHW shape and indexing: the network computes the same function.
+MEMORY_FORMATS = {"channels_last": torch.channels_last, NATIVE: torch.contiguous_format}
+
+
+def _timed_step(net, memory_format, shape, autocast):
+    """A training step's forward and backward pass (no update) of a copy of ``net`` in
+    ``memory_format``, on random images of ``shape`` in it."""
+    replica = copy.deepcopy(net).to(memory_format=memory_format).train()
+    parameter = next(replica.parameters())
+    x = torch.rand(shape, device=parameter.device).contiguous(memory_format=memory_format)
+
+    def run():
+        with torch.inference_mode(False), torch.enable_grad():
+            with autocast:
+                logits = replica(x)
+            logits.float().logsumexp(1).mean().backward()  # a loss's cost, without labels
+        replica.zero_grad(set_to_none=True)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+    return run
+
+
+def choose_memory_format(net, label: str, shape, precision: str, autocast) -> torch.memory_format:
+    """The memory layout (one of :data:`MEMORY_FORMATS`' values) to train ``net`` in on NCHW batches
+    of ``shape``, chosen by :func:`common.autotune.choose` like a fast path: timed once per machine,
+    network (``label``), batch shape, device and ``precision``, on a copy of ``net`` stepping in
+    ``autocast`` (the step's ``torch.autocast``); ``RESNET_FAST_PATHS=fast`` takes ``channels_last``,
+    ``native`` NCHW."""
+    device = next(net.parameters()).device
+    site = f"memory format of {label} on {tuple(shape)} {device.type} train {precision}"
+    choice = autotune.choose(FRAMEWORK, site, list(MEMORY_FORMATS),
+                             lambda path: _timed_step(net, MEMORY_FORMATS[path], tuple(shape), autocast))
+    return MEMORY_FORMATS[choice]
+
+
+def to_memory_format(net: nn.Module, optimizer, memory_format: torch.memory_format) -> None:
+    """Lay out ``net``'s 4-d parameters and buffers, and the optimizer's state for them (momentum
+    buffers), in ``memory_format``, in place: the optimizer keeps the same parameter objects."""
+    net.to(memory_format=memory_format)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                state[key] = value.contiguous(memory_format=memory_format)

@@ -16,6 +16,7 @@ from common.naming import trainable_parameter_names
 from common.optim import MOMENTUM_PREFIX, STEP_STATE, WARMUP_START_FACTOR, Recipe, resolve_recipe
 from common.spec import ResNetSpec
 
+from . import kernels
 from .data import to_tensor
 from .model import architecture, canonical_variables, export_weights, import_weights, resnet
 
@@ -81,7 +82,12 @@ def make_optimizer(parameters, recipe: Recipe):
 class Trainer(contract.Trainer):
     """One network, its optimizer, schedule and loss on one device; see :class:`common.contract.Trainer`.
 
-    Plain NCHW memory and eager mode: channels_last and ``torch.compile`` were slower here on the CPU.
+    Memory layout: a network the Trainer builds trains in NCHW or ``channels_last`` memory, one more
+    autotuned choice (:func:`resnet_torch.kernels.choose_memory_format`), made on the first batch
+    (:meth:`to_batch`): the parameters, the optimizer's state and every batch from then on are laid
+    out in :attr:`memory_format`, the batches once, as they arrive. Shapes, weights, checkpoints
+    and results are the same either way. A given ``net`` trains in NCHW batches, as the
+    chapter's does. Eager mode: ``torch.compile`` was slower here on the CPU.
 
     ``precision`` (:data:`common.hparams.PRECISIONS`): ``fp32`` exact; ``tf32`` a GPU's TF32
     convolutions and matmuls (a CPU computes fp32); ``bf16`` ``torch.autocast`` to bfloat16 around
@@ -102,6 +108,8 @@ class Trainer(contract.Trainer):
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
         set_precision(self.precision, self.deterministic, self.device)
+        #: The memory layout of the network and its batches; ``None`` until the first batch chooses it.
+        self.memory_format = None if net is None else torch.contiguous_format
         if net is None:
             net = resnet(arch, num_classes, in_channels, style, plain=True if precision == "bf16" else None)
         self.net = net.to(self.device)
@@ -146,15 +154,26 @@ class Trainer(contract.Trainer):
         for group in self.optimizer.param_groups:
             group["lr"] = value
 
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Lay out the network, the optimizer's state and from now on the batches in ``memory_format``
+        (``torch.contiguous_format`` or ``torch.channels_last``), whatever the autotuning would choose."""
+        kernels.to_memory_format(self.net, self.optimizer, memory_format)
+        self.memory_format = memory_format
+
     def to_batch(self, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
-        """NCHW NumPy (or tensors from :mod:`resnet_torch.data`) -> tensors on the device."""
+        """NCHW NumPy (or tensors from :mod:`resnet_torch.data`) -> tensors on the device, the
+        images in :attr:`memory_format` (chosen here, on the first batch)."""
         if self.device.type == "cuda" and not self.deterministic:
             # cuDNN's autotuning pays at 96 x 96 and cost time at 28 x 28 (H200, issue 13).
             torch.backends.cudnn.benchmark = images.shape[-1] >= 64
+        if self.memory_format is None:
+            self.use_memory_format(kernels.choose_memory_format(self.net, self.architecture()[0].label, images.shape,
+                                                                self.precision, self._autocast))
         if isinstance(images, torch.Tensor):
             images = images.to(self.device, non_blocking=True)
         else:
             images = to_tensor(images, self.device)
+        images = images.contiguous(memory_format=self.memory_format)  # no copy for one channel
         if isinstance(labels, torch.Tensor):
             labels = labels.to(self.device, non_blocking=True)
         else:
@@ -202,7 +221,7 @@ class Trainer(contract.Trainer):
             for name, parameter in self._trainable().items():
                 buffer = self.optimizer.state.get(parameter, {}).get("momentum_buffer")
                 state[MOMENTUM_PREFIX + name] = (np.zeros(tuple(parameter.shape)) if buffer is None else
-                                                 buffer.detach().cpu().double().numpy())
+                                                 buffer.detach().cpu().double().contiguous().numpy())
         return state
 
     def import_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -218,9 +237,9 @@ class Trainer(contract.Trainer):
         if self.recipe.momentum:
             for name, parameter in self._trainable().items():
                 buffer = state.get(MOMENTUM_PREFIX + name)
-                buffer = torch.zeros_like(parameter) if buffer is None else torch.as_tensor(
-                    np.asarray(buffer), dtype=parameter.dtype, device=parameter.device)
-                self.optimizer.state[parameter]["momentum_buffer"] = buffer.detach().clone()
+                # zeros_like and empty_like keep the parameter's memory layout.
+                self.optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter) if buffer is None \
+                    else torch.empty_like(parameter).copy_(torch.as_tensor(np.asarray(buffer), dtype=parameter.dtype))
 
     def to_host(self, values) -> List[float]:
         """Python floats; the one place that waits for the device (a single transfer)."""
