@@ -7,7 +7,6 @@ machine's fp32 peak (one yardstick for every backend, :mod:`common.machine`), an
 """
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 
@@ -17,6 +16,7 @@ from . import distributed
 from .autotune import fast_paths_mode
 from .backend import backend_part
 from .flops import forward_flops_per_example, training_flops_per_example
+from .heap import peak_resident_mb
 from .hparams import check_precision
 from .machine import MATMUL_SIZES, best_matmul_gflops, describe, numpy_matmul_gflops, theoretical_peak_gflops
 from .sharding import check_shardable, shard_slices
@@ -43,10 +43,7 @@ def time_steps(trainer, step, images, labels, steps: int, warmup: int = 0) -> fl
 
 def _peak_memory_mb(trainer) -> float:
     value = trainer.peak_memory_bytes()
-    if value:
-        return value / 2**20
-    # Linux reports ru_maxrss in KiB: the resident peak of this process (host memory).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return round((value / 2**20) if value else peak_resident_mb(), 1)
 
 
 def measure_peak(trainer=None, sizes=MATMUL_SIZES) -> dict:
@@ -69,6 +66,24 @@ def _time_trainer(trainer, images, labels, *, steps, warmup, rounds) -> dict:
                     for i in range(rounds)]
     return {"train": train_rounds, "train_seconds": statistics.median(train_rounds),
             "inference_seconds": statistics.median(infer_rounds)}
+
+
+def _time_chapter(backend_name, images, labels, device, precision, steps, warmup, rounds) -> dict:
+    """The chapter's own code (the backend's ``reference`` module) timed as :func:`_time_trainer`
+    times this project's, twice: with the framework's default settings and with ``precision``'s.
+    A precision the chapter's code cannot run in gets its reason instead."""
+    reference_trainer = backend_part(backend_name, "reference").ReferenceTrainer
+    timings = {}
+    for settings, chapter_precision in (("framework_defaults", None), ("same_precision", precision)):
+        try:
+            chapter = reference_trainer(device=device, precision=chapter_precision)
+        except ValueError as error:  # the chapter's code cannot run in this precision: say why
+            timings[settings] = {"precision": chapter_precision, "error": str(error)}
+            continue
+        timings[settings] = _time_trainer(chapter, images, labels, steps=steps, warmup=warmup, rounds=rounds)
+        timings[settings]["precision"] = chapter_precision or "the framework's defaults"
+        del chapter
+    return timings
 
 
 def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int = 5, warmup: int = 2,
@@ -104,12 +119,19 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         trainer_class = backend_part(backend_name, "train").Trainer
     else:
         trainer_class = backend_part(backend_name, "distributed").DistributedTrainer
-    trainer = trainer_class(arch=spec, style=spec.style, device=device, precision=precision,
-                            deterministic=deterministic)
-    trainer.import_weights(init_weights(spec, 0))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)
+    # The chapter's code first, before this project's Trainer sets anything process-wide (PyTorch's
+    # keeps freed memory on the C heap, common.heap): it runs as the book's would.
+    chapter = None
+    if reference:
+        chapter = _time_chapter(backend_name, images, labels, device, precision, steps, warmup, rounds)
+    trainer = trainer_class(arch=spec, style=spec.style, device=device, precision=precision,
+                            deterministic=deterministic)
+    # This project's peak memory, not the chapter's (unknown where the count cannot restart).
+    peak_memory_known = chapter is None or trainer.reset_peak_memory()
+    trainer.import_weights(init_weights(spec, 0))
     shard = shard_slices(batch_size, trainer.world_size)[trainer.rank]
     images, labels = images[shard], labels[shard]
 
@@ -148,25 +170,19 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         "peak": peak,
         "train_share_of_peak": round(train_gflops / peak["gflops"], 3),
         "inference_share_of_peak": round(infer_gflops / peak["gflops"], 3),
-        "peak_memory_mb": round(_peak_memory_mb(trainer), 1),
+        "peak_memory_mb": _peak_memory_mb(trainer) if peak_memory_known else None,
     }
-    if reference:
-        del trainer
-        reference_trainer = backend_part(backend_name, "reference").ReferenceTrainer
+    if chapter is not None:
         result["chapter"], result["train_speedup_vs_chapter"] = {}, {}
-        for settings, chapter_precision in (("framework_defaults", None), ("same_precision", precision)):
-            try:
-                chapter = reference_trainer(device=device, precision=chapter_precision)
-            except ValueError as error:  # the chapter's code cannot run in this precision: say why
-                result["chapter"][settings] = {"precision": chapter_precision, "error": str(error)}
+        for settings, timed in chapter.items():
+            if "error" in timed:
+                result["chapter"][settings] = timed
                 continue
-            timed = _time_trainer(chapter, images, labels, steps=steps, warmup=warmup, rounds=rounds)
             result["chapter"][settings] = {
-                "precision": chapter_precision or "the framework's defaults",
+                "precision": timed["precision"],
                 "train_examples_per_sec_rounds": [round(batch_size / t, 2) for t in timed["train"]],
                 "train_examples_per_sec": round(batch_size / timed["train_seconds"], 2),
                 "inference_examples_per_sec": round(batch_size / timed["inference_seconds"], 2),
             }
             result["train_speedup_vs_chapter"][settings] = round(timed["train_seconds"] / train_seconds, 3)
-            del chapter
     return result

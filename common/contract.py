@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from .fastpaths import Layers
+from .heap import reset_peak_resident
 from .spec import BLOCK_EXPANSION
 
 __all__ = ["Trainer", "Model", "Data", "Kernels", "Train", "Distributed", "Reference", "Launch", "PARTS",
@@ -135,6 +136,11 @@ class Trainer(abc.ABC):
         """Peak device memory where the framework reports it (GPUs); ``None`` elsewhere, and
         bench then reports the process's peak resident memory."""
         return None
+
+    def reset_peak_memory(self) -> bool:
+        """Restart the count behind :meth:`peak_memory_bytes` (the process's resident peak where
+        that is ``None``) from what is in use now; whether it could."""
+        return self.peak_memory_bytes() is None and reset_peak_resident()
 
     @property
     def sync_every(self) -> int:

@@ -471,6 +471,12 @@ class Trainer(contract.Trainer):
             return tf.config.experimental.get_memory_info(self.device[1:])["peak"]
         return None
 
+    def reset_peak_memory(self) -> bool:
+        if self.device.startswith("/GPU"):
+            tf.config.experimental.reset_memory_stats(self.device[1:])
+            return True
+        return super().reset_peak_memory()
+
 
 def loss_and_gradients(net, images, labels):
     """Mean cross-entropy and canonical name -> gradient (canonical layout), train mode.

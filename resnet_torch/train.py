@@ -11,6 +11,7 @@ from torch import nn
 
 from common import contract, training
 from common.backend import device_label
+from common.heap import keep_freed_memory
 from common.hparams import check_precision
 from common.naming import trainable_parameter_names
 from common.optim import MOMENTUM_PREFIX, STEP_STATE, WARMUP_START_FACTOR, Recipe, resolve_recipe
@@ -108,6 +109,8 @@ class Trainer(contract.Trainer):
         self.device = self.resolve_device(device)
         self.device_name = device_label(self.device.type, self.device.index or 0)
         set_precision(self.precision, self.deterministic, self.device)
+        if self.device.type == "cpu":  # large tensors' pages reused from step to step, not faulted in anew
+            keep_freed_memory()
         #: The memory layout of the network and its batches; ``None`` until the first batch chooses it.
         self.memory_format = None if net is None else torch.contiguous_format
         if net is None:
@@ -270,6 +273,12 @@ class Trainer(contract.Trainer):
     def peak_memory_bytes(self):
         """Peak device memory on a GPU; ``None`` on the CPU (bench then reports the process's)."""
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def reset_peak_memory(self) -> bool:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return True
+        return super().reset_peak_memory()
 
 
 def loss_and_gradients(net, images, labels) -> Tuple[float, Dict[str, np.ndarray]]:

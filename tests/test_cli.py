@@ -285,6 +285,8 @@ def test_bench_reference_times_the_chapters_code_twice(capsys, backend_name):
     chapter = result["chapter"]
     assert chapter["framework_defaults"]["precision"] == "the framework's defaults"
     assert chapter["same_precision"]["precision"] == "fp32"
+    # The chapter runs first; this project's peak memory is counted from after it.
+    assert result["peak_memory_mb"] > 0
     for settings, speedup in result["train_speedup_vs_chapter"].items():
         seconds_chapter = 4 / chapter[settings]["train_examples_per_sec"]
         assert speedup == pytest.approx(seconds_chapter / (4 / result["train_examples_per_sec"]), rel=2e-2)

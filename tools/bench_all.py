@@ -38,6 +38,10 @@ def measure_peak(backend):
     return json.loads(completed.stdout)
 
 
+def _mb(value) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
 def machine_peak(peaks):
     """The best of every environment's measured peak: the one yardstick of the run."""
     peaks = [p for p in peaks if p]
@@ -152,7 +156,7 @@ def section(results, peak, steps, warmup, rounds) -> str:
         lines.append(
             f"| {r['backend']} | {r['code']} | {size} | {eps:.1f} | {of_fastest} | {vs_chapter} "
             f"| {r['train_gflops']:.1f} | {100 * r['train_share_of_peak']:.0f}% "
-            f"| {r['inference_examples_per_sec']:.1f} | {r['peak_memory_mb']:.0f} |"
+            f"| {r['inference_examples_per_sec']:.1f} | {_mb(r['peak_memory_mb'])} |"
         )
     lines.append("<!-- /machine -->")
     return "\n".join(lines) + "\n"
