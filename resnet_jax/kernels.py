@@ -20,10 +20,22 @@ times as long on 2 x 2 and 1 x 1 maps) and the max pool as :class:`SeparableMaxP
 variables, the same function, another computation. A fast convolution chooses its path when it
 is traced, by ``RESNET_FAST_PATHS``'s mode: so a jitted step takes
 :func:`common.autotune.fast_paths_mode` as a static argument and compiles anew when it changes.
+
+On a CPU, XLA's own convolution in :class:`FastConv` has a gradient of its own
+(:func:`_xla_conv`): the same two convolutions XLA's autodiff makes, but the kernel gradient's
+input comes through ``lax.optimization_barrier``, so XLA transposes the stored activation for it
+instead of recomputing BatchNorm, ReLU and residual adds inside the transpose (the same numbers,
+about 7% less time per step at 96 x 96). And the library XLA computes convolutions with is one
+more autotuned choice, per network, batch shape and machine (:func:`choose_conv_library`): its
+default (YNNPACK) or oneDNN (:data:`CONV_LIBRARIES`: compiler options of the jitted step; oneDNN
+sums in another order, so the numbers differ by rounding). A step takes the library as a static
+argument too and traces under :func:`conv_library_scope`, so that each fast convolution measures
+its paths compiled as the step is.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from typing import Optional
 
@@ -40,10 +52,27 @@ from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "precision_scope", "BatchNorm", "conv2d",
-           "fast_conv2d", "FastConv", "MaxPool", "SeparableMaxPool", "global_avg_pool2d"]
+           "fast_conv2d", "FastConv", "MaxPool", "SeparableMaxPool", "global_avg_pool2d", "ONEDNN", "CONV_LIBRARIES",
+           "compiler_options", "conv_library_scope", "choose_conv_library"]
 
 #: What an autotuned choice is measured for (with the machine): this JAX.
 FRAMEWORK = f"JAX {jax.__version__}"
+
+#: The library choice that has XLA's CPU convolutions computed by oneDNN.
+ONEDNN = "onednn"
+
+#: Library -> the XLA compiler options a jitted step is compiled with: none for XLA's default
+#: (NATIVE: YNNPACK's convolutions, matrix products and reductions on a CPU); for oneDNN, oneDNN's
+#: convolution custom calls, with YNNPACK kept for the matrix products and reductions (the
+#: default's other fusion types). The options are CPU ones: a GPU step always takes NATIVE.
+CONV_LIBRARIES = {
+    NATIVE: {},
+    ONEDNN: {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custom_call": True,
+             "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+}
+
+#: The library of the step being traced (:func:`conv_library_scope`); a fresh thread sees NATIVE.
+_CONV_LIBRARY = contextvars.ContextVar("resnet_jax_conv_library", default=NATIVE)
 
 
 def precision_scope(precision: str = "fp32"):
@@ -51,6 +80,39 @@ def precision_scope(precision: str = "fp32"):
     products at ``jax.lax.Precision.HIGHEST`` (JAX's default takes TF32 on Ampere and later GPUs; a
     CPU computes float32 either way); tf32 and bf16 keep JAX's default."""
     return jax.default_matmul_precision("highest") if precision == "fp32" else contextlib.nullcontext()
+
+
+def compiler_options(library: str) -> Optional[dict]:
+    """``jax.jit``'s ``compiler_options`` for a step whose convolutions ``library`` computes
+    (a key of :data:`CONV_LIBRARIES`); None for XLA's default."""
+    return dict(CONV_LIBRARIES[library]) or None
+
+
+@contextlib.contextmanager
+def conv_library_scope(library: str):
+    """The context in which a step compiled for ``library`` is traced: each :class:`FastConv` then
+    measures its paths (:func:`common.autotune.choose`) compiled with the same options, under a
+    site of their own."""
+    if library not in CONV_LIBRARIES:
+        raise ValueError(f"unknown convolution library {library!r}: use one of {sorted(CONV_LIBRARIES)}")
+    token = _CONV_LIBRARY.set(library)
+    try:
+        yield
+    finally:
+        _CONV_LIBRARY.reset(token)
+
+
+def choose_conv_library(label: str, shape, precision: str, platform: str, make_run) -> str:
+    """The library (a key of :data:`CONV_LIBRARIES`) to compile the training step of the network
+    ``label`` with, for batches of ``shape`` on a ``platform`` device, chosen by
+    :func:`common.autotune.choose` like a fast path: ``make_run(library)`` returns a callable that
+    runs one step compiled that way and waits for it, timed once per machine, network, batch shape
+    and ``precision``; ``RESNET_FAST_PATHS=fast`` takes oneDNN, ``native`` XLA's default. A GPU
+    takes NATIVE."""
+    if platform != "cpu":
+        return NATIVE
+    site = f"convolution library of {label} on {tuple(shape)} {platform} train {precision}"
+    return autotune.choose(FRAMEWORK, site, [ONEDNN, NATIVE], make_run)
 
 
 def _pair(value):
@@ -185,7 +247,8 @@ def _conv_as_matmul(x, kernel, strides, padding, groups=1):
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     x = _concat([x[:, :, j:j + sw * (out_w - 1) + 1:sw, :] for j in cols])  # (N, H + 2ph, out_w, cols * C)
     x = _concat([x[:, i:i + sh * (out_h - 1) + 1:sh] for i in rows])  # (N, out_h, out_w, rows * cols * C)
-    kernel = kernel[np.array(rows)][:, np.array(cols)]  # (rows, cols, channels, filters)
+    # The visible taps are a contiguous range: a slice (whose gradient pads), not a gather (scatter-add).
+    kernel = kernel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # (rows, cols, channels, filters)
     taps = len(rows) * len(cols)
     if groups == 1:
         outputs = x.reshape(-1, taps * channels) @ kernel.reshape(taps * channels, filters)
@@ -199,12 +262,48 @@ def _concat(parts):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
+def _xla_conv_call(x, kernel, strides, padding, groups, precision):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=groups, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _xla_conv(x, kernel, strides, padding, groups, precision):
+    """XLA's convolution (NHWC, HWIO) with XLA's own two gradient convolutions, the kernel
+    gradient's input taken through ``lax.optimization_barrier``.
+
+    The barrier keeps XLA from fusing the input's producers (bias add, BatchNorm, ReLU, residual
+    add: recomputed, read in transposed order) into the transpose that lays the input out for the
+    kernel gradient; it transposes the stored input instead. The same convolutions, the same
+    numbers; on a CPU about 7% less time in ResNet-18's training step at 96 x 96."""
+    return _xla_conv_call(x, kernel, strides, padding, groups, precision)
+
+
+def _xla_conv_forward(x, kernel, strides, padding, groups, precision):
+    return _xla_conv_call(x, kernel, strides, padding, groups, precision), (x, kernel)
+
+
+def _xla_conv_backward(strides, padding, groups, precision, residuals, gradient):
+    x, kernel = residuals
+    stored = lax.optimization_barrier(x)
+    dx = jax.vjp(lambda x: _xla_conv_call(x, kernel, strides, padding, groups, precision), x)[1](gradient)[0]
+    dkernel = jax.vjp(lambda k: _xla_conv_call(stored, k, strides, padding, groups, precision), kernel)[1](gradient)[0]
+    return dx, dkernel
+
+
+_xla_conv.defvjp(_xla_conv_forward, _xla_conv_backward)
+
+
 class FastConv(nn.Conv):
     """``nn.Conv`` (the same fields and variables) computed, where :func:`common.autotune.choose`
     measures it faster on this machine, by :func:`_conv_as_matmul`: convolutions with at most
     ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or ``MATMUL_CONV_MAX_IN_CHANNELS`` input
     channels, 1 x 1 convolutions and, on a CPU, grouped ones (XLA's grouped convolution on the
-    CPU is slow, its gradient most of all); XLA's own convolution otherwise."""
+    CPU is slow, its gradient most of all); XLA's own convolution otherwise, on a CPU as
+    :func:`_xla_conv`. A site is measured compiled with the library of the step being traced
+    (:func:`conv_library_scope`), and named with it where that is not XLA's default; the stem's
+    without the input's gradient (at 28 x 28, batch 256, XLA's convolution then takes less than half
+    the matrix product's time, where with it the product wins)."""
 
     @nn.compact
     def __call__(self, inputs):
@@ -227,26 +326,38 @@ class FastConv(nn.Conv):
             return NATIVE  # XLA's grouped convolution on a GPU
         if not (small or kh * kw == 1 or self.feature_group_count > 1):
             return NATIVE
+        library, data = _CONV_LIBRARY.get(), self._takes_the_data()
         site = (f"conv {shape[-1]}->{self.features} k{kh}x{kw} s{strides[0]} p{padding[0][0]} "
-                f"g{self.feature_group_count} on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train")
-        return autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
-                                                              lambda path: self._timed_run(path, shape, dtype)))
+                f"g{self.feature_group_count} on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train"
+                + ("" if library == NATIVE else f" {library}") + (" of the data" if data else ""))
+        return autotune.on_own_thread(lambda: autotune.choose(
+            FRAMEWORK, site, ["matmul", NATIVE], lambda path: self._timed_run(path, shape, dtype, library, not data)))
+
+    def _takes_the_data(self) -> bool:
+        """Whether this convolution sits in the network's own module, not in a block: the stem's,
+        whose input is the batch, which a training step needs no gradient for."""
+        return isinstance(self.parent, nn.Module) and not isinstance(self.parent.parent, nn.Module)
 
     def _compute(self, path, inputs, kernel):
         if path == "matmul":
             return _conv_as_matmul(inputs, kernel, self.strides, self.padding, self.feature_group_count)
-        return lax.conv_general_dilated(inputs, kernel, self.strides, self.padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=self.feature_group_count, precision=self.precision)
+        padding = self.padding if isinstance(self.padding, str) else tuple(tuple(pad) for pad in self.padding)
+        strides = tuple(self.strides)
+        conv = _xla_conv if jax.default_backend() == "cpu" else _xla_conv_call
+        return conv(inputs, kernel, strides, padding, self.feature_group_count, self.precision)
 
-    def _timed_run(self, path, shape, dtype):
-        """One forward and backward pass of this convolution taken by ``path`` on fresh arrays."""
+    def _timed_run(self, path, shape, dtype, library=NATIVE, input_gradient=True):
+        """One forward and backward pass of this convolution taken by ``path`` on fresh arrays,
+        compiled for ``library`` (:data:`CONV_LIBRARIES`): the kernel's gradient and, with
+        ``input_gradient``, the input's."""
         kh, kw = self.kernel_size
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.uniform(size=shape).astype(np.float32), dtype)
         kernel = jnp.asarray(rng.uniform(size=(kh, kw, shape[-1] // self.feature_group_count, self.features))
                              .astype(np.float32), dtype)
-        step = jax.jit(jax.grad(lambda x, k: jnp.sum(self._compute(path, x, k).astype(jnp.float32)), argnums=(0, 1)))
+        step = jax.jit(jax.grad(lambda x, k: jnp.sum(self._compute(path, x, k).astype(jnp.float32)),
+                                argnums=(0, 1) if input_gradient else 1),
+                       compiler_options=compiler_options(library))
         return lambda: jax.block_until_ready(step(x, kernel))
 
 

@@ -9,7 +9,10 @@ fuses into a few kernels. The compiled steps are module-level functions keyed by
 smoothing, the input shapes and ``RESNET_FAST_PATHS``'s mode (which the fast layers read as they
 are traced), so every Trainer of one network and recipe shares them: JAX compiles a step once per
 network, recipe and batch shape in a process (once for every constant rate: the rate is a value
-of the optimizer's state).
+of the optimizer's state). On a CPU the library XLA computes the convolutions with is chosen with
+the first batch (:func:`resnet_jax.kernels.choose_conv_library`: XLA's default or oneDNN, timed
+once per machine, network and batch shape): each step function is jitted once per library, with
+that library's compiler options, and takes the library as a static argument.
 
 Precision (:data:`common.hparams.PRECISIONS`): fp32 traces the steps under
 ``jax.default_matmul_precision("highest")`` (JAX's default rounds to TF32 on Ampere and later
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from functools import lru_cache, partial
+from functools import lru_cache, partial, wraps
 from typing import Dict, Mapping, Optional
 
 import jax
@@ -32,6 +35,7 @@ import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from common import autotune, contract, optim, training
+from common.autotune import NATIVE
 from common.backend import device_label
 from common.hparams import check_precision
 from common.layout import from_canonical_layout, to_canonical_layout
@@ -145,8 +149,31 @@ def update(optimizer_update, params, gradients, opt_state):
     return optax.apply_updates(params, updates), opt_state
 
 
-@partial(jax.jit, static_argnames=("module", "fast_paths_mode", "optimizer_update", "label_smoothing"))
-def _train_step(module, fast_paths_mode, optimizer_update, label_smoothing, params, batch_stats, opt_state, x, y):
+def _jit_per_library(*static_argnames):
+    """A decorator: ``function`` (whose third argument is the library, ``conv_library``) jitted once
+    per :data:`resnet_jax.kernels.CONV_LIBRARIES` library, with its compiler options and
+    ``static_argnames``, traced in its :func:`resnet_jax.kernels.conv_library_scope`; calling the
+    result runs the library's own."""
+    def decorate(function):
+        @wraps(function)
+        def traced(module, fast_paths_mode, conv_library, *args):
+            with kernels.conv_library_scope(conv_library):
+                return function(module, fast_paths_mode, conv_library, *args)
+
+        jitted = {library: jax.jit(traced, static_argnames=static_argnames,
+                                   compiler_options=kernels.compiler_options(library))
+                  for library in kernels.CONV_LIBRARIES}
+
+        @wraps(function)
+        def run(module, fast_paths_mode, conv_library, *args):
+            return jitted[conv_library](module, fast_paths_mode, conv_library, *args)
+        return run
+    return decorate
+
+
+@_jit_per_library("module", "fast_paths_mode", "conv_library", "optimizer_update", "label_smoothing")
+def _train_step(module, fast_paths_mode, conv_library, optimizer_update, label_smoothing, params, batch_stats,
+                opt_state, x, y):
     """One optimizer step of ``module`` (training mode): the new parameters, running statistics and
     optimizer state, the loss (label smoothing included) summed over the batch and the number correct."""
     def loss(params):
@@ -163,16 +190,16 @@ def _train_step(module, fast_paths_mode, optimizer_update, label_smoothing, para
 _WIDTH_AXIS = DATA_FORMAT.index("W")
 
 
-@partial(jax.jit, static_argnames=("module", "fast_paths_mode", "tta"))
-def _eval_step(module, fast_paths_mode, tta, variables, x, y):
+@_jit_per_library("module", "fast_paths_mode", "conv_library", "tta")
+def _eval_step(module, fast_paths_mode, conv_library, tta, variables, x, y):
     logits = module.apply(variables, x).astype(jnp.float32)
     if tta == "flip":
         logits = (logits + module.apply(variables, jnp.flip(x, axis=_WIDTH_AXIS)).astype(jnp.float32)) / 2
     return jnp.sum(_losses(logits, y)), _correct(logits, y)
 
 
-@partial(jax.jit, static_argnames=("module", "fast_paths_mode"))
-def _loss_and_gradients(module, fast_paths_mode, params, batch_stats, x, y):
+@_jit_per_library("module", "fast_paths_mode", "conv_library")
+def _loss_and_gradients(module, fast_paths_mode, conv_library, params, batch_stats, x, y):
     def loss(params):
         logits, new_stats = _apply_train(module, params, batch_stats, x)
         return jnp.mean(_losses(logits, y)), new_stats
@@ -198,6 +225,11 @@ class Trainer(contract.Trainer):
     optimizer and schedule of :func:`make_optimizer`, whose state is ``opt_state``; the training
     loss's label smoothing; the evaluation's views (``tta="flip"``: the mean of the logits of the
     batch and of its mirror image).
+
+    ``conv_library``: the library XLA computes the convolutions with (a key of
+    :data:`resnet_jax.kernels.CONV_LIBRARIES`), chosen on the first training batch
+    (:func:`resnet_jax.kernels.choose_conv_library`, on a CPU; NATIVE elsewhere) and kept; None
+    until then (evaluation before it compiles with XLA's default).
     """
 
     backend = "jax"
@@ -224,6 +256,7 @@ class Trainer(contract.Trainer):
                                  f"{type(net.module).__name__} has none")
             self.modules = {training: module.clone(dtype=dtype) for training, module in self.modules.items()}
         self._place()
+        self.conv_library = None
         self.optimizer, self.schedule = make_optimizer(self.recipe)
         self.opt_state = jax.device_put(self.optimizer.init(self.net.variables["params"]), self.device)
 
@@ -271,21 +304,37 @@ class Trainer(contract.Trainer):
 
     def train_step(self, x, y):
         """One optimizer step (:func:`update`, inside the jitted step); returns (summed loss, number
-        correct) without waiting for them."""
+        correct) without waiting for them. The first one chooses :attr:`conv_library`."""
+        if self.conv_library is None:
+            self.conv_library = kernels.choose_conv_library(
+                self.architecture()[0].label, x.shape, self.precision, self.device.platform,
+                lambda library: self._timed_step(library, x, y))
         variables = self.net.variables
         with kernels.precision_scope(self.precision):
-            params, batch_stats, self.opt_state, loss, correct = _train_step(
-                self.modules[True], autotune.fast_paths_mode(), self.optimizer.update, self.recipe.label_smoothing,
-                variables["params"], variables["batch_stats"], self.opt_state, x, y)
+            params, batch_stats, self.opt_state, loss, correct = self._step(self.conv_library, x, y)
         self.net.variables = {**variables, "params": params, "batch_stats": batch_stats}
         return loss, correct
+
+    def _step(self, library, x, y):
+        variables = self.net.variables
+        return _train_step(self.modules[True], autotune.fast_paths_mode(), library, self.optimizer.update,
+                           self.recipe.label_smoothing, variables["params"], variables["batch_stats"], self.opt_state,
+                           x, y)
+
+    def _timed_step(self, library, x, y):
+        """A callable that runs one training step compiled for ``library`` on this batch and waits for
+        it, changing nothing (what :func:`resnet_jax.kernels.choose_conv_library` times)."""
+        def run():
+            with kernels.precision_scope(self.precision):
+                jax.block_until_ready(self._step(library, x, y))
+        return run
 
     def eval_step(self, x, y):
         """(summed loss, number correct) in evaluation mode; with the recipe's ``tta="flip"`` the
         logits are the mean of the batch's and its mirror image's (flipped along the width axis)."""
         with kernels.precision_scope(self.precision):
-            return _eval_step(self.modules[False], autotune.fast_paths_mode(), self.recipe.tta, self.net.variables,
-                              x, y)
+            return _eval_step(self.modules[False], autotune.fast_paths_mode(), self.conv_library or NATIVE,
+                              self.recipe.tta, self.net.variables, x, y)
 
     def _trainable_paths(self) -> Dict[str, tuple]:
         """Canonical name -> the path of each trainable array in ``params`` (and in the momentum trace)."""
@@ -363,12 +412,19 @@ def loss_and_gradients(net, images, labels):
     """Mean cross-entropy and canonical name -> gradient (canonical layout), train mode.
 
     Like one training forward and backward pass: BatchNorm uses batch statistics and
-    updates its running ones; no weights change.
+    updates its running ones; no weights change. The convolutions' library is chosen as a
+    Trainer's is (:func:`resnet_jax.kernels.choose_conv_library`: oneDNN in fast mode on a CPU).
     """
     x, y = to_tensor(images), to_tensor(np.asarray(labels, dtype=np.int32))
-    with kernels.precision_scope("fp32"):
-        loss, gradients, batch_stats = _loss_and_gradients(net.mode(True), autotune.fast_paths_mode(),
-                                                           net.variables["params"], net.variables["batch_stats"], x, y)
+    module, mode = net.mode(True), autotune.fast_paths_mode()
+
+    def run(library):
+        with kernels.precision_scope("fp32"):
+            return _loss_and_gradients(module, mode, library, net.variables["params"], net.variables["batch_stats"],
+                                       x, y)
+    library = kernels.choose_conv_library(architecture(net)[0].label, x.shape, "fp32", x.devices().pop().platform,
+                                          lambda library: lambda: jax.block_until_ready(run(library)))
+    loss, gradients, batch_stats = run(library)
     net.variables = {**net.variables, "batch_stats": batch_stats}
     gradients = flatten_dict(gradients)
     return float(loss), {name: to_canonical_layout(gradients[net.layout[name][1]])
