@@ -39,6 +39,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from . import kernels
 from .launch import ENGINE  # noqa: F401  (the contract's: this module's too)
 from .train import Trainer
 
@@ -190,14 +191,41 @@ class DistributedTrainer(Trainer):
         self.engine = _job[2]
         super().__init__(net, arch=arch, style=style, num_classes=num_classes, in_channels=in_channels, lr=lr,
                          device=_job[3], precision=precision, deterministic=deterministic, recipe=recipe)
-        # NCHW memory on every worker: DDP lays out its gradient buckets as the parameters are now,
-        # and every worker must take the same layout, which a measurement per worker would not promise.
-        self.memory_format = torch.contiguous_format
+        #: The DDP wrapper, made once the memory layout is known: DDP lays out its gradient buckets
+        #: as the parameters are then, so the layout is fixed from there on.
+        self.ddp = None
+        self._statistics = _running_statistics(self.net)
+        if self.memory_format is not None:  # a given network: NCHW, as built
+            self._wrap()
+
+    def _wrap(self) -> None:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # No buffer broadcast before each forward pass: each worker's BatchNorm uses and updates its
         # own statistics; train_step averages the running ones after the update.
         self.ddp = DistributedDataParallel(self.net, device_ids=device_ids, **_NO_BUFFER_SYNC)
-        self._statistics = _running_statistics(self.net)
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        if self.ddp is not None and memory_format != self.memory_format:
+            raise ValueError("a data-parallel worker's memory layout is fixed once DDP wraps its network (at the "
+                             "first batch); choose it before, or with RESNET_FAST_PATHS=fast|native")
+        super().use_memory_format(memory_format)
+
+    def to_batch(self, images, labels):
+        """As :meth:`Trainer.to_batch`; on the first batch worker 0 chooses the memory layout
+        (:func:`resnet_torch.kernels.choose_memory_format` on its shard) and every worker takes it:
+        DDP's gradient buckets must be laid out alike everywhere. Then DDP wraps the network (a
+        collective, as every worker's first batch is)."""
+        if self.memory_format is None:
+            choice = [None]
+            if self.rank == 0:
+                chosen = kernels.choose_memory_format(self.net, self.architecture()[0].label, tuple(images.shape),
+                                                      self.precision, self._autocast)
+                choice = [next(name for name, value in kernels.MEMORY_FORMATS.items() if value == chosen)]
+            dist.broadcast_object_list(choice, src=0, device=self.device if self.device.type == "cuda" else None)
+            self.use_memory_format(kernels.MEMORY_FORMATS[choice[0]])
+        if self.ddp is None:
+            self._wrap()
+        return super().to_batch(images, labels)
 
     def train_step(self, x, y):
         """One SGD step on this worker's shard; the global batch's (loss sum, number correct) as

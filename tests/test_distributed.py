@@ -253,6 +253,28 @@ def test_two_workers_take_the_oracles_sharded_step(backend, backend_name, tmp_pa
     assert _update_norm(weights, whole) > 1e-2 * _update_norm(weights, before)  # not the one-process step
 
 
+@pytest.mark.backend("torch")
+def test_two_workers_take_worker_zeros_memory_layout_and_the_oracles_step(backend, tmp_path, monkeypatch):
+    """PyTorch: worker 0 times NCHW against channels_last on its shard (an empty autotuning cache),
+    every worker takes its choice before DDP wraps the network, and the step is still the oracle's."""
+    cache = tmp_path / "autotune.json"
+    monkeypatch.setenv("RESNET_AUTOTUNE_CACHE", str(cache))
+    monkeypatch.setenv("RESNET_FAST_PATHS", "auto")
+    out = tmp_path / "run"
+    done = _cli(*_train_args("torch", out, "--workers", "2", "--arch", STEP_ARCH, "--subset", "16",
+                             "--test-subset", "8", "--batch-size", "16", "--epochs", "1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    sites = {site: entry for table in json.loads(cache.read_text()).values() for site, entry in table.items()}
+    layouts = [site for site in sites if site.startswith("memory format")]
+    assert len(layouts) == 1 and "(8, 1, 28, 28)" in layouts[0], layouts  # the shard's shape, measured once
+    arch = get_spec(STEP_ARCH).name
+    weights = load_weights(out / "checkpoint.safetensors", get_spec(arch))
+    before = init_weights(arch, 0)
+    images, labels = next(iter(fashion_mnist_loader("train", 16, synthetic=True, subset=16)))
+    _, want_after = oracle.sharded_sgd_step(before, images, labels, 0.05, 2, arch=arch)
+    assert _update_norm(weights, want_after) <= 1e-3 * _update_norm(weights, before)
+
+
 def _oracle_epoch(weights, loader, epoch, workers, lr, arch):
     """The oracle's steps over ``loader``'s global batches of ``epoch``; ``(losses, weights)``."""
     loader.set_epoch(epoch)
