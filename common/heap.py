@@ -4,8 +4,9 @@ glibc's ``malloc`` serves a block of more than its mmap threshold (at most 32 Mi
 Linux) with a fresh ``mmap`` and unmaps it on ``free``. A framework that allocates its CPU tensors
 with ``malloc`` and keeps no pool of its own, PyTorch on the CPU, then maps, faults in and has the
 kernel zero every large activation and gradient again on every training step: at 96 x 96,
-batch 64, the stem's outputs and their gradients are 37.7 MB each, and the page faults cost 5-10%
-of a training step (docs/benchmarks.md, "The C heap"). :func:`keep_freed_memory` makes ``malloc``
+batch 64, the stem's outputs and their gradients are 37.7 MB each, and the page faults cost this
+project's training step up to a tenth of its time and the chapter's code a fifth or more
+(docs/benchmarks.md, "The C heap and the bias gradient"). :func:`keep_freed_memory` makes ``malloc``
 take every block from its heap (``M_MMAP_MAX`` = 0) and keep up to 1 GiB of freed memory there
 (``M_TRIM_THRESHOLD``), so a step reuses the pages the step before freed. TensorFlow, MXNet and
 XLA pool their own buffers: measured, the setting changes nothing there, and only
