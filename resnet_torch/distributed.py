@@ -205,27 +205,24 @@ class DistributedTrainer(Trainer):
         self.ddp = DistributedDataParallel(self.net, device_ids=device_ids, **_NO_BUFFER_SYNC)
 
     def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """As :meth:`Trainer.use_memory_format`, then DDP wraps the network (a collective): DDP lays out
+        its gradient buckets as the parameters are then, so the layout is fixed from there on."""
         if self.ddp is not None and memory_format != self.memory_format:
             raise ValueError("a data-parallel worker's memory layout is fixed once DDP wraps its network (at the "
                              "first batch); choose it before, or with RESNET_FAST_PATHS=fast|native")
         super().use_memory_format(memory_format)
-
-    def to_batch(self, images, labels):
-        """As :meth:`Trainer.to_batch`; on the first batch worker 0 chooses the memory layout
-        (:func:`resnet_torch.kernels.choose_memory_format` on its shard) and every worker takes it:
-        DDP's gradient buckets must be laid out alike everywhere. Then DDP wraps the network (a
-        collective, as every worker's first batch is)."""
-        if self.memory_format is None:
-            choice = [None]
-            if self.rank == 0:
-                chosen = kernels.choose_memory_format(self.net, self.architecture()[0].label, tuple(images.shape),
-                                                      self.precision, self._autocast)
-                choice = [next(name for name, value in kernels.MEMORY_FORMATS.items() if value == chosen)]
-            dist.broadcast_object_list(choice, src=0, device=self.device if self.device.type == "cuda" else None)
-            self.use_memory_format(kernels.MEMORY_FORMATS[choice[0]])
         if self.ddp is None:
             self._wrap()
-        return super().to_batch(images, labels)
+
+    def _choose_memory_format(self, shape) -> torch.memory_format:
+        """Worker 0's autotuned choice on its shard, broadcast: every worker must lay out DDP's
+        gradient buckets alike."""
+        choice = [None]
+        if self.rank == 0:
+            chosen = super()._choose_memory_format(shape)
+            choice = [next(name for name, value in kernels.MEMORY_FORMATS.items() if value == chosen)]
+        dist.broadcast_object_list(choice, src=0, device=self.device if self.device.type == "cuda" else None)
+        return kernels.MEMORY_FORMATS[choice[0]]
 
     def train_step(self, x, y):
         """One SGD step on this worker's shard; the global batch's (loss sum, number correct) as

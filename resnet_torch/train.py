@@ -163,6 +163,11 @@ class Trainer(contract.Trainer):
         kernels.to_memory_format(self.net, self.optimizer, memory_format)
         self.memory_format = memory_format
 
+    def _choose_memory_format(self, shape) -> torch.memory_format:
+        """The layout to train in on batches of ``shape``: :func:`resnet_torch.kernels.choose_memory_format`'s."""
+        return kernels.choose_memory_format(self.net, self.architecture()[0].label, shape, self.precision,
+                                            self._autocast)
+
     def to_batch(self, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
         """NCHW NumPy (or tensors from :mod:`resnet_torch.data`) -> tensors on the device, the
         images in :attr:`memory_format` (chosen here, on the first batch)."""
@@ -170,8 +175,7 @@ class Trainer(contract.Trainer):
             # cuDNN's autotuning pays at 96 x 96 and cost time at 28 x 28 (H200, issue 13).
             torch.backends.cudnn.benchmark = images.shape[-1] >= 64
         if self.memory_format is None:
-            self.use_memory_format(kernels.choose_memory_format(self.net, self.architecture()[0].label, images.shape,
-                                                                self.precision, self._autocast))
+            self.use_memory_format(self._choose_memory_format(tuple(images.shape)))
         if isinstance(images, torch.Tensor):
             images = images.to(self.device, non_blocking=True)
         else:
