@@ -116,9 +116,21 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
         raise ValueError("--reference times the chapter's code in one process; leave out --workers")
     check_shardable(batch_size, workers)
     if workers == 1:
-        trainer_class = backend_part(backend_name, "train").Trainer
-    else:
-        trainer_class = backend_part(backend_name, "distributed").DistributedTrainer
+        return _run_bench(backend_part(backend_name, "train").Trainer, backend_name, spec, precision, size,
+                          batch_size, steps, warmup, rounds, device, reference, peak_gflops, deterministic)
+    module = backend_part(backend_name, "distributed")
+    try:
+        return _run_bench(module.DistributedTrainer, backend_name, spec, precision, size, batch_size, steps,
+                          warmup, rounds, device, reference, peak_gflops, deterministic)
+    finally:
+        # Leave the job before the interpreter exits, as training does: a process group left to
+        # interpreter shutdown could abort the worker there (PyTorch's gloo threads).
+        module.shutdown()
+
+
+def _run_bench(trainer_class, backend_name, spec, precision, size, batch_size, steps, warmup, rounds, device,
+               reference, peak_gflops, deterministic) -> dict:
+    """:func:`run_bench` with the trainer class chosen (one process's, or a data-parallel worker's)."""
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, 1, size, size)).astype(np.float32)
     labels = rng.integers(0, 10, batch_size).astype(np.int64)

@@ -206,6 +206,22 @@ def test_a_failing_worker_stops_the_others_and_is_named(tmp_path):
     assert seconds < 30 and not any(_alive(pid) for pid in pids)
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_launched_worker_ends_with_its_status_after_pythons_exit_handlers(code):
+    # exit_worker skips the C++ libraries' teardown (os._exit), not Python's: the exit handlers
+    # run and buffered output arrives, and the status is the worker's.
+    script = ("import atexit, sys\n"
+              "from common.distributed import exit_worker\n"
+              "atexit.register(lambda: sys.stdout.write('exit handler ran\\n'))\n"
+              "sys.stdout.write('buffered, never flushed by hand\\n')\n"
+              f"exit_worker({code})\n"
+              "sys.stdout.write('not reached\\n')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert done.returncode == code
+    assert done.stdout == "buffered, never flushed by hand\nexit handler ran\n"
+
+
 # --- every backend's engine, through the command line ---------------------------------------
 
 def _launcher_env():
