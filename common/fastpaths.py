@@ -32,8 +32,8 @@ kernels are known to be slow); whether it does on this machine, :mod:`common.aut
 once per machine, framework and shape (``RESNET_FAST_PATHS=auto|fast|native``).
 
 The NumPy pieces the backends' fast paths share live here too: :func:`tap_selection` (a
-convolution on a tiny map as one dense layer) and :func:`visible_taps` (the kernel taps that
-meet the input at all).
+convolution on a tiny map as one dense layer), :func:`visible_taps` (the kernel taps that
+meet the input at all) and :func:`tap_windows` (where each tap meets it).
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ __all__ = [
     "MATMUL_CONV_MAX_IN_CHANNELS",
     "tap_selection",
     "visible_taps",
+    "tap_windows",
 ]
 
 
@@ -133,3 +134,19 @@ def visible_taps(kernel: int, in_size: int, stride: int, padding: int) -> List[i
     out_size = conv_output_size(in_size, kernel, stride, padding)
     return [tap for tap in range(kernel)
             if any(0 <= stride * o + tap - padding < in_size for o in range(out_size))]
+
+
+def tap_windows(kernel: int, in_size: int, stride: int, padding: int) -> List[tuple]:
+    """Along one axis, for each kernel offset that meets the input (:func:`visible_taps`),
+    ``(tap, first_out, stop_out, first_in)``: the output pixels ``first_out .. stop_out - 1``
+    whose window meets the input at that offset, reading input pixels ``first_in``,
+    ``first_in + stride``, ... (``stride * out + tap - padding``). Elsewhere the offset meets
+    padding only, a zero product: a convolution computed as one matrix product per tap over these
+    pixels alone (JAX's ``taps`` path) has exactly the convolution's nonzero terms."""
+    out_size = conv_output_size(in_size, kernel, stride, padding)
+    windows = []
+    for tap in range(kernel):
+        outs = [o for o in range(out_size) if 0 <= stride * o + tap - padding < in_size]
+        if outs:  # the pixels meeting the input at one offset are contiguous
+            windows.append((tap, outs[0], outs[-1] + 1, stride * outs[0] + tap - padding))
+    return windows

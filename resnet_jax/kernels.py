@@ -48,7 +48,13 @@ from jax import lax
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, Layers, visible_taps
+from common.fastpaths import (
+    MATMUL_CONV_MAX_IN_CHANNELS,
+    MATMUL_CONV_MAX_OUTPUT_PIXELS,
+    Layers,
+    tap_windows,
+    visible_taps,
+)
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "precision_scope", "BatchNorm", "conv2d",
@@ -258,6 +264,33 @@ def _conv_as_matmul(x, kernel, strides, padding, groups=1):
     return outputs.reshape(-1, out_h, out_w, filters)
 
 
+def _conv_by_taps(x, kernel, strides, padding):
+    """Convolution (NHWC, kernel HWIO, one group) as one matrix product per kernel tap, summed:
+    tap ``(i, j)`` multiplies the input pixels it meets, a strided slice, by ``kernel[i, j]``
+    and adds the product into the output pixels whose window meets the input there
+    (:func:`common.fastpaths.tap_windows`).
+
+    The products a tap would take with padding are exact zeros, left out: on a 3 x 3 map padded
+    by one, 49 of a 3 x 3 kernel's 81 pixel-tap pairs remain (16 of 36 on a 2 x 2 map), where
+    im2col (:func:`_conv_as_matmul`) multiplies all of them and copies every column first. The
+    same nonzero terms as the convolution, summed tap by tap; the gradients are the products'
+    (a slice's gradient pads: no scatter). At 96 x 96 layer4's 3 x 3 maps take it, at 28 x 28
+    layer3's 2 x 2 (measured in docs/benchmarks.md)."""
+    kh, kw, channels, filters = kernel.shape
+    (sh, sw), ((ph, _), (pw, _)) = strides, padding
+    batch, height, width = x.shape[0], x.shape[1], x.shape[2]
+    out_h, out_w = conv_output_size((height, width), (kh, kw), (sh, sw), (ph, pw))
+    outputs = None
+    for i, top, bottom, row in tap_windows(kh, height, sh, ph):
+        for j, left, right, col in tap_windows(kw, width, sw, pw):
+            rows, cols = bottom - top, right - left
+            pixels = x[:, row:row + sh * (rows - 1) + 1:sh, col:col + sw * (cols - 1) + 1:sw, :]
+            product = (pixels.reshape(-1, channels) @ kernel[i, j]).reshape(batch, rows, cols, filters)
+            product = jnp.pad(product, ((0, 0), (top, out_h - bottom), (left, out_w - right), (0, 0)))
+            outputs = product if outputs is None else outputs + product
+    return outputs
+
+
 def _concat(parts):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
@@ -299,9 +332,11 @@ class FastConv(nn.Conv):
     measures it faster on this machine, by :func:`_conv_as_matmul`: convolutions with at most
     ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or ``MATMUL_CONV_MAX_IN_CHANNELS`` input
     channels, 1 x 1 convolutions and, on a CPU, grouped ones (XLA's grouped convolution on the
-    CPU is slow, its gradient most of all); XLA's own convolution otherwise, on a CPU as
-    :func:`_xla_conv`. A site is measured compiled with the library of the step being traced
-    (:func:`conv_library_scope`), and named with it where that is not XLA's default; the stem's
+    CPU is slow, its gradient most of all); on a map of at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS``
+    output pixels, also by :func:`_conv_by_taps` (one product per kernel tap, padding's zeros
+    left out); XLA's own convolution otherwise, on a CPU as :func:`_xla_conv`. A site is
+    measured compiled with the library of the step being traced (:func:`conv_library_scope`),
+    and named with it where that is not XLA's default; the stem's
     without the input's gradient (at 28 x 28, batch 256, XLA's convolution then takes less than half
     the matrix product's time, where with it the product wins)."""
 
@@ -330,8 +365,11 @@ class FastConv(nn.Conv):
         site = (f"conv {shape[-1]}->{self.features} k{kh}x{kw} s{strides[0]} p{padding[0][0]} "
                 f"g{self.feature_group_count} on {tuple(shape)} {jnp.dtype(dtype).name} {jax.default_backend()} train"
                 + ("" if library == NATIVE else f" {library}") + (" of the data" if data else ""))
+        # Per-tap products where a tiny map's padding makes im2col's a large share of zeros.
+        taps = self.feature_group_count == 1 and kh * kw > 1 and out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS
+        paths = ["matmul", "taps", NATIVE] if taps else ["matmul", NATIVE]
         return autotune.on_own_thread(lambda: autotune.choose(
-            FRAMEWORK, site, ["matmul", NATIVE], lambda path: self._timed_run(path, shape, dtype, library, not data)))
+            FRAMEWORK, site, paths, lambda path: self._timed_run(path, shape, dtype, library, not data)))
 
     def _takes_the_data(self) -> bool:
         """Whether this convolution sits in the network's own module, not in a block: the stem's,
@@ -341,6 +379,8 @@ class FastConv(nn.Conv):
     def _compute(self, path, inputs, kernel):
         if path == "matmul":
             return _conv_as_matmul(inputs, kernel, self.strides, self.padding, self.feature_group_count)
+        if path == "taps":
+            return _conv_by_taps(inputs, kernel, self.strides, self.padding)
         padding = self.padding if isinstance(self.padding, str) else tuple(tuple(pad) for pad in self.padding)
         strides = tuple(self.strides)
         conv = _xla_conv if jax.default_backend() == "cpu" else _xla_conv_call
@@ -349,13 +389,17 @@ class FastConv(nn.Conv):
     def _timed_run(self, path, shape, dtype, library=NATIVE, input_gradient=True):
         """One forward and backward pass of this convolution taken by ``path`` on fresh arrays,
         compiled for ``library`` (:data:`CONV_LIBRARIES`): the kernel's gradient and, with
-        ``input_gradient``, the input's."""
+        ``input_gradient``, the input's, from a dense upstream gradient as in a step (the gradient
+        of a plain sum is a broadcast one, which XLA may fold into the products and time as less
+        work than a step's)."""
         kh, kw = self.kernel_size
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.uniform(size=shape).astype(np.float32), dtype)
         kernel = jnp.asarray(rng.uniform(size=(kh, kw, shape[-1] // self.feature_group_count, self.features))
                              .astype(np.float32), dtype)
-        step = jax.jit(jax.grad(lambda x, k: jnp.sum(self._compute(path, x, k).astype(jnp.float32)),
+        out_shape = jax.eval_shape(lambda x, k: self._compute(path, x, k), x, kernel).shape
+        upstream = jnp.asarray(rng.uniform(-1, 1, size=out_shape).astype(np.float32))
+        step = jax.jit(jax.grad(lambda x, k: jnp.sum(self._compute(path, x, k).astype(jnp.float32) * upstream),
                                 argnums=(0, 1) if input_gradient else 1),
                        compiler_options=compiler_options(library))
         return lambda: jax.block_until_ready(step(x, kernel))

@@ -5,6 +5,8 @@
   autodiff of the same convolution, bit for bit.
 * :func:`resnet_jax.kernels._conv_as_matmul` with the kernel's visible taps sliced, not gathered:
   the convolution's values and gradients, exact zeros for the taps that only meet padding.
+* :func:`resnet_jax.kernels._conv_by_taps`, one product per kernel tap: the convolution's values
+  and gradients; offered on tiny maps only, and the whole network taking it is the oracle's.
 * The oneDNN library (:data:`resnet_jax.kernels.CONV_LIBRARIES`): a step compiled with its options
   runs oneDNN's convolutions and computes XLA's default's numbers up to rounding; a Trainer
   chooses it (fast mode) or not (native mode), and its loss and gradients are the default's.
@@ -85,6 +87,66 @@ def test_the_matmul_path_slices_the_visible_taps(jax_modules, rng, size, stride)
     visible[taps[0]:taps[-1] + 1, taps[0]:taps[-1] + 1] = True
     assert visible.sum() < 9 or size == 3
     assert np.all(got[3][~visible] == 0) and np.any(got[3][visible] != 0)
+
+
+@pytest.mark.parametrize("batch, size, cin, cout, kernel, stride, padding",
+                         [(3, 3, 6, 5, 3, 1, 1), (3, 2, 6, 5, 3, 1, 1), (2, 6, 4, 6, 3, 2, 1), (3, 1, 6, 5, 3, 1, 1),
+                          (2, 4, 4, 6, 3, 2, 1), (2, 5, 3, 4, 5, 1, 2)])
+def test_the_taps_path_is_the_convolution(jax_modules, rng, batch, size, cin, cout, kernel, stride, padding):
+    jax, jnp, kernels = jax_modules
+    x, k = _case(rng, jnp, batch, size, cin, cout, kernel, 1)
+    strides, pads = (stride, stride), ((padding, padding), (padding, padding))
+    plain = _lax_conv(jax, strides, pads, 1)
+    ours = lambda x, k: kernels._conv_by_taps(x, k, strides, pads)  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        want, got = _values_and_gradients(jax, jnp, plain, x, k), _values_and_gradients(jax, jnp, ours, x, k)
+    for a, b in zip(got, want):  # float32 rounding of sums in another order, relative to their scale
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.max(np.abs(b)))))
+
+
+def _offered_paths(backend, jax, jnp, kernels, size, monkeypatch, take=None):
+    """Site -> the paths FastConv offers autotuning when ResNet-18 is traced on size x size
+    batches (no timing: the spy takes ``take`` where offered, else XLA's own)."""
+    offered = {}
+
+    def spy(framework, site, paths, make_run, *args, **kwargs):
+        offered[site] = list(paths)
+        return take if take in paths else kernels.NATIVE
+
+    monkeypatch.setattr(kernels.autotune, "choose", spy)
+    net = backend.resnet18()
+    jax.eval_shape(lambda v, x: net.mode(False).apply(v, x), net.variables,
+                   jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32))
+    return offered
+
+
+def test_the_taps_path_is_offered_on_tiny_maps_only(backend, jax_modules, monkeypatch):
+    jax, jnp, kernels = jax_modules
+    offered = _offered_paths(backend, jax, jnp, kernels, 96, monkeypatch)
+    with_taps = sorted(site.split(" on ")[0] for site, paths in offered.items() if "taps" in paths)
+    # layer4 at 96 x 96 (3 x 3 maps): its first 3 x 3 convolution (stride 2) and the three after it
+    # (one site: the same shapes); not its 1 x 1 shortcut, nor anything on a larger map.
+    assert with_taps == ["conv 256->512 k3x3 s2 p1 g1", "conv 512->512 k3x3 s1 p1 g1"]
+    stem = next(paths for site, paths in offered.items() if site.startswith("conv 1->64"))
+    assert stem == ["matmul", kernels.NATIVE]  # few channels, a 48 x 48 map: im2col only
+
+
+def test_loss_and_gradients_with_the_taps_path_are_the_oracles(backend, jax_modules, monkeypatch):
+    # At 32 x 32, layer3 (2 x 2 maps) and layer4 (1 x 1) take the taps path wherever it is offered.
+    jax, jnp, kernels = jax_modules
+    assert any("taps" in paths for paths in _offered_paths(backend, jax, jnp, kernels, 32, monkeypatch).values())
+    weights = init_weights("resnet18", 0)
+    images = np.random.default_rng(7).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
+    labels = np.array([0, 3, 7, 9])
+    expected_loss, expected = oracle.loss_and_gradients(weights, images, labels)
+    scale = np.sqrt(sum(float(np.sum(np.square(g))) for g in expected.values()))
+    _offered_paths(backend, jax, jnp, kernels, 32, monkeypatch, take="taps")  # the spy now takes taps
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    loss, gradients = backend.loss_and_gradients(net, images, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name, want in expected.items():
+        np.testing.assert_allclose(gradients[name], want, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
 def test_onednn_options_run_onednn_convolutions_with_the_defaults_numbers(jax_modules, rng):

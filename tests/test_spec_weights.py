@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common import oracle
-from common.fastpaths import tap_selection
+from common.fastpaths import tap_selection, tap_windows
 from common.flops import training_flops_per_example
 from common.naming import canonical_names, count_parameters, parameter_shapes, trainable_parameter_names
 from common.spec import check_input_shape, get_spec, iter_blocks, stage_output_shapes
@@ -125,6 +125,30 @@ def test_tap_selection_turns_a_convolution_into_a_dense_layer(size, stride):
     dense = dense.transpose(0, 2, 1, 3).reshape(5 * out * out, 4 * size * size)
     got = (x.reshape(3, -1) @ dense.T).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [(3, 3, 1, 1), (2, 3, 1, 1), (6, 3, 2, 1), (1, 3, 1, 1),
+                                                         (4, 3, 2, 1), (9, 7, 2, 3), (5, 1, 2, 0)])
+def test_tap_windows_sum_the_nonzero_terms_of_a_convolution(size, kernel, stride, padding):
+    # The taps path: per tap, one product over the output pixels whose window meets the input
+    # there, is the convolution; every pixel-tap pair it leaves out meets padding only.
+    rng = np.random.default_rng(size * 100 + kernel * 10 + stride)
+    x = rng.normal(size=(2, 3, size, size))
+    weight = rng.normal(size=(4, 3, kernel, kernel))
+    expected, _ = oracle.conv2d(x, weight, None, stride, padding)
+    out = expected.shape[2]
+    windows = tap_windows(kernel, size, stride, padding)
+    got, pairs = np.zeros_like(expected), 0
+    for i, top, bottom, row in windows:
+        for j, left, right, col in windows:
+            rows = slice(row, row + stride * (bottom - top - 1) + 1, stride)
+            cols = slice(col, col + stride * (right - left - 1) + 1, stride)
+            pixels = x[:, :, rows, cols]
+            got[:, :, top:bottom, left:right] += np.einsum("nchw,oc->nohw", pixels, weight[:, :, i, j])
+            pairs += (bottom - top) * (right - left)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    meets = sum(0 <= stride * o + t - padding < size for o in range(out) for t in range(kernel)) ** 2
+    assert pairs == meets  # each pair of an output pixel and a tap that meets the input, once
 
 
 def test_unknown_architecture_is_refused():
