@@ -35,7 +35,13 @@ import tensorflow as tf
 
 from common import autotune
 from common.autotune import NATIVE
-from common.fastpaths import MATMUL_CONV_MAX_IN_CHANNELS, MATMUL_CONV_MAX_OUTPUT_PIXELS, Layers, visible_taps
+from common.fastpaths import (
+    MATMUL_CONV_MAX_IN_CHANNELS,
+    MATMUL_CONV_MAX_OUTPUT_PIXELS,
+    Layers,
+    tap_windows,
+    visible_taps,
+)
 from common.spec import BN_EPSILON, BN_MOMENTUM, conv_output_size
 
 __all__ = ["batch_norm", "PLAIN", "FAST", "fast_layer_count", "FRAMEWORK", "tracing", "compiler", "conv2d",
@@ -267,6 +273,40 @@ def _conv_as_matmul(x, kernel, strides, padding, groups=1):
     return tf.reshape(outputs, [-1, out_h, out_w, filters])
 
 
+def _conv_by_taps(x, kernel, strides, padding):
+    """Convolution (NHWC, kernel HWIO, one group) as one matrix product per kernel tap, summed:
+    tap ``(i, j)`` multiplies the input pixels it meets, a strided slice, by ``kernel[i, j]``
+    and adds the product into the output pixels whose window meets the input there
+    (:func:`common.fastpaths.tap_windows`).
+
+    The products a tap would take with padding are exact zeros, left out: on a 3 x 3 map padded
+    by one, 49 of a 3 x 3 kernel's 81 pixel-tap pairs remain (16 of 36 on a 2 x 2 map), where
+    im2col (:func:`_conv_as_matmul`) multiplies all of them and copies every column first. The
+    same nonzero terms as the convolution, summed tap by tap; the gradients are the products'
+    (a slice's gradient pads: no scatter). ``strides`` and ``padding`` are (height, width) pairs.
+    Outside XLA it runs as :func:`_conv_by_taps_xla`."""
+    kh, kw, channels, filters = kernel.shape
+    (sh, sw), (ph, pw) = strides, padding
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = conv_output_size((height, width), (kh, kw), (sh, sw), (ph, pw))
+    outputs = None
+    for i, top, bottom, row in tap_windows(kh, height, sh, ph):
+        for j, left, right, col in tap_windows(kw, width, sw, pw):
+            rows, cols = bottom - top, right - left
+            pixels = x[:, row:row + sh * (rows - 1) + 1:sh, col:col + sw * (cols - 1) + 1:sw, :]
+            product = tf.reshape(tf.reshape(pixels, [-1, channels]) @ kernel[i, j], [-1, rows, cols, filters])
+            product = tf.pad(product, [[0, 0], [top, out_h - bottom], [left, out_w - right], [0, 0]])
+            outputs = product if outputs is None else outputs + product
+    return outputs
+
+
+#: :func:`_conv_by_taps` compiled by XLA inside a step that is not (TensorFlow's graph at 96 x 96
+#: on a CPU, where oneDNN's convolutions beat XLA's): one fused computation, its gradient compiled
+#: too, where TensorFlow's own kernels would run the slices, pads and small products one by one
+#: (slower than oneDNN's convolution).
+_conv_by_taps_xla = tf.function(_conv_by_taps, jit_compile=True)
+
+
 def _concat(parts):
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
@@ -316,7 +356,9 @@ class FastConv2D(SymmetricConv2D):
     op), or, with at most ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels or
     ``MATMUL_CONV_MAX_IN_CHANNELS`` input channels, by :func:`_conv_as_matmul` where
     :func:`common.autotune.choose` measures that faster on this machine (TensorFlow's and XLA's
-    convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem). A grouped
+    convolution kernels can be slow on 2x2 and 1x1 maps and on the one-channel stem); with at most
+    ``MATMUL_CONV_MAX_OUTPUT_PIXELS`` output pixels, also by :func:`_conv_by_taps` (one product per
+    kernel tap, padding's zeros left out; compiled by XLA even in a step that is not). A grouped
     convolution takes the path :func:`_grouped_path` names. Constructed as :class:`SymmetricConv2D`
     is, with no state of its own: the same variables under the same names."""
 
@@ -348,7 +390,11 @@ class FastConv2D(SymmetricConv2D):
             dtype = inputs.dtype  # bfloat16 under Keras' mixed_bfloat16 policy: measured apart
             site = f"conv {shape[-1]}->{self.filters} k{kernel} s{stride} p{p} on {shape} {how} train"
             site += "" if dtype == tf.float32 else f" {dtype.name}"
-            path = autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, ["matmul", NATIVE],
+            # Per-tap products where a tiny map's padding makes im2col's a large share of zeros.
+            (out_h, out_w), groups = conv_output_size(shape[1:3], kernel, stride, p), self.groups
+            taps = groups == 1 and kernel > 1 and out_h * out_w <= MATMUL_CONV_MAX_OUTPUT_PIXELS
+            paths = ["matmul", "taps", NATIVE] if taps else ["matmul", NATIVE]
+            path = autotune.on_own_thread(lambda: autotune.choose(FRAMEWORK, site, paths,
                                                           lambda path: _timed_run(self, path, shape, how, dtype)))
         else:
             path = NATIVE
@@ -358,6 +404,9 @@ class FastConv2D(SymmetricConv2D):
         (size, _), (stride, _), p = self.kernel_size, self.strides, self.symmetric_padding
         if path == "matmul":
             outputs = _conv_as_matmul(inputs, kernel, self.strides, (p, p), self.groups)
+        elif path == "taps":
+            taps = _conv_by_taps if how == "xla" else _conv_by_taps_xla
+            outputs = taps(inputs, tf.cast(kernel, inputs.dtype), tuple(self.strides), (p, p))
         else:
             if how == "xla" or not p:  # XLA takes the padding per side; no tf.pad op
                 padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
@@ -393,18 +442,23 @@ def _bias_add(x, bias):
 
 def _timed_run(layer, path, shape, how, dtype=tf.float32):
     """One forward and backward pass of ``layer`` taken by ``path`` on fresh ``dtype`` tensors,
-    compiled as the step is (``how``: "xla", "graph" or "eager"). Seeded: with op determinism
-    on (a GPU's default, see :func:`resnet_tf.train.use_op_determinism`), TensorFlow refuses
-    random ops without a seed."""
+    compiled as the step is (``how``: "xla", "graph" or "eager"), from a dense upstream gradient
+    as in a step (a plain sum's is a broadcast one, which XLA may fold into the products). Seeded:
+    with op determinism on (a GPU's default, see :func:`resnet_tf.train.use_op_determinism`),
+    TensorFlow refuses random ops without a seed."""
     x = tf.random.stateless_uniform(shape, seed=(0, 0), dtype=dtype)
     kernel = tf.random.stateless_uniform(layer.kernel.shape, seed=(0, 1), dtype=dtype)
     bias = None if layer.bias is None else tf.zeros(layer.bias.shape, dtype)
+    (size, _), (stride, _) = layer.kernel_size, layer.strides
+    out_h, out_w = conv_output_size(shape[1:3], size, stride, layer.symmetric_padding)
+    upstream = tf.random.stateless_uniform((shape[0], out_h, out_w, layer.filters), seed=(0, 2), minval=-1,
+                                           dtype=dtype)
 
     def step(x, kernel, bias):
         sources = [x, kernel] + ([] if bias is None else [bias])
         with tf.GradientTape() as tape:
             tape.watch(sources)
-            loss = tf.reduce_sum(layer._compute(path, x, kernel, bias, how))
+            loss = tf.reduce_sum(layer._compute(path, x, kernel, bias, how) * upstream)
         return tape.gradient(loss, sources)
     if how != "eager":
         step = tf.function(step, jit_compile=how == "xla")
