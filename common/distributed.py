@@ -175,7 +175,7 @@ def exit_worker(code: int) -> None:
     output as at any exit, then :func:`os._exit`, as :mod:`multiprocessing`'s children end.
 
     What this skips is the C++ libraries' own teardown after the interpreter has finalized: there
-    PyTorch 2.14 aborted a gloo worker about one exit in fifteen ("terminate called without an
+    PyTorch 2.13 aborted a gloo worker about one exit in fifteen ("terminate called without an
     active exception", SIGABRT, with no Python frame), after the worker had done its work and left
     the job, and the launcher then reported the whole job as failed."""
     import atexit

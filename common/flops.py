@@ -10,7 +10,9 @@ def forward_flops_per_example(arch="resnet18", in_channels=1, height=96, width=9
     """Multiply-adds x 2 of the convolutions and the dense layer for one example.
 
     BatchNorm, ReLU, pooling and additions are left out (a few percent); the count is the
-    same for every backend, which is what the benchmark's ratios need. Half of it is what
+    same for every backend, which is what the benchmark's ratios need. It is nominal: every
+    output pixel times every kernel tap, the products with zero padding included (on layer4's
+    3 x 3 maps at 96 x 96, 32 of 81), which some kernels skip. Half of it is what
     torchvision's tables call GFLOPS (multiply-adds).
     """
     spec = get_spec(arch)

@@ -111,7 +111,9 @@ matrix product found at sizes 512 to 3072 by NumPy's BLAS and by each framework
 (`resnet-fmnist peak`), measured once at the start of the run; the theoretical peak (cores x
 fp32 lanes x 2 x 2 FMA units x clock, `common/machine.py`) is shown beside it. "of fastest" is
 the row's training img/s over the fastest backend's (this project's code) at that size, "x
-chapter" over the chapter's own code for the same framework. Fast paths are autotuned
+chapter" over the chapter's own code for the same framework. The count is nominal: it includes
+the products with a convolution's zero padding, which oneDNN's convolutions and the taps path
+(tiny maps) skip, so a row can show more than the peak (TensorFlow at 28 x 28). Fast paths are autotuned
 (`RESNET_FAST_PATHS=auto`, see `common/autotune.py`): each bench process measures its choices
 first if the machine's cache does not hold them yet, outside the timed steps.
 
