@@ -108,3 +108,20 @@ def assert_same_batches(got, expected):
     for (images, labels), (expected_images, expected_labels) in zip(got, expected):
         np.testing.assert_array_equal(labels, expected_labels)
         np.testing.assert_array_equal(images, expected_images)
+
+
+def assert_oracles_loss_and_gradients(backend, size=32, err_msg=""):
+    """ResNet-18 built now by ``backend`` (with whatever paths it takes) gives the oracle's
+    train-mode loss (1e-5 relative) and gradients (1e-5 of the gradients' norm) from the
+    initial weights on four ``size`` x ``size`` images."""
+    weights = init_weights("resnet18", 0)
+    images = np.random.default_rng(7).uniform(0, 1, (4, 1, size, size)).astype(np.float32)
+    labels = np.array([0, 3, 7, 9])
+    expected_loss, expected = oracle.loss_and_gradients(weights, images, labels)
+    scale = np.sqrt(sum(float(np.sum(np.square(g))) for g in expected.values()))
+    net = backend.resnet18()
+    backend.import_weights(net, weights)
+    loss, gradients = backend.loss_and_gradients(net, images, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-5), err_msg
+    for name, want in expected.items():
+        np.testing.assert_allclose(gradients[name], want, rtol=0, atol=1e-5 * scale, err_msg=f"{err_msg} {name}")

@@ -14,9 +14,9 @@
 import numpy as np
 import pytest
 
-from common import oracle
 from common.fastpaths import visible_taps
-from common.weights import init_weights
+
+from helpers import assert_oracles_loss_and_gradients
 
 pytestmark = pytest.mark.backend("jax")
 
@@ -134,19 +134,9 @@ def test_the_taps_path_is_offered_on_tiny_maps_only(backend, jax_modules, monkey
 def test_loss_and_gradients_with_the_taps_path_are_the_oracles(backend, jax_modules, monkeypatch):
     # At 32 x 32, layer3 (2 x 2 maps) and layer4 (1 x 1) take the taps path wherever it is offered.
     jax, jnp, kernels = jax_modules
-    assert any("taps" in paths for paths in _offered_paths(backend, jax, jnp, kernels, 32, monkeypatch).values())
-    weights = init_weights("resnet18", 0)
-    images = np.random.default_rng(7).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
-    labels = np.array([0, 3, 7, 9])
-    expected_loss, expected = oracle.loss_and_gradients(weights, images, labels)
-    scale = np.sqrt(sum(float(np.sum(np.square(g))) for g in expected.values()))
-    _offered_paths(backend, jax, jnp, kernels, 32, monkeypatch, take="taps")  # the spy now takes taps
-    net = backend.resnet18()
-    backend.import_weights(net, weights)
-    loss, gradients = backend.loss_and_gradients(net, images, labels)
-    assert loss == pytest.approx(expected_loss, rel=1e-5)
-    for name, want in expected.items():
-        np.testing.assert_allclose(gradients[name], want, rtol=0, atol=1e-5 * scale, err_msg=name)
+    offered = _offered_paths(backend, jax, jnp, kernels, 32, monkeypatch, take="taps")  # the spy takes taps
+    assert any("taps" in paths for paths in offered.values())
+    assert_oracles_loss_and_gradients(backend, size=32)
 
 
 def test_onednn_options_run_onednn_convolutions_with_the_defaults_numbers(jax_modules, rng):
@@ -190,20 +180,9 @@ def test_a_trainer_chooses_its_conv_library_by_the_mode(backend, jax_modules, mo
 
 def test_loss_and_gradients_with_onednn_are_the_oracles(backend, jax_modules, monkeypatch):
     # The whole network, both libraries: fast mode takes oneDNN (on a CPU), native mode XLA's default.
-    _, _, kernels = jax_modules
-    weights = init_weights("resnet18", 0)
-    images = np.random.default_rng(7).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
-    labels = np.array([0, 3, 7, 9])
-    expected_loss, expected = oracle.loss_and_gradients(weights, images, labels)
-    scale = np.sqrt(sum(float(np.sum(np.square(g))) for g in expected.values()))
     for mode in ("fast", "native"):
         monkeypatch.setenv("RESNET_FAST_PATHS", mode)
-        net = backend.resnet18()
-        backend.import_weights(net, weights)
-        loss, gradients = backend.loss_and_gradients(net, images, labels)
-        assert loss == pytest.approx(expected_loss, rel=1e-5), mode
-        for name, want in expected.items():
-            np.testing.assert_allclose(gradients[name], want, rtol=0, atol=1e-5 * scale, err_msg=f"{mode} {name}")
+        assert_oracles_loss_and_gradients(backend, err_msg=mode)
 
 
 def test_only_the_stems_convolution_is_timed_without_the_input_gradient(backend, jax_modules):

@@ -9,8 +9,7 @@ tests/test_jax_speed_paths.py's taps tests).
 import numpy as np
 import pytest
 
-from common import oracle
-from common.weights import init_weights
+from helpers import assert_oracles_loss_and_gradients
 
 pytestmark = pytest.mark.backend("tf")
 
@@ -87,16 +86,6 @@ def test_the_taps_path_is_offered_on_tiny_maps_only(backend, tf_modules, monkeyp
 def test_loss_and_gradients_with_the_taps_path_are_the_oracles(backend, tf_modules, monkeypatch):
     # At 32 x 32, layer3 (2 x 2 maps) and layer4 (1 x 1) take the taps path wherever it is offered.
     _, kernels = tf_modules
-    weights = init_weights("resnet18", 0)
-    images = np.random.default_rng(7).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
-    labels = np.array([0, 3, 7, 9])
-    expected_loss, expected = oracle.loss_and_gradients(weights, images, labels)
-    scale = np.sqrt(sum(float(np.sum(np.square(g))) for g in expected.values()))
-    offered = _offered_paths(backend, kernels, 32, monkeypatch, take="taps")
+    offered = _offered_paths(backend, kernels, 32, monkeypatch, take="taps")  # the spy takes taps
     assert any("taps" in paths for paths in offered.values())
-    net = backend.resnet18()
-    backend.import_weights(net, weights)
-    loss, gradients = backend.loss_and_gradients(net, images, labels)
-    assert loss == pytest.approx(expected_loss, rel=1e-5)
-    for name, want in expected.items():
-        np.testing.assert_allclose(gradients[name], want, rtol=0, atol=1e-5 * scale, err_msg=name)
+    assert_oracles_loss_and_gradients(backend, size=32)
