@@ -142,7 +142,7 @@ def tap_windows(kernel: int, in_size: int, stride: int, padding: int) -> List[tu
     whose window meets the input at that offset, reading input pixels ``first_in``,
     ``first_in + stride``, ... (``stride * out + tap - padding``). Elsewhere the offset meets
     padding only, a zero product: a convolution computed as one matrix product per tap over these
-    pixels alone (JAX's ``taps`` path) has exactly the convolution's nonzero terms."""
+    pixels alone (JAX's and TensorFlow's ``taps`` path) has exactly the convolution's nonzero terms."""
     out_size = conv_output_size(in_size, kernel, stride, padding)
     windows = []
     for tap in range(kernel):
