@@ -115,17 +115,14 @@ def run_bench(backend_name: str, *, batch_size: int = 64, resize=96, steps: int 
     if workers > 1 and reference:
         raise ValueError("--reference times the chapter's code in one process; leave out --workers")
     check_shardable(batch_size, workers)
-    if workers == 1:
-        return _run_bench(backend_part(backend_name, "train").Trainer, backend_name, spec, precision, size,
-                          batch_size, steps, warmup, rounds, device, reference, peak_gflops, deterministic)
-    module = backend_part(backend_name, "distributed")
+    job = backend_part(backend_name, "distributed") if workers > 1 else None
+    trainer_class = job.DistributedTrainer if job else backend_part(backend_name, "train").Trainer
     try:
-        return _run_bench(module.DistributedTrainer, backend_name, spec, precision, size, batch_size, steps,
-                          warmup, rounds, device, reference, peak_gflops, deterministic)
+        return _run_bench(trainer_class, backend_name, spec, precision, size, batch_size, steps, warmup, rounds,
+                          device, reference, peak_gflops, deterministic)
     finally:
-        # Leave the job before the interpreter exits, as training does: a process group left to
-        # interpreter shutdown could abort the worker there (PyTorch's gloo threads).
-        module.shutdown()
+        if job:  # leave the job before the interpreter exits, as training does
+            job.shutdown()
 
 
 def _run_bench(trainer_class, backend_name, spec, precision, size, batch_size, steps, warmup, rounds, device,
