@@ -336,9 +336,9 @@ class FastConv(nn.Conv):
     output pixels, also by :func:`_conv_by_taps` (one product per kernel tap, padding's zeros
     left out); XLA's own convolution otherwise, on a CPU as :func:`_xla_conv`. A site is
     measured compiled with the library of the step being traced (:func:`conv_library_scope`),
-    and named with it where that is not XLA's default; the stem's
-    without the input's gradient (at 28 x 28, batch 256, XLA's convolution then takes less than half
-    the matrix product's time, where with it the product wins)."""
+    and named with it where that is not XLA's default; the stem's without the input's gradient
+    (at 28 x 28, batch 256, XLA's convolution then takes less than half the matrix product's
+    time, where with it the product wins)."""
 
     @nn.compact
     def __call__(self, inputs):
